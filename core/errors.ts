@@ -1,0 +1,34 @@
+/**
+ * Typed errors. Every error a user can cause (a bad file, a bad flag, a bad record) is a
+ * LowrankError with a stable `code` and a one-line message that names the file/field/line at
+ * fault and, where there is one, the fix. The CLI prints `message` alone and exits 2; `--debug`
+ * adds the stack. Errors cross IPC as `{code, message}`.
+ */
+export type ErrorCode =
+  | 'BAD_ARGUMENT'
+  | 'FILE_NOT_FOUND'
+  | 'BAD_SAFETENSORS'
+  | 'PICKLE_REFUSED'
+  | 'BAD_CONFIG'
+  | 'UNKNOWN_ARCHITECTURE'
+  | 'SHAPE_MISMATCH'
+  | 'MISSING_WEIGHT'
+  | 'BAD_TOKENIZER'
+  | 'BAD_DATA'
+  | 'BACKEND_UNAVAILABLE';
+
+export class LowrankError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string) {
+    super(message);
+    this.name = 'LowrankError';
+    this.code = code;
+  }
+  toJSON(): { code: ErrorCode; message: string } {
+    return { code: this.code, message: this.message };
+  }
+}
+
+export function isLowrankError(e: unknown): e is LowrankError {
+  return e instanceof LowrankError;
+}
