@@ -1,0 +1,136 @@
+/**
+ * What every causal LM in the project shares: the weight store, the linear-layer hook that
+ * adapter methods plug into, the KV cache, attention masks and the causal-LM loss.
+ * Architectures (llama.ts, gpt2.ts) only say how a block is wired.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { ModelConfig } from './config.ts';
+
+/**
+ * An adapter replaces how one linear module computes its output. `base` computes the frozen
+ * layer (x·Wᵀ + b), so LoRA-style methods add to it and others (DoRA, ...) may rescale it.
+ */
+export interface LinearAdapter {
+  apply(x: tf.Tensor2D, base: (x: tf.Tensor2D) => tf.Tensor2D, weight: tf.Tensor2D): tf.Tensor2D;
+}
+
+/** Keys and values per layer, [B, kvHeads, S, headDim], after RoPE. */
+export type KVCache = {
+  keys: tf.Tensor4D[];
+  values: tf.Tensor4D[];
+  /** Number of positions already cached. */
+  length: number;
+};
+
+export interface ForwardOptions {
+  /** [B, S_total] 1 = attend, 0 = padding; S_total = cache length + T. */
+  attentionMask?: tf.Tensor2D;
+  /** Read and extended; the result's cache holds the new tensors (the caller disposes the old). */
+  cache?: KVCache;
+  /** Return a cache even when none was passed in (the first step of generation). */
+  useCache?: boolean;
+  /** Training mode hooks (dropout in adapters) read this. */
+  training?: boolean;
+}
+
+export interface ForwardResult {
+  logits: tf.Tensor3D; // [B, T, V]
+  cache?: KVCache;
+}
+
+export abstract class CausalLM {
+  readonly config: ModelConfig;
+  /** Weights by the names in the checkpoint (GPT-2 normalised to the `transformer.` prefix). */
+  readonly weights: Map<string, tf.Tensor>;
+  /** Adapter per full module path, e.g. `model.layers.0.self_attn.q_proj`. */
+  readonly adapters = new Map<string, LinearAdapter>();
+  training = false;
+
+  constructor(config: ModelConfig, weights: Map<string, tf.Tensor>) {
+    this.config = config;
+    this.weights = weights;
+  }
+
+  abstract forward(ids: tf.Tensor2D, opts?: ForwardOptions): ForwardResult;
+
+  /** Full paths of the linear modules adapters can wrap, in layer order. */
+  abstract linearModules(): string[];
+
+  /** Whether a linear module stores its weight [in, out] (GPT-2 Conv1D) instead of [out, in]. */
+  abstract isTransposedLinear(modulePath: string): boolean;
+
+  weight(name: string): tf.Tensor {
+    const w = this.weights.get(name);
+    if (!w) throw new Error(`internal: weight ${name} not loaded`);
+    return w;
+  }
+
+  /** x [N, in] -> [N, out] through module `path`, via its adapter if one is attached. */
+  protected linear(path: string, x: tf.Tensor2D): tf.Tensor2D {
+    const w = this.weight(`${path}.weight`) as tf.Tensor2D;
+    const b = this.weights.get(`${path}.bias`);
+    const transposed = this.isTransposedLinear(path);
+    const base = (input: tf.Tensor2D): tf.Tensor2D => {
+      const y: tf.Tensor2D = tf.matMul(input, w, false, !transposed);
+      return b ? (tf.add(y, b) as tf.Tensor2D) : y;
+    };
+    const adapter = this.adapters.get(path);
+    return adapter ? adapter.apply(x, base, w) : base(x);
+  }
+
+  dispose(): void {
+    for (const t of this.weights.values()) t.dispose();
+    this.weights.clear();
+  }
+}
+
+export function disposeCache(cache: KVCache | undefined): void {
+  if (!cache) return;
+  for (const t of cache.keys) t.dispose();
+  for (const t of cache.values) t.dispose();
+}
+
+/**
+ * Additive attention mask [B or 1, 1, T, S]: 0 where query t (at absolute position past+t) may see
+ * key s, a large negative number elsewhere. Causal; padding from attentionMask; optional sliding
+ * window where key s is visible only when s > position - window (transformers' convention).
+ */
+export function attentionBias(
+  B: number,
+  T: number,
+  past: number,
+  attentionMask: tf.Tensor2D | undefined,
+  slidingWindow: number | null,
+): tf.Tensor4D {
+  const S = past + T;
+  const causal = new Float32Array(T * S);
+  for (let t = 0; t < T; t++) {
+    const pos = past + t;
+    for (let s = 0; s < S; s++) {
+      const visible = s <= pos && (slidingWindow === null || s > pos - slidingWindow);
+      causal[t * S + s] = visible ? 0 : -1e9;
+    }
+  }
+  const bias = tf.tensor4d(causal, [1, 1, T, S]);
+  if (!attentionMask) return bias;
+  // Padding keys get -1e9 too; [B, S] -> [B, 1, 1, S].
+  const pad = tf.mul(tf.sub(1, tf.cast(attentionMask, 'float32')), -1e9).reshape([B, 1, 1, S]);
+  return tf.add(bias, pad) as tf.Tensor4D;
+}
+
+/**
+ * Mean next-token cross-entropy: logits[:, t] predicts labels[:, t+1]; labels equal to -100
+ * are ignored, as in transformers. Returns a scalar; the count of predicted tokens comes back too.
+ */
+export function causalLmLoss(logits: tf.Tensor3D, labels: tf.Tensor2D): { loss: tf.Scalar; tokens: tf.Scalar } {
+  const [B, T, V] = logits.shape;
+  const predicting = tf.slice(logits, [0, 0, 0], [B, T - 1, V]).reshape([B * (T - 1), V]);
+  const targets = tf.slice(labels, [0, 1], [B, T - 1]).reshape([B * (T - 1)]);
+  const valid = tf.cast(tf.notEqual(targets, -100), 'float32');
+  const safeTargets = tf.mul(tf.cast(targets, 'int32'), tf.cast(valid, 'int32'));
+  const oneHot = tf.oneHot(safeTargets as tf.Tensor1D, V);
+  const perToken = tf.losses.softmaxCrossEntropy(oneHot, predicting, undefined, 0, tf.Reduction.NONE);
+  const tokens = tf.sum(valid);
+  const loss = tf.div(tf.sum(tf.mul(perToken, valid)), tf.maximum(tokens, 1)) as tf.Scalar;
+  return { loss, tokens: tokens as tf.Scalar };
+}

@@ -1,0 +1,82 @@
+/**
+ * GPT2LMHeadModel (Radford et al. 2019): learned positions, pre-LayerNorm blocks, fused qkv,
+ * GELU MLP. Its linear layers are `Conv1D` modules that store weights [in, out], so y = x·W + b.
+ * Mirrors transformers' modeling_gpt2.py.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { CausalLM, attentionBias, type ForwardOptions, type ForwardResult, type KVCache } from './causal-lm.ts';
+
+/** x [N, C] -> (x - mean) / sqrt(var + eps) · w + b, biased variance as torch.nn.LayerNorm. */
+export function layerNorm(x: tf.Tensor2D, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor2D {
+  const { mean, variance } = tf.moments(x, -1, true);
+  return tf.add(tf.mul(tf.div(tf.sub(x, mean), tf.sqrt(tf.add(variance, eps))), weight), bias);
+}
+
+/** gelu_new: the tanh approximation, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
+function geluTanh(x: tf.Tensor2D): tf.Tensor2D {
+  const inner = tf.mul(Math.sqrt(2 / Math.PI), tf.add(x, tf.mul(0.044715, tf.pow(x, 3))));
+  return tf.mul(tf.mul(0.5, x), tf.add(1, tf.tanh(inner)));
+}
+
+/** gelu: the exact form, 0.5·x·(1 + erf(x/√2)). */
+function geluErf(x: tf.Tensor2D): tf.Tensor2D {
+  return tf.mul(tf.mul(0.5, x), tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2))));
+}
+
+export class Gpt2Model extends CausalLM {
+  linearModules(): string[] {
+    const paths: string[] = [];
+    for (let i = 0; i < this.config.numLayers; i++) {
+      const p = `transformer.h.${i}`;
+      paths.push(`${p}.attn.c_attn`, `${p}.attn.c_proj`, `${p}.mlp.c_fc`, `${p}.mlp.c_proj`);
+    }
+    return paths;
+  }
+
+  isTransposedLinear(path: string): boolean {
+    return path !== 'lm_head';
+  }
+
+  forward(ids: tf.Tensor2D, opts: ForwardOptions = {}): ForwardResult {
+    const c = this.config;
+    const [B, T] = ids.shape;
+    const H = c.numHeads;
+    const D = c.headDim;
+    const C = c.hiddenSize;
+    const past = opts.cache?.length ?? 0;
+    const S = past + T;
+    const gelu = c.raw.activation_function === 'gelu' ? geluErf : geluTanh;
+
+    const positions = tf.range(past, past + T, 1, 'int32');
+    const tokens = tf.gather(this.weight('transformer.wte.weight'), ids.reshape([B * T])).reshape([B, T, C]);
+    let x = tf.add(tokens, tf.gather(this.weight('transformer.wpe.weight'), positions)).reshape([B * T, C]) as tf.Tensor2D;
+    const bias = attentionBias(B, T, past, opts.attentionMask, null);
+    const scale = 1 / Math.sqrt(D);
+    const cache: KVCache = { keys: [], values: [], length: S };
+
+    for (let i = 0; i < c.numLayers; i++) {
+      const p = `transformer.h.${i}`;
+      const w = (name: string) => this.weight(`${p}.${name}`);
+      const h = layerNorm(x, w('ln_1.weight'), w('ln_1.bias'), c.normEps);
+      const [q, k0, v0] = tf
+        .split(this.linear(`${p}.attn.c_attn`, h), 3, 1)
+        .map((t) => t.reshape([B, T, H, D]).transpose([0, 2, 1, 3]) as tf.Tensor4D); // [B, H, T, D]
+      const k = opts.cache ? tf.concat([opts.cache.keys[i], k0], 2) : k0;
+      const v = opts.cache ? tf.concat([opts.cache.values[i], v0], 2) : v0;
+      cache.keys.push(k);
+      cache.values.push(v);
+      const scores = tf.add(tf.mul(tf.matMul(q, k, false, true), scale), bias); // [B, H, T, S]
+      const attended = tf.matMul(tf.softmax(scores), v).transpose([0, 2, 1, 3]).reshape([B * T, C]) as tf.Tensor2D;
+      x = tf.add(x, this.linear(`${p}.attn.c_proj`, attended));
+
+      const h2 = layerNorm(x, w('ln_2.weight'), w('ln_2.bias'), c.normEps);
+      x = tf.add(x, this.linear(`${p}.mlp.c_proj`, gelu(this.linear(`${p}.mlp.c_fc`, h2))));
+    }
+
+    const final = layerNorm(x, this.weight('transformer.ln_f.weight'), this.weight('transformer.ln_f.bias'), c.normEps);
+    const logits = c.tieWordEmbeddings
+      ? tf.matMul(final, this.weight('transformer.wte.weight') as tf.Tensor2D, false, true)
+      : this.linear('lm_head', final);
+    return { logits: logits.reshape([B, T, c.vocabSize]), cache: opts.useCache || opts.cache ? cache : undefined };
+  }
+}
