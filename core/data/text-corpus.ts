@@ -22,6 +22,7 @@ export function detokenizeBrownSentence(line: string): string {
     const slash = tagged.lastIndexOf('/');
     const word = slash > 0 ? tagged.slice(0, slash) : tagged;
     const text = word === '``' || word === "''" ? '"' : word;
+    if (word === '.' && out.endsWith('.')) continue; // `Jr./np ./.` would print "Jr.."
     const attachLeft = ATTACH_LEFT.has(word) || word.startsWith("'") || word === "n't";
     out += glueNext || attachLeft ? text : ` ${text}`;
     glueNext = ATTACH_RIGHT.has(word);
