@@ -3,7 +3,7 @@
  * adapter methods plug into, the KV cache, attention masks and the causal-LM loss.
  * Architectures (llama.ts, gpt2.ts) only say how a block is wired.
  */
-import * as tf from '@tensorflow/tfjs-core';
+import * as tf from '../tf.ts';
 import type { ModelConfig } from './config.ts';
 
 /**

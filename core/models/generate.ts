@@ -2,7 +2,7 @@
  * Autoregressive generation with a KV cache (or without, to check the cache), greedy or sampled
  * with temperature and nucleus (top-p, Holtzman et al. arXiv:1904.09751) from a seeded PRNG.
  */
-import * as tf from '@tensorflow/tfjs-core';
+import * as tf from '../tf.ts';
 import { Random } from '../random.ts';
 import { disposeCache, type CausalLM, type KVCache } from './causal-lm.ts';
 
@@ -62,8 +62,8 @@ export function generate(model: CausalLM, promptIds: number[], opts: GenerateOpt
         const ids = tf.tensor2d(input, [1, input.length], 'int32');
         const out = model.forward(ids, { cache, useCache });
         const last = out.logits.slice([0, input.length - 1, 0], [1, 1, model.config.vocabSize]).reshape([-1]);
-        return { last, cache: out.cache ?? [] };
-      }) as { last: tf.Tensor; cache: KVCache };
+        return out.cache ? { last, cache: out.cache } : { last };
+      }) as { last: tf.Tensor; cache?: KVCache };
       const logits = (result.last as tf.Tensor).dataSync() as Float32Array;
       result.last.dispose();
       disposeCache(cache);

@@ -3,7 +3,7 @@
  * GELU MLP. Its linear layers are `Conv1D` modules that store weights [in, out], so y = x·W + b.
  * Mirrors transformers' modeling_gpt2.py.
  */
-import * as tf from '@tensorflow/tfjs-core';
+import * as tf from '../tf.ts';
 import { CausalLM, attentionBias, type ForwardOptions, type ForwardResult, type KVCache } from './causal-lm.ts';
 
 /** x [N, C] -> (x - mean) / sqrt(var + eps) · w + b, biased variance as torch.nn.LayerNorm. */

@@ -4,7 +4,7 @@
  * projections of each residual branch scaled by 1/√(2·layers) (GPT-2 paper, §2.3) so the
  * residual stream's variance does not grow with depth.
  */
-import * as tf from '@tensorflow/tfjs-core';
+import * as tf from '../tf.ts';
 import { Random } from '../random.ts';
 import { expectedWeights, type ModelConfig } from './config.ts';
 

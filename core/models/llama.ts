@@ -4,7 +4,7 @@
  * al. arXiv:2305.13245). Mirrors transformers' modeling_llama.py; Qwen2 adds q/k/v biases and
  * Mistral a sliding attention window, both read from the config.
  */
-import * as tf from '@tensorflow/tfjs-core';
+import * as tf from '../tf.ts';
 import { CausalLM, attentionBias, type ForwardOptions, type ForwardResult, type KVCache } from './causal-lm.ts';
 import { applyRope, ropeTables } from './rope.ts';
 

@@ -3,7 +3,7 @@
  * every weight against the shapes the config implies before building tensors.
  */
 import * as path from 'node:path';
-import * as tf from '@tensorflow/tfjs-core';
+import * as tf from '../tf.ts';
 import { LowrankError } from '../errors.ts';
 import { CheckpointReader } from '../io/safetensors.ts';
 import { readModelConfig } from '../io/hf-folder.ts';

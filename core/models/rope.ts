@@ -3,7 +3,7 @@
  * transformers' Llama/Mistral/Qwen2 use: the head dimension is split in two halves, not interleaved.
  * Inverse frequencies follow transformers' modeling_rope_utils.py (default, linear, llama3).
  */
-import * as tf from '@tensorflow/tfjs-core';
+import * as tf from '../tf.ts';
 import type { ModelConfig } from './config.ts';
 
 /** inv_freq[i] = 1 / theta^(2i/d), then the rope_scaling rule. Float64 for exactness. */

@@ -5,7 +5,7 @@
  *   p ← p − lr · (m / (1−β1ᵗ)) / (√(v / (1−β2ᵗ)) + ε)
  * State (m, v) is exposed through getWeights/setWeights so a checkpoint can restore it exactly.
  */
-import * as tf from '@tensorflow/tfjs-core';
+import * as tf from '../tf.ts';
 
 export interface AdamWOptions {
   beta1?: number;

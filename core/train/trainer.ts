@@ -1,0 +1,137 @@
+/**
+ * The training loop, knowing nothing about models (minGPT's trainer.py shape): it asks for the
+ * batch of a step, differentiates a loss function with respect to the trainable variables,
+ * accumulates, clips, steps the optimizer on a schedule, and reports through hooks. Batches are
+ * a pure function of the step so a resumed run sees exactly the data the uninterrupted run saw.
+ */
+import * as tf from '../tf.ts';
+import { clipByGlobalNorm, type AdamW } from '../optim/adamw.ts';
+import { learningRate, type ScheduleOptions } from './schedule.ts';
+
+export interface Batch {
+  /** [B, T] token ids. */
+  ids: Int32Array;
+  /** [B, T] labels, -100 where no loss is taken. */
+  labels: Int32Array;
+  /** [B, T] 1 for real tokens, 0 for padding; omitted when there is no padding. */
+  attentionMask?: Int32Array;
+  batchSize: number;
+  seqLen: number;
+}
+
+export interface StepReport {
+  step: number;
+  totalSteps: number;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+  tokens: number;
+  tokensPerSecond: number;
+  elapsedSeconds: number;
+}
+
+export interface TrainerOptions {
+  totalSteps: number;
+  /** First step to run (a resumed run starts after its checkpoint). */
+  startStep?: number;
+  gradientAccumulation?: number;
+  clipNorm?: number;
+  schedule: ScheduleOptions;
+  evalEvery?: number;
+  checkpointEvery?: number;
+}
+
+export interface TrainerHooks {
+  onStep?(report: StepReport): void;
+  /** Called after step `step` (1-based count of finished steps) when evalEvery divides it, and at the end. */
+  onEval?(step: number): void | Promise<void>;
+  onCheckpoint?(step: number): void | Promise<void>;
+  /** Polled between steps; true stops the loop after the current step (cancel, early stop). */
+  shouldStop?(): boolean;
+}
+
+export type LossFunction = (batch: Batch) => { loss: tf.Scalar; tokens: tf.Scalar };
+
+export async function train(
+  params: Map<string, tf.Variable>,
+  optimizer: AdamW,
+  batchAt: (step: number, micro: number) => Batch,
+  lossFn: LossFunction,
+  opts: TrainerOptions,
+  hooks: TrainerHooks = {},
+): Promise<{ stepsRun: number; lastLoss: number }> {
+  const accumulation = opts.gradientAccumulation ?? 1;
+  const names = [...params.keys()];
+  const vars = names.map((n) => params.get(n)!);
+  const started = performance.now();
+  let tokensSeen = 0;
+  let lastLoss = NaN;
+  let stepsRun = 0;
+  for (let step = opts.startStep ?? 0; step < opts.totalSteps; step++) {
+    let grads = new Map<string, tf.Tensor>();
+    let lossSum = 0;
+    let tokenSum = 0;
+    for (let micro = 0; micro < accumulation; micro++) {
+      const batch = batchAt(step, micro);
+      const { value, grads: g, tokens } = tf.tidy(() => {
+        let tokenCount: tf.Scalar | undefined;
+        const result = tf.variableGrads(() => {
+          const out = lossFn(batch);
+          tokenCount = tf.keep(out.tokens);
+          return out.loss;
+        }, vars);
+        return { value: result.value, grads: result.grads, tokens: tokenCount! };
+      });
+      lossSum += value.dataSync()[0];
+      tokenSum += tokens.dataSync()[0];
+      value.dispose();
+      tokens.dispose();
+      // Sum micro-batch gradients, averaged below.
+      for (let i = 0; i < names.length; i++) {
+        const name = names[i];
+        const gi = g[vars[i].name];
+        if (!gi) continue;
+        const prev = grads.get(name);
+        grads.set(name, prev ? tf.tidy(() => tf.add(prev, gi)) : gi);
+        if (prev) {
+          prev.dispose();
+          gi.dispose();
+        }
+      }
+    }
+    if (accumulation > 1) {
+      const averaged = new Map<string, tf.Tensor>();
+      for (const [name, g] of grads) {
+        averaged.set(name, tf.div(g, accumulation));
+        g.dispose();
+      }
+      grads = averaged;
+    }
+    const clipped = clipByGlobalNorm(grads, opts.clipNorm ?? 0);
+    const lr = learningRate(opts.schedule, step);
+    optimizer.step(clipped.grads, lr);
+    for (const g of clipped.grads.values()) g.dispose();
+
+    stepsRun++;
+    tokensSeen += tokenSum;
+    lastLoss = lossSum / accumulation;
+    const elapsedSeconds = (performance.now() - started) / 1000;
+    hooks.onStep?.({
+      step: step + 1,
+      totalSteps: opts.totalSteps,
+      loss: lastLoss,
+      lr,
+      gradNorm: clipped.norm,
+      tokens: tokenSum,
+      tokensPerSecond: tokensSeen / Math.max(elapsedSeconds, 1e-9),
+      elapsedSeconds,
+    });
+    const done = step + 1;
+    const last = done === opts.totalSteps;
+    const stopping = hooks.shouldStop?.() ?? false;
+    if (opts.evalEvery && (done % opts.evalEvery === 0 || last)) await hooks.onEval?.(done);
+    if (opts.checkpointEvery && (done % opts.checkpointEvery === 0 || last || stopping)) await hooks.onCheckpoint?.(done);
+    if (stopping) break;
+  }
+  return { stepsRun, lastLoss };
+}
