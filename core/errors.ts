@@ -15,7 +15,8 @@ export type ErrorCode =
   | 'MISSING_WEIGHT'
   | 'BAD_TOKENIZER'
   | 'BAD_DATA'
-  | 'BACKEND_UNAVAILABLE';
+  | 'BACKEND_UNAVAILABLE'
+  | 'WRITE_FAILED';
 
 export class LowrankError extends Error {
   readonly code: ErrorCode;

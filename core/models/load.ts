@@ -31,36 +31,57 @@ export function loadConfig(dir: string): ModelConfig {
   return parseModelConfig(readModelConfig(dir) as Record<string, unknown>, path.join(dir, 'config.json'));
 }
 
-export function loadModel(dir: string): CausalLM {
+export interface ValidatedCheckpoint {
+  config: ModelConfig;
+  reader: CheckpointReader;
+  /** Canonical weight name -> name stored in the file. */
+  storedName: Map<string, string>;
+  /** Storage dtypes found (F32, BF16, ...). */
+  dtypes: Set<string>;
+}
+
+/** Opens a model folder and checks every weight the config implies is present with the right shape. */
+export function openCheckpoint(dir: string): ValidatedCheckpoint {
   const config = loadConfig(dir);
   const reader = CheckpointReader.open(dir);
   try {
-    const stored = new Map<string, string>(); // canonical -> stored name
+    const storedName = new Map<string, string>();
     for (const name of reader.names()) {
       if (IGNORED_SUFFIXES.some((s) => name.endsWith(s))) continue;
-      stored.set(canonicalWeightName(config, name), name);
+      storedName.set(canonicalWeightName(config, name), name);
     }
-    const expected = expectedWeights(config);
-    const where = path.join(dir, 'model.safetensors');
-    for (const [name, shape] of expected) {
-      const storedName = stored.get(name);
-      if (storedName === undefined) {
+    const dtypes = new Set<string>();
+    for (const [name, shape] of expectedWeights(config)) {
+      const stored = storedName.get(name);
+      if (stored === undefined) {
         throw new LowrankError(
           'MISSING_WEIGHT',
-          `${where}: tensor "${name}" is missing but config.json (${config.architecture}, ${config.numLayers} layers) needs it`,
+          `${dir}: tensor "${name}" is missing from the weights but config.json (${config.architecture}, ${config.numLayers} layers) needs it`,
         );
       }
-      const got = reader.info(storedName).shape;
-      if (got.length !== shape.length || got.some((d, i) => d !== shape[i])) {
+      const info = reader.info(stored);
+      dtypes.add(info.dtype);
+      const got = info.shape;
+      if (got.length !== shape.length || got.some((d: number, i: number) => d !== shape[i])) {
         throw new LowrankError(
           'SHAPE_MISMATCH',
-          `${where}: tensor "${storedName}" has shape [${got.join(', ')}] but config.json implies [${shape.join(', ')}]; the weights and config.json do not belong together`,
+          `${dir}: tensor "${stored}" has shape [${got.join(', ')}] but config.json implies [${shape.join(', ')}]; the weights and config.json do not belong together`,
         );
       }
     }
+    return { config, reader, storedName, dtypes };
+  } catch (e) {
+    reader.close();
+    throw e;
+  }
+}
+
+export function loadModel(dir: string): CausalLM {
+  const { config, reader, storedName } = openCheckpoint(dir);
+  try {
     const weights = new Map<string, tf.Tensor>();
-    for (const [name, shape] of expected) {
-      weights.set(name, tf.tensor(reader.readFloat32(stored.get(name)!), shape, 'float32'));
+    for (const [name, shape] of expectedWeights(config)) {
+      weights.set(name, tf.tensor(reader.readFloat32(storedName.get(name)!), shape, 'float32'));
     }
     return buildModel(config, weights);
   } finally {

@@ -1,0 +1,174 @@
+// The wasm BatchMatMul/_FusedMatMul overrides against the cpu backend: every transpose
+// combination, odd sizes, broadcast batches, fused epilogues, gradients, and no leaks.
+import * as tf from '@tensorflow/tfjs-core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { errorVsCpu, seededTensor } from './cpu-parity.ts';
+import { initBackend } from './index.ts';
+import { activeWasmKernels } from './wasm/install.ts';
+
+const TOLERANCE = 1e-5;
+const TRANSPOSES: Array<[boolean, boolean]> = [[false, false], [true, false], [false, true], [true, true]];
+const SIZES: Array<[number, number, number]> = [
+  [1, 1, 1], [1, 7, 3], [3, 1, 7], [7, 3, 1], [33, 7, 65], [65, 33, 3], [3, 65, 33], [64, 64, 64],
+];
+/** [a batch dims, b batch dims]: equal, broadcast either way, rank-2 vs batched, multi-dim. */
+const BATCHES: Array<[number[], number[]]> = [
+  [[3], [3]], [[3], [1]], [[1], [3]], [[3], []], [[], [3]], [[2, 1], [3]], [[2, 3], [1, 3]], [[1], []],
+];
+const ACTIVATIONS = ['linear', 'relu', 'relu6', 'elu', 'sigmoid', 'leakyrelu', 'prelu'] as const;
+
+/** a is logically [..., m, k] and b [..., k, n]; a transposed operand is stored with its last two dims swapped. */
+function operands(aBatch: number[], bBatch: number[], [m, k, n]: number[], tA: boolean, tB: boolean, seed = 1) {
+  const a = seededTensor([...aBatch, ...(tA ? [k, m] : [m, k])], seed);
+  const b = seededTensor([...bBatch, ...(tB ? [n, k] : [k, n])], seed + 1);
+  return { a, b };
+}
+
+beforeAll(async () => {
+  const info = await initBackend({ backend: 'wasm' });
+  expect(info.kernels).toEqual(expect.arrayContaining(['BatchMatMul', '_FusedMatMul']));
+  expect(activeWasmKernels()).toEqual(expect.arrayContaining(['BatchMatMul', '_FusedMatMul']));
+});
+
+describe('BatchMatMul on wasm matches cpu', () => {
+  for (const size of SIZES) {
+    for (const [tA, tB] of TRANSPOSES) {
+      it(`${size.join('x')} transposeA=${tA} transposeB=${tB}`, async () => {
+        const err = await errorVsCpu('wasm', () => {
+          const { a, b } = operands([], [], size, tA, tB);
+          return tf.matMul(a, b, tA, tB);
+        });
+        expect(err).toBeLessThanOrEqual(TOLERANCE);
+      });
+    }
+  }
+
+  for (const [aBatch, bBatch] of BATCHES) {
+    for (const [tA, tB] of TRANSPOSES) {
+      it(`batch [${aBatch}]·[${bBatch}] 7x33x5 transposeA=${tA} transposeB=${tB}`, async () => {
+        const err = await errorVsCpu('wasm', () => {
+          const { a, b } = operands(aBatch, bBatch, [7, 33, 5], tA, tB);
+          return tf.matMul(a, b, tA, tB);
+        });
+        expect(err).toBeLessThanOrEqual(TOLERANCE);
+      });
+    }
+  }
+
+  it.each([[[3, 0, 2]], [[0, 4, 3]], [[2, 5, 0]]])('empty dimension %j', async (size) => {
+    const err = await errorVsCpu('wasm', () => {
+      const { a, b } = operands([2], [2], size, true, false);
+      return tf.matMul(a, b, true, false);
+    });
+    expect(err).toBe(0);
+  });
+});
+
+describe('_FusedMatMul on wasm matches cpu', () => {
+  const FUSED_BATCHES: Array<[number[], number[]]> = [[[], []], [[3], [1]], [[3], [3]], [[1], [3]]];
+  for (const activation of ACTIVATIONS) {
+    for (const [aBatch, bBatch] of FUSED_BATCHES) {
+      for (const [tA, tB] of TRANSPOSES) {
+        it(`${activation} batch [${aBatch}]·[${bBatch}] transposeA=${tA} transposeB=${tB}, bias [n]`, async () => {
+          const [m, k, n] = [7, 33, 5];
+          const err = await errorVsCpu('wasm', () => {
+            const { a, b } = operands(aBatch, bBatch, [m, k, n], tA, tB);
+            return tf.fused.matMul({
+              a, b, transposeA: tA, transposeB: tB,
+              bias: seededTensor([n], 3),
+              activation,
+              preluActivationWeights: activation === 'prelu' ? seededTensor([n], 4) : undefined,
+              leakyreluAlpha: 0.3,
+            });
+          });
+          expect(err).toBeLessThanOrEqual(TOLERANCE);
+        });
+      }
+    }
+  }
+
+  // Bias and prelu weights that broadcast other than as a length-n row take the epilogue path.
+  const EPILOGUES: Array<{ bias?: number[]; alpha?: number[]; batch: [number[], number[]] }> = [
+    { batch: [[], []] },
+    { bias: [1], batch: [[], []] },
+    { bias: [7, 5], batch: [[3], [1]] },
+    { bias: [3, 1, 5], batch: [[3], [3]] },
+    { alpha: [7, 1], batch: [[3], [1]] },
+    { alpha: [1], batch: [[], []] },
+    { bias: [5], alpha: [7, 5], batch: [[1], [3]] },
+  ];
+  for (const { bias, alpha, batch } of EPILOGUES) {
+    for (const [tA, tB] of TRANSPOSES) {
+      it(`bias ${bias ? `[${bias}]` : 'none'} prelu ${alpha ? `[${alpha}]` : 'none'} batch [${batch[0]}]·[${batch[1]}] transposeA=${tA} transposeB=${tB}`, async () => {
+        const err = await errorVsCpu('wasm', () => {
+          const { a, b } = operands(batch[0], batch[1], [7, 33, 5], tA, tB);
+          return tf.fused.matMul({
+            a, b, transposeA: tA, transposeB: tB,
+            bias: bias ? seededTensor(bias, 3) : undefined,
+            activation: alpha ? 'prelu' : 'relu',
+            preluActivationWeights: alpha ? seededTensor(alpha, 4) : undefined,
+          });
+        });
+        expect(err).toBeLessThanOrEqual(TOLERANCE);
+      });
+    }
+  }
+});
+
+describe('gradients through the overridden kernels match cpu', () => {
+  for (const [aBatch, bBatch] of [[[], []], [[3], [3]], [[3], [1]], [[1], [3]], [[2, 1], [3]]] as Array<[number[], number[]]>) {
+    for (const [tA, tB] of TRANSPOSES) {
+      it(`d(matMul) batch [${aBatch}]·[${bBatch}] transposeA=${tA} transposeB=${tB}`, async () => {
+        const err = await errorVsCpu('wasm', () => {
+          const { a, b } = operands(aBatch, bBatch, [7, 33, 65], tA, tB);
+          const outShape = tf.matMul(a, b, tA, tB).shape;
+          const w = seededTensor(outShape, 9);
+          return tf.grads((x: tf.Tensor, y: tf.Tensor) => tf.sum(tf.mul(tf.matMul(x, y, tA, tB), w)))([a, b]);
+        });
+        expect(err).toBeLessThanOrEqual(TOLERANCE);
+      });
+    }
+  }
+
+  for (const [tA, tB] of TRANSPOSES) {
+    it(`d(fused matMul + bias + relu) transposeA=${tA} transposeB=${tB}`, async () => {
+      const err = await errorVsCpu('wasm', () => {
+        const { a, b } = operands([3], [1], [7, 33, 5], tA, tB);
+        const bias = seededTensor([5], 5);
+        const w = seededTensor([3, 7, 5], 9);
+        const f = (x: tf.Tensor, y: tf.Tensor, c: tf.Tensor) =>
+          tf.sum(tf.mul(tf.fused.matMul({ a: x, b: y, transposeA: tA, transposeB: tB, bias: c, activation: 'relu' }), w));
+        return tf.grads(f)([a, b, bias]);
+      });
+      expect(err).toBeLessThanOrEqual(TOLERANCE);
+    });
+  }
+});
+
+describe('memory', () => {
+  it('leaves no tensors or backend data behind on any path', () => {
+    const a = seededTensor([3, 33, 7], 1);
+    const b = seededTensor([3, 33, 5], 2);
+    const b1 = seededTensor([1, 33, 5], 2);
+    const c = seededTensor([3, 7, 33], 5);
+    const bias = seededTensor([7, 5], 3);
+    const bias5 = seededTensor([5], 3);
+    const alpha = seededTensor([7, 1], 4);
+    const backend = tf.backend() as unknown as { numDataIds(): number };
+    const everyPath = () => {
+      tf.matMul(a, b, true, false).dispose(); // per-batch slices + transpose
+      tf.matMul(a, b1, true, false).dispose(); // fold + transpose
+      tf.matMul(c, b).dispose(); // per-batch, no transpose
+      tf.fused.matMul({ a, b: b1, transposeA: true, bias: bias5, activation: 'relu' }).dispose(); // stock fused on the fold
+      tf.fused.matMul({ a, b, transposeA: true, bias, activation: 'prelu', preluActivationWeights: alpha }).dispose(); // epilogue, tiled alpha
+      tf.dispose(tf.grads((x: tf.Tensor, y: tf.Tensor) => tf.sum(tf.matMul(x, y, true, false)))([a, b]));
+    };
+    everyPath(); // first use may create lasting state (e.g. scalars cached by the engine)
+    const tensors = tf.memory().numTensors;
+    const dataIds = backend.numDataIds();
+    for (let i = 0; i < 5; i++) everyPath();
+    expect(tf.memory().numTensors).toBe(tensors);
+    expect(backend.numDataIds()).toBe(dataIds);
+    tf.dispose([a, b, b1, c, bias, bias5, alpha]);
+  });
+});

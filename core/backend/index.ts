@@ -1,0 +1,217 @@
+/**
+ * Chooses and starts the tfjs backend (DESIGN.md "Backends").
+ *
+ * Order when nothing is forced: tensorflow (tfjs-node-gpu, then tfjs-node; both optional native
+ * packages) > wasm (with the project's kernels, PERFORMANCE.md §0-§2) > cpu. webgpu is only used
+ * when asked for: its packages are optional and not installed by default, and on a machine
+ * without a GPU Dawn may hand out a software adapter that is slower than wasm (PERFORMANCE.md §4).
+ *
+ * What forces a backend, strongest first: `initBackend({backend})` (a CLI flag), then the
+ * `LOWRANK_BACKEND` environment variable. A forced backend that cannot start is a
+ * BACKEND_UNAVAILABLE error that names it and says why; it never silently falls back.
+ */
+import '@tensorflow/tfjs-backend-cpu';
+import * as tf from '@tensorflow/tfjs-core';
+import { LowrankError } from '../errors.ts';
+import { startWasmBackend } from './wasm/install.ts';
+import { nativeAddonProblem, packageInstalled, tryImport, type Attempt } from './optional-packages.ts';
+import { startWebgpuBackend } from './webgpu.ts';
+
+export const BACKEND_NAMES = ['tensorflow', 'wasm', 'cpu', 'webgpu'] as const;
+export type BackendName = (typeof BACKEND_NAMES)[number];
+
+export interface BackendInfo {
+  backend: BackendName;
+  /** tfjs-core's version; all tfjs packages are pinned to it. */
+  tfjsVersion: string;
+  wasmSimd?: boolean;
+  wasmThreads?: number;
+  /** Names of the project's own kernels that are active on this backend. */
+  kernels: string[];
+  /** GPU adapter or native library in use, where the backend reports one. */
+  adapter?: string;
+  /** Backends tried before this one and why each could not start (for `lowrank info`). */
+  skipped?: Array<{ backend: BackendName; reason: string }>;
+}
+
+export interface InitBackendOptions {
+  backend?: BackendName;
+}
+
+const AUTO_ORDER: BackendName[] = ['tensorflow', 'wasm', 'cpu'];
+
+let started: Promise<BackendInfo> | null = null;
+
+/**
+ * Starts the backend once per process; later calls return the same info. A later call that
+ * forces a different backend than the one running is an error rather than a silent no-op.
+ */
+export function initBackend(opts: InitBackendOptions = {}): Promise<BackendInfo> {
+  let forced: { name: BackendName; by: string } | undefined;
+  try {
+    forced = forcedBackend(opts);
+  } catch (e) {
+    return Promise.reject(e);
+  }
+  if (started == null) {
+    started = start(forced).catch((e: unknown) => {
+      started = null; // let the caller retry, e.g. with another backend
+      throw e;
+    });
+    return started;
+  }
+  return started.then((info) => {
+    if (forced != null && forced.name !== info.backend) {
+      throw new LowrankError(
+        'BAD_ARGUMENT',
+        `backend '${forced.name}' (${forced.by}) was requested after '${info.backend}' had already started; ` +
+          'choose the backend before the first computation.',
+      );
+    }
+    return info;
+  });
+}
+
+function forcedBackend(opts: InitBackendOptions): { name: BackendName; by: string } | undefined {
+  if (opts.backend != null) {
+    if (!isBackendName(opts.backend)) throw badName(String(opts.backend), 'the backend option');
+    return { name: opts.backend, by: 'requested' };
+  }
+  const env = process.env.LOWRANK_BACKEND?.trim().toLowerCase();
+  if (env == null || env === '' || env === 'auto') return undefined;
+  if (!isBackendName(env)) throw badName(env, 'LOWRANK_BACKEND');
+  return { name: env, by: 'forced by LOWRANK_BACKEND' };
+}
+
+function isBackendName(s: string): s is BackendName {
+  return (BACKEND_NAMES as readonly string[]).includes(s);
+}
+
+function badName(value: string, where: string): LowrankError {
+  return new LowrankError(
+    'BAD_ARGUMENT',
+    `${where}='${value}' is not a backend; use one of ${BACKEND_NAMES.join(', ')}` +
+      (where === 'LOWRANK_BACKEND' ? ', or unset it to choose automatically.' : '.'),
+  );
+}
+
+async function start(forced: { name: BackendName; by: string } | undefined): Promise<BackendInfo> {
+  if (forced != null) {
+    const attempt = await tryBackend(forced.name);
+    if (!attempt.ok) {
+      throw new LowrankError(
+        'BACKEND_UNAVAILABLE',
+        `backend '${forced.name}' (${forced.by}) is unavailable: ${attempt.reason}`,
+      );
+    }
+    return attempt.value;
+  }
+  const skipped: Array<{ backend: BackendName; reason: string }> = [];
+  for (const name of AUTO_ORDER) {
+    const attempt = await tryBackend(name);
+    if (attempt.ok) return skipped.length > 0 ? { ...attempt.value, skipped } : attempt.value;
+    skipped.push({ backend: name, reason: attempt.reason });
+  }
+  throw new LowrankError(
+    'BACKEND_UNAVAILABLE',
+    `no tfjs backend could start: ${skipped.map((s) => `${s.backend}: ${s.reason}`).join('; ')}`,
+  );
+}
+
+async function tryBackend(name: BackendName): Promise<Attempt<BackendInfo>> {
+  const base = { backend: name, tfjsVersion: tf.version_core, kernels: [] as string[] };
+  try {
+    switch (name) {
+      case 'tensorflow':
+        return await startTensorflow(base);
+      case 'wasm': {
+        const wasm = await startWasmBackend();
+        return { ok: true, value: { ...base, wasmSimd: wasm.simd, wasmThreads: wasm.threads, kernels: wasm.kernels } };
+      }
+      case 'cpu':
+        if (!(await tf.setBackend('cpu'))) return { ok: false, reason: 'tf.setBackend("cpu") failed' };
+        return { ok: true, value: base };
+      case 'webgpu': {
+        const gpu = await startWebgpuBackend();
+        return gpu.ok ? { ok: true, value: { ...base, adapter: gpu.value.adapter } } : gpu;
+      }
+    }
+  } catch (e) {
+    return { ok: false, reason: e instanceof Error ? e.message : String(e) };
+  }
+}
+
+/** The native packages register the 'tensorflow' backend when they import successfully. */
+const TENSORFLOW_PACKAGES = ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'] as const;
+
+async function startTensorflow(base: BackendInfo): Promise<Attempt<BackendInfo>> {
+  const reasons: string[] = [];
+  for (const pkg of TENSORFLOW_PACKAGES) {
+    if (!packageInstalled(pkg)) {
+      reasons.push(`${pkg} is not installed`);
+      continue;
+    }
+    // Checked before importing: a failed import still loads all of @tensorflow/tfjs (~1 s) and
+    // registers kernels under 'tensorflow' that the next package then re-registers noisily.
+    const addonProblem = nativeAddonProblem(pkg);
+    if (addonProblem != null) {
+      reasons.push(addonProblem);
+      continue;
+    }
+    const imported = await tryImport(pkg);
+    if (!imported.ok) {
+      reasons.push(`${pkg} failed to load: ${imported.reason}`);
+      continue;
+    }
+    if (!(await tf.setBackend('tensorflow'))) {
+      reasons.push(`${pkg} loaded but tf.setBackend("tensorflow") failed`);
+      continue;
+    }
+    return { ok: true, value: { ...base, adapter: pkg === '@tensorflow/tfjs-node-gpu' ? 'libtensorflow (CUDA)' : 'libtensorflow (CPU)' } };
+  }
+  return { ok: false, reason: reasons.join('; ') };
+}
+
+export interface MatmulShape {
+  m?: number;
+  k?: number;
+  n?: number;
+  transposeA?: boolean;
+  transposeB?: boolean;
+  batch?: number;
+}
+
+export interface MeasureOptions extends MatmulShape {
+  /** Time budget of the timed loop (after warm-up); at least 2 products are always timed. */
+  seconds?: number;
+}
+
+/**
+ * GFLOP/s of tf.matMul on the active backend: 2·m·k·n·batch flops per product. Each product is
+ * read back with dataSync so that asynchronous backends (webgpu) are timed to completion.
+ */
+export async function measureMatmulGflops(opts: MeasureOptions = {}): Promise<number> {
+  const { m = 1024, k = 256, n = 1024, transposeA = false, transposeB = false, batch = 1, seconds = 1 } = opts;
+  const lead = batch > 1 ? [batch] : [];
+  const a = tf.randomNormal([...lead, ...(transposeA ? [k, m] : [m, k])]);
+  const b = tf.randomNormal([...lead, ...(transposeB ? [n, k] : [k, n])]);
+  const once = () => {
+    const c = tf.matMul(a, b, transposeA, transposeB);
+    c.dataSync();
+    c.dispose();
+  };
+  try {
+    once(); // warm-up: XNNPACK operator creation, heap growth, JIT
+    let products = 0;
+    const t0 = performance.now();
+    while (products < 2 || performance.now() - t0 < seconds * 1000) {
+      once();
+      products++;
+    }
+    const elapsed = (performance.now() - t0) / 1000;
+    return (2 * m * k * n * batch * products) / elapsed / 1e9;
+  } finally {
+    a.dispose();
+    b.dispose();
+  }
+}
