@@ -27,7 +27,8 @@ function pythonString(text: string): string {
 
 /** For a user who points straight at a pickle file: always throws PICKLE_REFUSED with the conversion. */
 export function refusePickle(file: string): never {
-  const out = file.replace(/\.[^./\\]+$/, '') + '.safetensors';
+  const stem = file.replace(/\.[^./\\]+$/, '');
+  const out = stem + (file.endsWith('.safetensors') ? '.converted.safetensors' : '.safetensors');
   throw new LowrankError(
     'PICKLE_REFUSED',
     `${file} is a PyTorch pickle; ${PICKLE_REASON}. Convert it to safetensors in Python: ` +

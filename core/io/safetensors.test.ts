@@ -246,6 +246,13 @@ describe('SafetensorsFile.open errors', () => {
     expectLowrankError(() => SafetensorsFile.open(offsets), 'BAD_SAFETENSORS', offsets, 'data_offsets');
   });
 
+  it('a PyTorch file renamed to .safetensors gets the pickle explanation', () => {
+    const zip = fileWith('renamed.safetensors', Buffer.from('PK\x03\x04\0\0\0\0archive/data.pkl', 'latin1'));
+    expectLowrankError(() => SafetensorsFile.open(zip), 'PICKLE_REFUSED', zip, 'arbitrary code', 'renamed.converted.safetensors');
+    const raw = fileWith('raw-pickle.safetensors', Buffer.from([0x80, 0x02, 0x7d, 0x71, 0, 0x58, 1, 0, 0, 0]));
+    expectLowrankError(() => SafetensorsFile.open(raw), 'PICKLE_REFUSED', raw);
+  });
+
   it('a folder instead of a file', () => {
     expectLowrankError(() => SafetensorsFile.open(dir), 'BAD_ARGUMENT', dir);
   });

@@ -14,6 +14,9 @@ import { LowrankError } from '../errors.ts';
 import { bfloat16ToFloat32, float16ToFloat32, float32ToBfloat16, float32ToFloat16 } from './dtype.ts';
 import { isJsonObject } from './hf-folder.ts';
 import { describeJsonError } from './json-error.ts';
+// Circular on purpose: checkpoint-reader.ts builds on SafetensorsFile; both sides only use the
+// other's exports inside functions, never while the modules are being evaluated.
+import { refusePickle } from './checkpoint-reader.ts';
 
 export type SafetensorsDtype = 'F32' | 'F16' | 'BF16' | 'I32' | 'I64';
 export type WritableDtype = 'F32' | 'F16' | 'BF16' | 'I32';
@@ -42,6 +45,7 @@ const MAX_HEADER_BYTES = 100_000_000;
 /** Conversion and write chunk: big enough for full-speed I/O, small enough not to double peak memory. */
 const CHUNK_BYTES = 16 << 20;
 const REFETCH = 're-download or re-export it';
+const ZIP_MAGIC = Buffer.from('PK\x03\x04', 'latin1');
 
 // Typed arrays use the platform's byte order and the format is little-endian; every platform
 // Electron and Node ship for is little-endian, so say so loudly rather than read garbage.
@@ -94,6 +98,12 @@ export class SafetensorsFile {
       const lengthBytes = Buffer.alloc(8);
       readFully(fd, lengthBytes, 0, file);
       const headerLength = lengthBytes.readBigUInt64LE(0);
+      if (headerLength > BigInt(size - 8) || headerLength > BigInt(MAX_HEADER_BYTES)) {
+        // A renamed torch.save file (a zip, or a raw pickle) gets the pickle explanation, not "corrupt".
+        if (lengthBytes.subarray(0, 4).equals(ZIP_MAGIC) || (lengthBytes[0] === 0x80 && lengthBytes[1]! >= 2 && lengthBytes[1]! <= 5)) {
+          refusePickle(file);
+        }
+      }
       if (headerLength > BigInt(size - 8)) {
         bad(file, `header longer than the file (header says ${headerLength} bytes, file has ${size - 8} after the length): truncated or not a safetensors file; ${REFETCH}`);
       }
@@ -371,4 +381,5 @@ function syncFolder(folder: string): void {
   }
 }
 
-export { CheckpointReader, refusePickle, isPickleFile } from './checkpoint-reader.ts';
+export { CheckpointReader, isPickleFile } from './checkpoint-reader.ts';
+export { refusePickle };
