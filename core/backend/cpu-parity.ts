@@ -4,7 +4,7 @@
  * implementation). Inputs are regenerated from a seed on each backend, so no tensor has to move
  * between backends.
  */
-import * as tf from '@tensorflow/tfjs-core';
+import * as tf from '../tf.ts';
 
 /** Deterministic uniform values in [-1, 1) (mulberry32). */
 export function seededValues(size: number, seed: number): Float32Array {
@@ -56,10 +56,18 @@ export function relativeError(x: Float32Array, ref: Float32Array): number {
   return scale === 0 ? diff : diff / scale;
 }
 
-/** Worst relative error of `backend` against cpu over all outputs; throws on a shape mismatch. */
-export async function errorVsCpu(backend: string, fn: () => tf.Tensor | tf.Tensor[]): Promise<number> {
+/**
+ * Worst relative error of `fn` on `backend` against `reference` (default: the same `fn`) on cpu,
+ * over all outputs; throws on a shape mismatch. A separate reference is for what the cpu backend
+ * itself gets wrong, e.g. its BatchMatMul ignores multi-dim batch broadcasting ([2,1]·[3]).
+ */
+export async function errorVsCpu(
+  backend: string,
+  fn: () => tf.Tensor | tf.Tensor[],
+  reference: () => tf.Tensor | tf.Tensor[] = fn,
+): Promise<number> {
   const got = await runOn(backend, fn);
-  const want = await runOn('cpu', fn);
+  const want = await runOn('cpu', reference);
   let worst = 0;
   got.forEach((g, i) => {
     if (g.shape.join() !== want[i].shape.join()) {

@@ -5,7 +5,7 @@
  * `npm run bench` can call runMatmulBench(); run this file
  * directly (`npx tsx core/backend/matmul-bench.ts [seconds]`) to print the table.
  */
-import * as tf from '@tensorflow/tfjs-core';
+import * as tf from '../tf.ts';
 import { pathToFileURL } from 'node:url';
 import { initBackend, measureMatmulGflops, type MatmulShape } from './index.ts';
 import { installWasmKernels, uninstallWasmKernels } from './wasm/install.ts';

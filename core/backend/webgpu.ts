@@ -10,7 +10,7 @@
  *  3. `tf.setBackend('webgpu')` must then find an adapter.
  * Untested in this repository so far: no machine here has the tfjs webgpu package.
  */
-import * as tf from '@tensorflow/tfjs-core';
+import * as tf from '../tf.ts';
 import { packageInstalled, tryImport, type Attempt } from './optional-packages.ts';
 
 const TFJS_WEBGPU = '@tensorflow/tfjs-backend-webgpu';

@@ -5,8 +5,8 @@
  * package.json, and declaring exactly what we touch here means an upgrade breaks in one place.
  * See PERFORMANCE.md §2 for how wasm kernels see tensor data.
  */
-import { getKernel, util } from '@tensorflow/tfjs-core';
-import type { DataType, NamedAttrMap, NamedTensorInfoMap, TensorInfo } from '@tensorflow/tfjs-core';
+import { getKernel, util } from '../../tf.ts';
+import type { DataType, NamedAttrMap, NamedTensorInfoMap, TensorInfo } from '../../tf.ts';
 
 export interface WasmTensorData {
   /** The integer id the C++ side knows the tensor by (`register_tensor`). */

@@ -16,12 +16,13 @@
  *  3. otherwise each output batch is one XNNPACK call on slices of the heap, addressed through
  *     temporary tensor ids (backend-internals.ts), broadcasting batch dims as tf.matMul does.
  * The stock kernel still does the single-product calls, so its XNNPACK operator cache (keyed on
- * `b`'s id) keeps working for weights that are reused across steps.
+ * `b`'s id) keeps working for weights that are reused across steps, and it still does tiny
+ * products, where per-call overhead outweighs its slow loop (matMulTuning).
  *
  * Threads: XNNPACK uses the backend's threadpool by itself once the threaded-SIMD build is loaded
  * (PERFORMANCE.md §1); nothing here needs to change for that.
  */
-import { _FusedMatMul, BatchMatMul, broadcast_util, util } from '@tensorflow/tfjs-core';
+import { _FusedMatMul, BatchMatMul, broadcast_util, util } from '../../tf.ts';
 import type {
   _FusedMatMulAttrs,
   _FusedMatMulInputs,
@@ -31,7 +32,7 @@ import type {
   NamedAttrMap,
   NamedTensorInfoMap,
   TensorInfo,
-} from '@tensorflow/tfjs-core';
+} from '../../tf.ts';
 import {
   asWasmBackend,
   registerHeapSlice,
@@ -42,9 +43,27 @@ import {
   tensorData,
   type WasmBackendInternals,
 } from './backend-internals.ts';
-import { applyFusedEpilogue, stockEpilogueIsExact } from './fused-epilogue.ts';
+import { applyFusedEpilogue, DEFAULT_LEAKYRELU_ALPHA, stockEpilogueIsExact } from './fused-epilogue.ts';
 
 const BYTES_PER_FLOAT = 4;
+
+/** Tuning that may differ per machine (and with wasm threads); exported so tests can cover both paths. */
+export const matMulTuning = {
+  /**
+   * m·k·n at or below which the stock kernel is used as is. Measured on a shared 2-core AVX-512
+   * machine (noisy): at 4·4·4 the stock loop is ~2-4× faster, at 16·16·16 the two are level, from
+   * 24·24·24 (and 32·8·32 transposed) the override wins.
+   */
+  stockAtOrBelow: 16 * 16 * 16,
+};
+
+/**
+ * Batch broadcasting patterns the stock kernel gets right (checked against cpu in the tests).
+ * It flattens batch dims, so e.g. [2,1]·[3] comes out wrong.
+ */
+function stockBroadcastIsExact(plan: MatMulPlan): boolean {
+  return plan.batchA === 1 || plan.batchB === 1 || util.arraysEqual(plan.aBatchShape, plan.bBatchShape);
+}
 
 /** Shapes of one (possibly batched, possibly transposed) product, as tf.matMul defines them. */
 export interface MatMulPlan {
@@ -179,8 +198,8 @@ export function createMatMulKernels(stock: StockMatMulKernels): KernelConfig[] {
     a3: TensorInfo, b3: TensorInfo): TensorInfo {
     const { m, k, n } = plan;
     const out = backend.makeOutput(plan.outShape, 'float32');
-    // Offsets are read after makeOutput: its malloc may move nothing, but it may grow the heap,
-    // and offsets (unlike typed-array views) survive that.
+    // Byte offsets, not typed-array views: makeOutput's malloc may grow the heap, which detaches
+    // views but leaves offsets valid.
     const aBase = tensorData(backend, a3).memoryOffset;
     const bBase = tensorData(backend, b3).memoryOffset;
     const outBase = tensorData(backend, out).memoryOffset;
@@ -213,6 +232,11 @@ export function createMatMulKernels(stock: StockMatMulKernels): KernelConfig[] {
     const plan = planMatMul(a.shape, b.shape, transposeA, transposeB);
     const { batchA, batchB, m, k, n } = plan;
     if (util.sizeFromShape(plan.outShape) === 0) return backend.makeOutput(plan.outShape, 'float32');
+    if (fold == null && m * k * n <= matMulTuning.stockAtOrBelow && stockBroadcastIsExact(plan)) {
+      // Per-call overhead (a transpose, XNNPACK operator creation) dominates tiny products, which
+      // the stock scalar loop finishes sooner.
+      return callStock(stock.batchMatMul, backend, { a, b }, { transposeA, transposeB });
+    }
     if (k === 0) {
       const out = backend.makeOutput(plan.outShape, 'float32');
       backend.typedArrayFromHeap(out).fill(0); // an empty sum; malloc'd memory is not zeroed
@@ -260,7 +284,7 @@ export function createMatMulKernels(stock: StockMatMulKernels): KernelConfig[] {
       // XNNPACK applies bias and activation in the same pass as the product.
       const fold = (a2: TensorInfo, b2: TensorInfo) => callStock(stock.fusedMatMul, backend,
         { a: a2, b: b2, bias, preluActivationWeights },
-        { transposeA: false, transposeB: false, activation, leakyreluAlpha: leakyreluAlpha ?? 0 });
+        { transposeA: false, transposeB: false, activation, leakyreluAlpha: leakyreluAlpha ?? DEFAULT_LEAKYRELU_ALPHA });
       return product(backend, c, a, b, transposeA, transposeB, fold);
     }
     const y = product(backend, c, a, b, transposeA, transposeB);

@@ -4,8 +4,8 @@
  * (`add(product, bias)` with broadcasting, then the activation kernel), which is the reference the
  * tests compare against.
  */
-import { util } from '@tensorflow/tfjs-core';
-import type { _FusedMatMulAttrs, TensorInfo } from '@tensorflow/tfjs-core';
+import { util } from '../../tf.ts';
+import type { _FusedMatMulAttrs, TensorInfo } from '../../tf.ts';
 import { reshaped, runWasmKernel, type WasmBackendInternals } from './backend-internals.ts';
 
 type Activation = _FusedMatMulAttrs['activation'];
@@ -18,7 +18,7 @@ export interface FusedEpilogue {
 }
 
 /** fused.matMul's default slope, used when a caller runs the kernel without the attr. */
-const DEFAULT_LEAKYRELU_ALPHA = 0.2;
+export const DEFAULT_LEAKYRELU_ALPHA = 0.2;
 
 /**
  * True when `small` broadcasts to `full` by repeating whole trailing blocks, i.e. without its

@@ -8,9 +8,9 @@
  */
 // Side effect first: registers the stock 'wasm' backend factory and its kernels, which we capture.
 import { getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
-import * as tf from '@tensorflow/tfjs-core';
-import { getKernel, registerKernel, unregisterKernel } from '@tensorflow/tfjs-core';
-import type { KernelConfig } from '@tensorflow/tfjs-core';
+import * as tf from '../../tf.ts';
+import { getKernel, registerKernel, unregisterKernel } from '../../tf.ts';
+import type { KernelConfig } from '../../tf.ts';
 import { createMatMulKernels } from './batch-matmul.ts';
 import { unsortedSegmentSumConfig } from './unsorted-segment-sum.ts';
 

@@ -7,8 +7,8 @@
  * indexes x's first r dims. A plain JS loop over zero-copy heap views: this is a scatter-add,
  * memory-bound, and the gradient of an embedding lookup touches only B·T rows.
  */
-import { UnsortedSegmentSum, util } from '@tensorflow/tfjs-core';
-import type { KernelConfig, KernelFunc, TensorInfo, UnsortedSegmentSumAttrs } from '@tensorflow/tfjs-core';
+import { UnsortedSegmentSum, util } from '../../tf.ts';
+import type { KernelConfig, KernelFunc, TensorInfo, UnsortedSegmentSumAttrs } from '../../tf.ts';
 import { asWasmBackend } from './backend-internals.ts';
 
 const unsortedSegmentSum: KernelFunc = ({ inputs, backend: backendArg, attrs }) => {

@@ -1,0 +1,77 @@
+// initBackend: selection order, forcing, errors and idempotence. Vitest runs each test file in its
+// own process, so this file starts from a fresh tfjs engine; the order of the tests matters
+// (failed starts first: once a backend is running, asking for another is an error).
+import * as tf from '../tf.ts';
+import { afterEach, describe, expect, it } from 'vitest';
+import { LowrankError } from '../errors.ts';
+import { initBackend, measureMatmulGflops } from './index.ts';
+
+const savedEnv = process.env.LOWRANK_BACKEND;
+afterEach(() => {
+  if (savedEnv == null) delete process.env.LOWRANK_BACKEND;
+  else process.env.LOWRANK_BACKEND = savedEnv;
+});
+
+async function failure(p: Promise<unknown>): Promise<LowrankError> {
+  const e = await p.then(() => null, (err: unknown) => err);
+  expect(e).toBeInstanceOf(LowrankError);
+  return e as LowrankError;
+}
+
+describe('initBackend', () => {
+  it('rejects an unknown LOWRANK_BACKEND and names the variable', async () => {
+    process.env.LOWRANK_BACKEND = 'tpu';
+    const e = await failure(initBackend());
+    expect(e.code).toBe('BAD_ARGUMENT');
+    expect(e.message).toContain("LOWRANK_BACKEND='tpu'");
+  });
+
+  it('forcing tensorflow without its native addon is BACKEND_UNAVAILABLE, with the reason', async () => {
+    process.env.LOWRANK_BACKEND = 'tensorflow';
+    const e = await failure(initBackend());
+    expect(e.code).toBe('BACKEND_UNAVAILABLE');
+    expect(e.message).toMatch(/backend 'tensorflow' \(forced by LOWRANK_BACKEND\) is unavailable: .*tfjs-node/);
+  });
+
+  it('forcing webgpu without @tensorflow/tfjs-backend-webgpu is BACKEND_UNAVAILABLE', async () => {
+    const e = await failure(initBackend({ backend: 'webgpu' }));
+    expect(e.code).toBe('BACKEND_UNAVAILABLE');
+    expect(e.message).toContain("backend 'webgpu'");
+    expect(e.message).toContain('@tensorflow/tfjs-backend-webgpu');
+  });
+
+  it('chooses wasm when tensorflow is unavailable, with the project kernels and the reason it skipped', async () => {
+    delete process.env.LOWRANK_BACKEND;
+    const info = await initBackend();
+    expect(info.backend).toBe('wasm');
+    expect(tf.getBackend()).toBe('wasm');
+    expect(info.tfjsVersion).toBe(tf.version_core);
+    expect(typeof info.wasmSimd).toBe('boolean');
+    expect(info.wasmThreads).toBeGreaterThanOrEqual(1);
+    expect(info.kernels.sort()).toEqual(['BatchMatMul', 'UnsortedSegmentSum', '_FusedMatMul']);
+    expect(info.skipped?.map((s) => s.backend)).toEqual(['tensorflow']);
+  });
+
+  it('is idempotent', async () => {
+    const first = await initBackend();
+    expect(await initBackend()).toBe(first);
+    expect(await initBackend({ backend: 'wasm' })).toBe(first);
+  });
+
+  it('refuses to switch to another backend once one is running', async () => {
+    const e = await failure(initBackend({ backend: 'cpu' }));
+    expect(e.code).toBe('BAD_ARGUMENT');
+    expect(tf.getBackend()).toBe('wasm');
+  });
+
+  it('leaves uncaught errors to Node: no emscripten rethrow handlers stay installed', () => {
+    const handlers = [...process.listeners('uncaughtException'), ...process.listeners('unhandledRejection')];
+    expect(handlers.some((h) => String(h).includes('ExitStatus') || String(h).includes('throw reason'))).toBe(false);
+  });
+
+  it('measures matmul throughput', async () => {
+    const gflops = await measureMatmulGflops({ m: 64, k: 32, n: 48, transposeA: true, batch: 2, seconds: 0.05 });
+    expect(gflops).toBeGreaterThan(0);
+    expect(Number.isFinite(gflops)).toBe(true);
+  });
+});
