@@ -36,7 +36,8 @@ function run(dir: string) {
   const model = loadModel(dir);
   const V = model.config.vocabSize;
   const ids = Array.from({ length: 2 * 9 }, (_, i) => (i * 13 + 5) % V);
-  const result = tf.tidy(() => {
+  let result: { logits: Float32Array; grads: Map<string, Float32Array> } | undefined;
+  tf.tidy(() => {
     const x = tf.tensor2d(ids, [2, 9], 'int32');
     const logits = model.forward(x).logits.dataSync() as Float32Array;
     const names = [...model.weights.keys()];
@@ -44,9 +45,9 @@ function run(dir: string) {
       names.forEach((n, i) => model.weights.set(n, ws[i]));
       return causalLmLoss(model.forward(x).logits, x).loss;
     })(names.map((n) => model.weights.get(n)!));
-    return { logits, grads: new Map(names.map((n, i) => [n, grads[i].dataSync() as Float32Array])) };
+    result = { logits, grads: new Map(names.map((n, i) => [n, grads[i].dataSync() as Float32Array])) };
   });
-  return result;
+  return result!;
 }
 
 describe.each<TinyCheckpointKind>(['llama-gqa-tied', 'qwen2', 'gpt2'])('%s: wasm vs cpu', (kind) => {

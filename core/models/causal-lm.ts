@@ -11,7 +11,11 @@ import type { ModelConfig } from './config.ts';
  * layer (x·Wᵀ + b), so LoRA-style methods add to it and others (DoRA, ...) may rescale it.
  */
 export interface LinearAdapter {
-  apply(x: tf.Tensor2D, base: (x: tf.Tensor2D) => tf.Tensor2D, weight: tf.Tensor2D): tf.Tensor2D;
+  /**
+   * x [N, in] -> [N, out]. `weight` is the frozen weight as stored ([out, in], or [in, out] for
+   * GPT-2's Conv1D: see CausalLM.isTransposedLinear); `training` switches dropout on.
+   */
+  apply(x: tf.Tensor2D, base: (x: tf.Tensor2D) => tf.Tensor2D, weight: tf.Tensor2D, training: boolean): tf.Tensor2D;
 }
 
 /** Keys and values per layer, [B, kvHeads, S, headDim], after RoPE. */
@@ -75,7 +79,7 @@ export abstract class CausalLM {
       return b ? (tf.add(y, b) as tf.Tensor2D) : y;
     };
     const adapter = this.adapters.get(path);
-    return adapter ? adapter.apply(x, base, w) : base(x);
+    return adapter ? adapter.apply(x, base, w, this.training) : base(x);
   }
 
   dispose(): void {
