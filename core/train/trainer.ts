@@ -28,6 +28,8 @@ export interface StepReport {
   tokens: number;
   tokensPerSecond: number;
   elapsedSeconds: number;
+  /** Peak tfjs tensor bytes inside a step (measured with tf.profile on the first step run). */
+  peakTensorBytes: number;
 }
 
 export interface TrainerOptions {
@@ -67,11 +69,12 @@ export async function train(
   let tokensSeen = 0;
   let lastLoss = NaN;
   let stepsRun = 0;
+  let peakTensorBytes = 0;
   for (let step = opts.startStep ?? 0; step < opts.totalSteps; step++) {
     let grads = new Map<string, tf.Tensor>();
     let lossSum = 0;
     let tokenSum = 0;
-    for (let micro = 0; micro < accumulation; micro++) {
+    const microStep = (micro: number) => {
       const batch = batchAt(step, micro);
       const { value, grads: g, tokens } = tf.tidy(() => {
         let tokenCount: tf.Scalar | undefined;
@@ -98,7 +101,16 @@ export async function train(
           gi.dispose();
         }
       }
+    };
+    // The first step runs under tf.profile, which reports the peak of live tensor bytes inside it:
+    // the measured counterpart of the memory estimate (activations live only within a step).
+    if (stepsRun === 0) {
+      const profile = await tf.profile(() => microStep(0));
+      peakTensorBytes = profile.peakBytes;
+    } else {
+      microStep(0);
     }
+    for (let micro = 1; micro < accumulation; micro++) microStep(micro);
     if (accumulation > 1) {
       const averaged = new Map<string, tf.Tensor>();
       for (const [name, g] of grads) {
@@ -125,6 +137,7 @@ export async function train(
       tokens: tokenSum,
       tokensPerSecond: tokensSeen / Math.max(elapsedSeconds, 1e-9),
       elapsedSeconds,
+      peakTensorBytes,
     });
     const done = step + 1;
     const last = done === opts.totalSteps;

@@ -1,0 +1,101 @@
+/**
+ * Memory estimate of a training run before launch: weights, trainable parameters, gradients,
+ * optimizer state and activations at the chosen batch and sequence length.
+ *
+ * Activations are counted from what the tfjs graph of core/models keeps alive for the backward
+ * pass (tfjs' tape holds every intermediate of the forward until gradients are taken), per token
+ * and per layer, rather than from a rule of thumb. The counts follow llama.ts / gpt2.ts op by op:
+ *   RMSNorm  3·C (x², scaled x, weighted)          attention projections: q 7.5·Hq (matmul, head
+ *   transpose, RoPE split/neg/concat/2 muls/add), k 7.5·Hkv, v 2·Hkv; scores 4·H·T per token
+ *   (matmul, scale, mask, softmax); attended 2·Hq; o_proj + residual 2·C; MLP 5·I + 2·C.
+ *   Head: logits, the shifted copy, one-hot labels and the loss internals ≈ 6·V per token.
+ * Everything is float32. The result is compared with the measured peak in the bench.
+ */
+import type { ModelConfig } from '../models/config.ts';
+import { parameterCount } from '../models/config.ts';
+
+const FLOAT = 4;
+/** Node, V8 and the wasm module before any tensor: measured ~150–250 MB RSS on Linux x64. */
+export const RUNTIME_BASELINE_BYTES = 200 * 1024 ** 2;
+
+export interface MemoryEstimateInput {
+  config: ModelConfig;
+  batchSize: number;
+  seqLen: number;
+  trainableParameters: number;
+  /** Optimizer state bytes as the method/optimizer computes them exactly (AdamW: 8 per trainable). */
+  optimizerStateBytes: number;
+  /** True when the trainable parameters are the base weights themselves (full fine-tuning). */
+  trainsBaseWeights: boolean;
+  /** Extra activation floats per token per adapted module (LoRA: dropout mask + x·Aᵀ + ...). */
+  adapterActivationFloatsPerToken?: number;
+}
+
+export interface MemoryEstimate {
+  weightsBytes: number;
+  trainableBytes: number;
+  gradientBytes: number;
+  optimizerBytes: number;
+  activationBytes: number;
+  /** Sum of the tensor terms: what tf.memory() should peak at. */
+  tensorBytes: number;
+  /** tensorBytes + the runtime baseline: what the process RSS should peak at. */
+  processBytes: number;
+}
+
+export function activationFloatsPerToken(c: ModelConfig, seqLen: number): number {
+  const C = c.hiddenSize;
+  const I = c.intermediateSize;
+  const Hq = c.numHeads * c.headDim;
+  const Hkv = c.numKvHeads * c.headDim;
+  // Attention keys seen per query, on average over a causal sequence the tensor is still T wide.
+  const scores = 4 * c.numHeads * seqLen;
+  const perLayer =
+    c.family === 'gpt2'
+      ? 2 * 4 * C /* two LayerNorms */ + 3 * C /* c_attn */ + 2 * 3 * C /* split + transposes */ + scores + 2 * C + 2 * C + 5 * I + 2 * C
+      : 2 * 3 * C + 7.5 * Hq + 9.5 * Hkv + scores + 2 * Hq + 2 * C + 5 * I + 2 * C;
+  const head = 6 * c.vocabSize + 4 * C;
+  return c.numLayers * perLayer + head;
+}
+
+export function estimateTrainingMemory(input: MemoryEstimateInput): MemoryEstimate {
+  const { config, batchSize, seqLen } = input;
+  const tokens = batchSize * seqLen;
+  const weightsBytes = parameterCount(config) * FLOAT;
+  const trainableBytes = input.trainsBaseWeights ? 0 : input.trainableParameters * FLOAT;
+  const gradientBytes = input.trainableParameters * FLOAT;
+  const optimizerBytes = input.optimizerStateBytes;
+  const adapterFloats = input.adapterActivationFloatsPerToken ?? 0;
+  const activationBytes = tokens * (activationFloatsPerToken(config, seqLen) + adapterFloats) * FLOAT;
+  const tensorBytes = weightsBytes + trainableBytes + gradientBytes + optimizerBytes + activationBytes;
+  return {
+    weightsBytes,
+    trainableBytes,
+    gradientBytes,
+    optimizerBytes,
+    activationBytes,
+    tensorBytes,
+    processBytes: tensorBytes + RUNTIME_BASELINE_BYTES,
+  };
+}
+
+export function formatBytes(bytes: number): string {
+  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  let v = bytes;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${v.toFixed(v >= 100 || u === 0 ? 0 : 1)} ${units[u]}`;
+}
+
+/** Peak process RSS and tfjs tensor bytes, sampled by the trainer after each step. */
+export class PeakMemory {
+  rssBytes = 0;
+  tensorBytes = 0;
+  sample(tfBytes: number): void {
+    this.rssBytes = Math.max(this.rssBytes, process.memoryUsage().rss);
+    this.tensorBytes = Math.max(this.tensorBytes, tfBytes);
+  }
+}
