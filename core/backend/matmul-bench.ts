@@ -3,7 +3,7 @@
  * the wasm override (the four products a training step is made of: forward A·B, dW = Aᵀ·B,
  * dX = A·Bᵀ, batched attention), measured with measureMatmulGflops (index.ts).
  * `npm run bench` can call runMatmulBench(); run this file
- * directly (`npx tsx core/backend/matmul-bench.ts [seconds]`) to print the table.
+ * directly (`npx tsx core/backend/matmul-bench.ts [seconds] [repeats]`) to print the table.
  */
 import * as tf from '../tf.ts';
 import { pathToFileURL } from 'node:url';
@@ -25,35 +25,58 @@ const CASES: Array<{ label: string; shape: MatmulShape }> = [
   { label: '4x 1024x256x1024 batched', shape: { batch: 4 } },
 ];
 
+export interface MatmulBenchOptions {
+  /** Timed seconds per measurement. */
+  seconds?: number;
+  /** On wasm, also measure with the stock kernels put back. */
+  compareStock?: boolean;
+  /** Measurements per row; the median is reported (the machine may be shared and noisy). */
+  repeats?: number;
+}
+
 /**
- * The table for the active backend (start one with initBackend first). On wasm each case is also
- * measured with the stock kernels put back, then the project's are reinstalled.
+ * The table for the active backend (start one with initBackend first). On wasm, project and stock
+ * kernels are measured alternately for each case, so that load from other processes affects
+ * both alike; the project's kernels are installed again at the end.
  */
-export async function runMatmulBench(opts: { seconds?: number; compareStock?: boolean } = {}): Promise<MatmulBenchRow[]> {
-  const { seconds = 1, compareStock = true } = opts;
+export async function runMatmulBench(opts: MatmulBenchOptions = {}): Promise<MatmulBenchRow[]> {
+  const { seconds = 1, compareStock = true, repeats = 1 } = opts;
   const backend = tf.getBackend();
+  const withStock = backend === 'wasm' && compareStock;
   const rows: MatmulBenchRow[] = [];
   for (const c of CASES) {
-    rows.push({ shape: c.label, backend, kernels: 'project', gflops: await measureMatmulGflops({ ...c.shape, seconds }) });
-  }
-  if (backend === 'wasm' && compareStock) {
-    uninstallWasmKernels();
-    try {
-      for (const c of CASES) {
-        rows.push({ shape: c.label, backend, kernels: 'stock', gflops: await measureMatmulGflops({ ...c.shape, seconds }) });
+    const project: number[] = [];
+    const stock: number[] = [];
+    for (let r = 0; r < repeats; r++) {
+      project.push(await measureMatmulGflops({ ...c.shape, seconds }));
+      if (!withStock) continue;
+      uninstallWasmKernels();
+      try {
+        stock.push(await measureMatmulGflops({ ...c.shape, seconds }));
+      } finally {
+        installWasmKernels();
       }
-    } finally {
-      installWasmKernels();
     }
+    rows.push({ shape: c.label, backend, kernels: 'project', gflops: median(project) });
+    if (withStock) rows.push({ shape: c.label, backend, kernels: 'stock', gflops: median(stock) });
   }
   return rows;
 }
 
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+/** `npx tsx core/backend/matmul-bench.ts [seconds] [repeats]` */
 async function main(): Promise<void> {
   const info = await initBackend();
   const seconds = Number(process.argv[2] ?? 1);
-  console.log(`backend ${info.backend} (simd ${info.wasmSimd ?? '-'}, threads ${info.wasmThreads ?? '-'}), ${seconds}s per case`);
-  const rows = await runMatmulBench({ seconds });
+  const repeats = Number(process.argv[3] ?? 1);
+  console.log(`backend ${info.backend} (simd ${info.wasmSimd ?? '-'}, threads ${info.wasmThreads ?? '-'}), ` +
+    `${seconds}s per measurement, median of ${repeats}`);
+  const rows = await runMatmulBench({ seconds, repeats });
   for (const r of rows) console.log(`${r.shape.padEnd(28)} ${r.kernels.padEnd(8)} ${r.gflops.toFixed(2).padStart(7)} GFLOP/s`);
 }
 
