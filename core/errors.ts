@@ -16,7 +16,11 @@ export type ErrorCode =
   | 'BAD_TOKENIZER'
   | 'BAD_DATA'
   | 'BACKEND_UNAVAILABLE'
-  | 'WRITE_FAILED';
+  | 'WRITE_FAILED'
+  | 'RUN_NOT_FOUND'
+  | 'BAD_RUN_STATE'
+  | 'STORE_TOO_NEW'
+  | 'STORE_UNAVAILABLE';
 
 export class LowrankError extends Error {
   readonly code: ErrorCode;

@@ -6,7 +6,8 @@ import { initBackend } from '../backend/index.ts';
 import { LowrankError } from '../errors.ts';
 import { loadModel } from '../models/load.ts';
 import { generate } from '../models/generate.ts';
-import { causalLmLoss, type CausalLM } from '../models/causal-lm.ts';
+import type { CausalLM } from '../models/causal-lm.ts';
+import { validationLoss } from '../train/evaluate.ts';
 import { loadTokenizer } from '../tokenize/tokenizer.ts';
 import { readTextCorpus } from '../data/text-corpus.ts';
 import { ProgressBar } from '../progress.ts';
@@ -105,22 +106,9 @@ export async function evalCommand(flags: Flags): Promise<void> {
   let lossSum = 0;
   let tokens = 0;
   for (let b = 0; b < usable.length; b += batchSize) {
-    const rows = usable.slice(b, b + batchSize);
-    const T = Math.max(...rows.map((r) => r.length));
-    const ids = new Int32Array(rows.length * T);
-    const labels = new Int32Array(rows.length * T).fill(-100);
-    const mask = new Int32Array(rows.length * T);
-    rows.forEach((r, i) => {
-      ids.set(r, i * T);
-      labels.set(r, i * T);
-      mask.fill(1, i * T, i * T + r.length);
-    });
-    const [loss, count] = tf.tidy(() => {
-      const out = model.forward(tf.tensor2d(ids, [rows.length, T], 'int32'), { attentionMask: tf.tensor2d(mask, [rows.length, T], 'int32') });
-      const l = causalLmLoss(out.logits, tf.tensor2d(labels, [rows.length, T], 'int32'));
-      return [l.loss.dataSync()[0], l.tokens.dataSync()[0]];
-    });
-    lossSum += loss * count;
+    const rows = usable.slice(b, b + batchSize).map((w) => ({ ids: Int32Array.from(w), labels: Int32Array.from(w) }));
+    const count = rows.reduce((n, r) => n + r.ids.length - 1, 0);
+    lossSum += validationLoss(model, rows, batchSize) * count;
     tokens += count;
     bar?.update(Math.min(b + batchSize, usable.length), `loss ${(lossSum / tokens).toFixed(4)}`);
   }

@@ -21,6 +21,7 @@ import { AdamW } from '../optim/adamw.ts';
 import { Random } from '../random.ts';
 import { train, type Batch, type StepReport } from './trainer.ts';
 import { loadTrainingCheckpoint, saveTrainingCheckpoint } from './checkpoint.ts';
+import { validationLoss, type TokenizedExample } from './evaluate.ts';
 
 export interface PretrainOptions {
   data: string;
@@ -156,24 +157,14 @@ export function lmLoss(model: CausalLM, batch: Batch): { loss: tf.Scalar; tokens
   return causalLmLoss(model.forward(ids, { attentionMask: mask }).logits, labels);
 }
 
-/** Mean loss over consecutive validation windows (at most maxBatches batches). */
-function validationLoss(model: CausalLM, tokens: Int32Array, from: number, opts: PretrainOptions, maxBatches = 4): number {
-  let lossSum = 0;
-  let count = 0;
-  for (let b = 0; b < maxBatches; b++) {
-    const ids = new Int32Array(opts.batchSize * opts.seqLen);
-    let rows = 0;
-    for (; rows < opts.batchSize; rows++) {
-      const start = from + (b * opts.batchSize + rows) * opts.seqLen;
-      if (start + opts.seqLen > tokens.length) break;
-      ids.set(tokens.subarray(start, start + opts.seqLen), rows * opts.seqLen);
-    }
-    if (rows === 0) break;
-    const batch = { ids: ids.subarray(0, rows * opts.seqLen), labels: ids.subarray(0, rows * opts.seqLen), batchSize: rows, seqLen: opts.seqLen };
-    lossSum += tf.tidy(() => lmLoss(model, batch).loss.dataSync()[0]);
-    count++;
+/** Mean loss over the first consecutive validation windows (at most maxBatches batches). */
+function heldOutLoss(model: CausalLM, tokens: Int32Array, from: number, opts: PretrainOptions, maxBatches = 4): number {
+  const windows: TokenizedExample[] = [];
+  for (let start = from; start + opts.seqLen <= tokens.length && windows.length < maxBatches * opts.batchSize; start += opts.seqLen) {
+    const ids = tokens.slice(start, start + opts.seqLen);
+    windows.push({ ids, labels: ids });
   }
-  return count ? lossSum / count : NaN;
+  return validationLoss(model, windows, opts.batchSize);
 }
 
 export function sampleText(model: CausalLM, tokenizer: Tokenizer, prompt: string, seed: number, maxNewTokens = 40): string {
@@ -244,7 +235,7 @@ export async function pretrain(opts: PretrainOptions, events: PretrainEvents, sh
         events.step(r);
       },
       onEval: (step) => {
-        lastVal = validationLoss(model, tokens, trainLength, opts);
+        lastVal = heldOutLoss(model, tokens, trainLength, opts);
         events.log(`step ${step}: train loss ${lastTrain.toFixed(3)}, validation loss ${lastVal.toFixed(3)} | ${JSON.stringify(sampleText(model, tokenizer, opts.samplePrompt, step, 24))}`);
       },
       onCheckpoint: (step) => saveTrainingCheckpoint(checkpointDir, step, params, optimizer),
