@@ -131,11 +131,11 @@ export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;
  * newest one on disk.
  */
 export function configureConnection(db: Database.Database): void {
+  // Readers (UI, CLI) and the engine process share the file; wait on a lock rather than fail.
+  db.pragma('busy_timeout = 5000');
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = NORMAL');
   db.pragma('foreign_keys = ON');
-  // Readers (UI, CLI) and the engine process share the file; wait on a lock rather than fail.
-  db.pragma('busy_timeout = 5000');
 }
 
 export function schemaVersion(db: Database.Database): number {
