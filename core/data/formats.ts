@@ -81,8 +81,8 @@ export function formatOfRecord(record: Record<string, unknown>): DatasetFormat |
 }
 
 /**
- * The format most of the first records agree on (ties go to the earlier entry of
- * DATASET_FORMATS' reverse order: chat formats before alpaca before prompt-completion before text).
+ * The format most of the first records agree on, so one odd record at the top does not decide it;
+ * ties go to the more specific format (sharegpt, chat, alpaca, prompt-completion, then text).
  */
 export function detectFormat(entries: RawEntry[], file: string): DatasetFormat {
   const votes = new Map<DatasetFormat, number>();
@@ -105,8 +105,9 @@ export function detectFormat(entries: RawEntry[], file: string): DatasetFormat {
   );
 }
 
-export function parseFormat(value: string): DatasetFormat {
-  if ((DATASET_FORMATS as readonly string[]).includes(value)) return value as DatasetFormat;
+/** A --format value: one of DATASET_FORMATS, or 'auto' (detect). */
+export function parseFormat(value: string): DatasetFormat | 'auto' {
+  if (value === 'auto' || (DATASET_FORMATS as readonly string[]).includes(value)) return value as DatasetFormat | 'auto';
   throw new LowrankError('BAD_ARGUMENT', `--format must be one of ${DATASET_FORMATS.join(', ')} (or auto), got "${value}"`);
 }
 

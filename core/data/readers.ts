@@ -76,7 +76,9 @@ function isObject(value: unknown): value is Record<string, unknown> {
 }
 
 function typeName(value: unknown): string {
-  return value === null ? 'null' : Array.isArray(value) ? 'an array' : `a ${typeof value}`;
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'an array';
+  return typeof value === 'object' ? 'an object' : `a ${typeof value}`;
 }
 
 function readJsonLines(file: string, text: string): RawEntry[] {
