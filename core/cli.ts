@@ -9,6 +9,9 @@ import { infoCommand, inspectCommand } from './cli/info.ts';
 import { evalCommand, generateCommand, logitsCommand } from './cli/model-commands.ts';
 import { pretrainCommand } from './cli/pretrain-command.ts';
 import { benchCommand } from './cli/bench.ts';
+import { dataPreviewCommand, methodsCommand, runsCommand, trainCommand } from './cli/train-commands.ts';
+import { exportCommand } from './cli/export-command.ts';
+import { demoCommand } from './cli/demo.ts';
 
 export type Flags = Record<string, string | boolean | undefined>;
 
@@ -16,11 +19,15 @@ interface Command {
   summary: string;
   usage: string;
   options: NonNullable<ParseArgsConfig['options']>;
-  run(flags: Flags): Promise<void>;
+  /** Whether words after the command are allowed (`runs show ID`). */
+  positionals?: boolean;
+  run(flags: Flags, positionals: string[]): Promise<void>;
 }
 
 const json = { json: { type: 'boolean' } } as const;
 const model = { model: { type: 'string' } } as const;
+const adapter = { adapter: { type: 'string' } } as const;
+const strings = (...names: string[]) => Object.fromEntries(names.map((k) => [k, { type: 'string' as const }]));
 
 const COMMANDS: Record<string, Command> = {
   info: {
@@ -37,15 +44,16 @@ const COMMANDS: Record<string, Command> = {
   },
   logits: {
     summary: 'float32 next-token logits at every position (a parity tool)',
-    usage: 'lowrank logits --model DIR --ids 1,2,3 [--json]',
-    options: { ...model, ids: { type: 'string' }, ...json },
+    usage: 'lowrank logits --model DIR [--adapter PEFT_DIR] --ids 1,2,3 [--json]',
+    options: { ...model, ...adapter, ids: { type: 'string' }, ...json },
     run: logitsCommand,
   },
   generate: {
     summary: 'continue a prompt',
-    usage: 'lowrank generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]',
+    usage: 'lowrank generate --model DIR [--adapter PEFT_DIR] --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]',
     options: {
       ...model,
+      ...adapter,
       prompt: { type: 'string' },
       'max-new-tokens': { type: 'string' },
       temperature: { type: 'string' },
@@ -58,8 +66,8 @@ const COMMANDS: Record<string, Command> = {
   },
   eval: {
     summary: 'loss and perplexity of a model on a text file',
-    usage: 'lowrank eval --model DIR --data FILE [--seq-len L] [--batch-size B] [--json]',
-    options: { ...model, data: { type: 'string' }, 'seq-len': { type: 'string' }, 'batch-size': { type: 'string' }, ...json },
+    usage: 'lowrank eval --model DIR [--adapter PEFT_DIR] --data FILE [--seq-len L] [--batch-size B] [--json]',
+    options: { ...model, ...adapter, data: { type: 'string' }, 'seq-len': { type: 'string' }, 'batch-size': { type: 'string' }, ...json },
     run: evalCommand,
   },
   pretrain: {
@@ -81,6 +89,53 @@ const COMMANDS: Record<string, Command> = {
     },
     run: pretrainCommand,
   },
+  train: {
+    summary: 'fine-tune a model on a dataset with a method of the registry',
+    usage:
+      'lowrank train --model DIR --data FILE --method ID [--rank R --alpha A --dropout D --target LIST|all-linear --param k=v,...] ' +
+      '(--steps N | --epochs E) [--batch-size B --seq-len L --lr X --schedule cosine|linear|constant --warmup N --seed S] ' +
+      '[--grad-accum N --clip-norm X --weight-decay X --eval-every N --checkpoint-every N --early-stopping N --validation F] ' +
+      '[--format auto|chat|alpaca|... --on-bad-line fail|skip --train-on-prompt --adapter PEFT_DIR --name NAME] [--resume RUN_ID] [--json]',
+    options: {
+      ...strings(
+        'model', 'data', 'method', 'rank', 'alpha', 'dropout', 'target', 'param', 'steps', 'epochs', 'batch-size', 'seq-len', 'lr',
+        'schedule', 'warmup', 'seed', 'grad-accum', 'clip-norm', 'weight-decay', 'eval-every', 'checkpoint-every', 'early-stopping',
+        'validation', 'format', 'on-bad-line', 'adapter', 'name', 'resume', 'metric-examples',
+      ),
+      'train-on-prompt': { type: 'boolean' },
+      ...json,
+    },
+    run: trainCommand,
+  },
+  data: {
+    summary: 'preview a dataset as the model will see it (rendering, token counts, trained tokens)',
+    usage: 'lowrank data preview --model DIR --data FILE [--format F] [--seq-len L] [--count N] [--json]',
+    options: { ...strings('model', 'data', 'format', 'seq-len', 'count'), ...json },
+    positionals: true,
+    run: async (flags, positionals) => {
+      if (positionals[0] !== 'preview') throw new LowrankError('BAD_ARGUMENT', 'usage: lowrank data preview --model DIR --data FILE');
+      await dataPreviewCommand(flags);
+    },
+  },
+  runs: {
+    summary: 'list, show and compare stored runs',
+    usage: 'lowrank runs list | show RUN_ID | compare RUN_ID RUN_ID... [--json]',
+    options: { ...strings('limit'), ...json },
+    positionals: true,
+    run: runsCommand,
+  },
+  export: {
+    summary: 'export a run as a PEFT adapter, a merged Hugging Face folder or GGUF',
+    usage: 'lowrank export --run RUN_ID --format peft|merged|gguf [--quant f32|f16|q8_0] [--dtype float32|base] --out DIR [--json]',
+    options: { ...strings('run', 'format', 'quant', 'dtype', 'out'), ...json },
+    run: exportCommand,
+  },
+  methods: {
+    summary: 'the method registry: ids, papers, hyper-parameters and defaults',
+    usage: 'lowrank methods [--json]',
+    options: { ...json },
+    run: methodsCommand,
+  },
   bench: {
     summary: 'performance figures: matmul GFLOP/s and forward tokens/s',
     usage: 'lowrank bench [--quick] [--json]',
@@ -88,15 +143,10 @@ const COMMANDS: Record<string, Command> = {
     run: benchCommand,
   },
   demo: {
-    summary: 'the headless fine-tuning demo',
-    usage: 'lowrank demo',
-    options: {},
-    run: async () => {
-      throw new LowrankError(
-        'BAD_ARGUMENT',
-        'the fine-tuning demo arrives with the fine-tuning engine; until then try `lowrank generate --model resources/models/brown-llama --prompt "The"`',
-      );
-    },
+    summary: 'the headless fine-tuning demo: LoRA on the bundled model, accuracy before and after',
+    usage: 'lowrank demo [--steps N]',
+    options: { ...strings('steps') },
+    run: demoCommand,
   },
 };
 
@@ -123,12 +173,15 @@ export async function main(argv: string[]): Promise<number> {
       return 0;
     }
     let values: Flags;
+    let positionals: string[];
     try {
-      values = parseArgs({ args: args.slice(1), options: command.options, strict: true, allowPositionals: false }).values as Flags;
+      const parsed = parseArgs({ args: args.slice(1), options: command.options, strict: true, allowPositionals: Boolean(command.positionals) });
+      values = parsed.values as Flags;
+      positionals = parsed.positionals;
     } catch (e) {
       throw new LowrankError('BAD_ARGUMENT', `${(e as Error).message.split('\n')[0]}; usage: ${command.usage}`);
     }
-    await command.run(values);
+    await command.run(values, positionals);
     return 0;
   } catch (e) {
     if (isLowrankError(e)) {

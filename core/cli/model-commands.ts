@@ -5,6 +5,7 @@ import * as tf from '../tf.ts';
 import { initBackend } from '../backend/index.ts';
 import { LowrankError } from '../errors.ts';
 import { loadModel } from '../models/load.ts';
+import { applyPeftAdapter, readPeftAdapter } from '../export/peft.ts';
 import { generate } from '../models/generate.ts';
 import type { CausalLM } from '../models/causal-lm.ts';
 import { validationLoss } from '../train/evaluate.ts';
@@ -25,10 +26,13 @@ function parseIds(raw: string, vocabSize: number): number[] {
   });
 }
 
+/** --model, plus --adapter (a PEFT LoRA/DoRA folder) applied on top when given. */
 async function loadModelFlag(flags: Flags): Promise<{ dir: string; model: CausalLM }> {
   const dir = requireString(flags, 'model', 'a Hugging Face model folder');
   await initBackend();
-  return { dir, model: loadModel(dir) };
+  const model = loadModel(dir);
+  if (typeof flags.adapter === 'string') applyPeftAdapter(model, readPeftAdapter(flags.adapter));
+  return { dir, model };
 }
 
 export async function logitsCommand(flags: Flags): Promise<void> {

@@ -1,0 +1,79 @@
+/**
+ * Exports a stored fine-tuning run: rebuilds base + method from the run's config, loads its last
+ * checkpoint, and writes a PEFT adapter, a merged Hugging Face folder or GGUF (+ Modelfile); the
+ * artifact is recorded in the run store.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { LowrankError } from '../errors.ts';
+import type { RunStore } from '../store/store.ts';
+import { loadTrainedRun } from '../train/finetune.ts';
+import { writePeftAdapter } from './peft.ts';
+import { exportMerged } from './merged.ts';
+import { exportGguf, type GgufQuant } from './gguf.ts';
+import type * as tf from '../tf.ts';
+
+export interface ExportRequest {
+  runId: string;
+  format: 'peft' | 'merged' | 'gguf';
+  out: string;
+  quant?: GgufQuant;
+  dtype?: 'float32' | 'base';
+}
+
+export interface ExportResult {
+  runId: string;
+  format: ExportRequest['format'];
+  path: string;
+  bytes: number;
+  step: number;
+}
+
+function folderBytes(dir: string): number {
+  return fs.readdirSync(dir).reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
+}
+
+export async function exportRun(store: RunStore, request: ExportRequest, log: (message: string) => void = () => {}): Promise<ExportResult> {
+  // Refuse a bad destination before the (slow) rebuild of the run.
+  if (fs.existsSync(request.out)) throw new LowrankError('BAD_ARGUMENT', `${request.out} already exists; choose another --out or delete it`);
+  log(`loading run ${request.runId}`);
+  const prepared = await loadTrainedRun(store, request.runId);
+  const { attached, config, model } = prepared;
+  const dispose = (m: Map<string, tf.Tensor>) => m.forEach((t) => t.dispose());
+  try {
+    let detail: string;
+    if (request.format === 'peft') {
+      if (!attached.peftAdapter) {
+        throw new LowrankError('BAD_ARGUMENT', `method ${attached.method.id} has no PEFT form; export it with --format merged or gguf`);
+      }
+      const adapter = attached.peftAdapter();
+      try {
+        await writePeftAdapter(request.out, adapter, config.model);
+      } finally {
+        dispose(adapter.tensors);
+      }
+      detail = `LORA r=${String(adapter.config.r)}`;
+    } else {
+      const merged = attached.mergedWeights();
+      try {
+        if (request.format === 'merged') {
+          const r = await exportMerged(request.out, config.model, merged, { dtype: request.dtype ?? 'float32' });
+          detail = `${r.dtype}, ${r.replaced} merged tensors`;
+        } else {
+          const quant = request.quant ?? 'f16';
+          const r = await exportGguf(request.out, { baseDir: config.model, weights: merged }, { quant, name: `${path.basename(config.model)}-${request.runId}` });
+          for (const note of r.notes) log(note);
+          detail = quant;
+        }
+      } finally {
+        dispose(merged);
+      }
+    }
+    const bytes = folderBytes(request.out);
+    store.addArtifact(request.runId, { kind: request.format, path: request.out, formatDetail: detail, bytes });
+    return { runId: request.runId, format: request.format, path: request.out, bytes, step: prepared.step };
+  } finally {
+    attached.detach();
+    model.dispose();
+  }
+}
