@@ -1,0 +1,158 @@
+/**
+ * Fine-tuning end to end on a tiny model pre-trained here (so it has a real byte-level BPE
+ * tokenizer with ChatML tokens): determinism, no tensor leak, resume after SIGKILL reproducing
+ * the uninterrupted final loss, PEFT export -> reload -> same logits as the merged export, and
+ * bad dataset records reported with their line numbers.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as tf from '../core/tf.ts';
+import { initBackend } from '../core/backend/index.ts';
+import { pretrain } from '../core/train/pretrain.ts';
+import { FINETUNE_DEFAULTS, runFinetune, type FinetuneConfig } from '../core/train/finetune.ts';
+import { openStore } from '../core/store/index.ts';
+import { makeReviewRecords } from '../scripts/make-demo-dataset.ts';
+
+const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-finetune-'));
+const modelDir = path.join(root, 'model');
+const data = path.join(root, 'reviews.jsonl');
+const home = path.join(root, 'home');
+const cli = path.resolve(import.meta.dirname, '..', 'bin', 'lowrank.js');
+afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
+
+beforeAll(async () => {
+  await initBackend();
+  const corpus = path.join(root, 'corpus.txt');
+  const records = makeReviewRecords(200, 1);
+  fs.writeFileSync(corpus, records.map((r) => r.messages.map((m) => m.content).join(' ')).join('\n\n'));
+  fs.writeFileSync(data, records.map((r) => JSON.stringify(r)).join('\n') + '\n');
+  await pretrain(
+    {
+      data: corpus, out: modelDir, vocabSize: 320, hiddenSize: 32, layers: 2, heads: 4, kvHeads: 2, intermediateSize: 64,
+      seqLen: 32, batchSize: 4, steps: 4, lr: 1e-2, warmupSteps: 1, minLrRatio: 0.1, weightDecay: 0.1, seed: 1,
+      evalEvery: 4, checkpointEvery: 4, dtype: 'float32', resume: false, samplePrompt: 'The',
+    },
+    { log: () => {}, step: () => {} },
+  );
+});
+
+function config(overrides: Partial<FinetuneConfig> = {}): FinetuneConfig {
+  return {
+    ...FINETUNE_DEFAULTS,
+    model: modelDir, data, method: 'lora', params: { rank: 4, alpha: 8, dropout: 0 }, targets: ['q_proj', 'v_proj'],
+    steps: 8, epochs: null, batchSize: 4, seqLen: 48, lr: 1e-2, evalEvery: 4, checkpointEvery: 4, validation: 0.1,
+    metricExamples: 4, ...overrides,
+  };
+}
+
+function lowrank(args: string[]) {
+  return spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env: { ...process.env, LOWRANK_HOME: home } });
+}
+
+function trainArgs(extra: string[] = []): string[] {
+  return [
+    'train', '--model', modelDir, '--data', data, '--method', 'lora', '--rank', '4', '--alpha', '8', '--dropout', '0',
+    '--target', 'q_proj,v_proj', '--steps', '12', '--batch-size', '4', '--seq-len', '48', '--lr', '1e-2',
+    '--eval-every', '100', '--checkpoint-every', '3', '--metric-examples', '0', '--json', ...extra,
+  ];
+}
+
+describe('fine-tuning', () => {
+  it('gives the same loss curve for the same seed and keeps tf.memory().numTensors flat', async () => {
+    const store = openStore(path.join(root, 'home-determinism'));
+    const curves: number[][] = [];
+    const counts: number[] = [];
+    for (let i = 0; i < 2; i++) {
+      const losses: number[] = [];
+      await runFinetune(store, config(), (e) => {
+        if (e.type === 'step') {
+          losses.push(e.loss);
+          counts.push(tf.memory().numTensors);
+        }
+      });
+      curves.push(losses);
+    }
+    store.close();
+    expect(curves[0]).toHaveLength(8);
+    expect(curves[1]).toEqual(curves[0]);
+    expect(curves[0][7]).toBeLessThan(curves[0][0]);
+    // Within a run every step ends with the same number of live tensors.
+    expect(counts.slice(1, 8)).toEqual(counts.slice(1, 8).map(() => counts[1]));
+  });
+
+  it('resumes after a SIGKILL and reproduces the uninterrupted final loss', async () => {
+    const full = lowrank(trainArgs());
+    expect(full.status, full.stderr).toBe(0);
+    const lines = full.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    const done = lines.find((l) => l.event === 'done');
+    expect(done.status).toBe('completed');
+
+    // Same run in a child that is killed right after its checkpoint at step 6 is reported.
+    const child = spawn(process.execPath, [cli, ...trainArgs()], { env: { ...process.env, LOWRANK_HOME: home } });
+    let runId = '';
+    let out = '';
+    await new Promise<void>((resolve) => {
+      child.stdout.on('data', (chunk: Buffer) => {
+        out += chunk.toString();
+        for (const line of out.split('\n').slice(0, -1)) {
+          const event = JSON.parse(line);
+          runId ||= event.run_id;
+          if (event.event === 'checkpoint' && event.step === 6) child.kill('SIGKILL');
+        }
+      });
+      child.on('exit', () => resolve());
+    });
+    expect(runId).not.toBe('');
+    const store = openStore(home);
+    expect(store.getRun(runId).status).toBe('interrupted');
+    store.close();
+
+    const resumed = lowrank(['train', '--resume', runId, '--json']);
+    expect(resumed.status, resumed.stderr).toBe(0);
+    const resumedDone = resumed.stdout.trim().split('\n').map((l) => JSON.parse(l)).find((l) => l.event === 'done');
+    expect(resumedDone.run_id).toBe(runId);
+    expect(resumedDone.train_loss).toBe(done.train_loss);
+  });
+
+  it('exports PEFT and merged: base + adapter logits equal the merged model logits', () => {
+    const r = lowrank(trainArgs(['--steps', '6']));
+    expect(r.status, r.stderr).toBe(0);
+    const runId = JSON.parse(r.stdout.trim().split('\n').pop()!).run_id as string;
+    const peft = path.join(root, 'peft');
+    const merged = path.join(root, 'merged');
+    expect(lowrank(['export', '--run', runId, '--format', 'peft', '--out', peft]).status).toBe(0);
+    expect(lowrank(['export', '--run', runId, '--format', 'merged', '--out', merged]).status).toBe(0);
+    const config = JSON.parse(fs.readFileSync(path.join(peft, 'adapter_config.json'), 'utf8'));
+    expect(config).toMatchObject({ peft_type: 'LORA', r: 4, lora_alpha: 8, task_type: 'CAUSAL_LM', use_rslora: false, use_dora: false });
+    const ids = '5,60,7,99,120,3';
+    const a = JSON.parse(lowrank(['logits', '--model', modelDir, '--adapter', peft, '--ids', ids, '--json']).stdout).logits.flat() as number[];
+    const b = JSON.parse(lowrank(['logits', '--model', merged, '--ids', ids, '--json']).stdout).logits.flat() as number[];
+    const base = JSON.parse(lowrank(['logits', '--model', modelDir, '--ids', ids, '--json']).stdout).logits.flat() as number[];
+    const maxRef = Math.max(...b.map(Math.abs));
+    expect(Math.max(...a.map((v, i) => Math.abs(v - b[i]))) / maxRef).toBeLessThanOrEqual(1e-5);
+    // and the adapter did change the model
+    expect(Math.max(...a.map((v, i) => Math.abs(v - base[i])))).toBeGreaterThan(1e-4);
+    // An existing destination is refused and left as it was.
+    const again = lowrank(['export', '--run', runId, '--format', 'peft', '--out', peft]);
+    expect(again.status).toBe(2);
+    expect(again.stderr).toMatch(/already exists/);
+  });
+
+  it('reports bad dataset records with their line numbers', () => {
+    const bad = path.join(root, 'bad.jsonl');
+    const good = fs.readFileSync(data, 'utf8').split('\n').slice(0, 5);
+    good.splice(2, 0, '{"messages": [{"role": "user", "content": "hi"}');
+    good.splice(4, 0, '{"messages": [{"role": "bot", "content": "hi"}, {"role": "assistant", "content": "x"}]}');
+    fs.writeFileSync(bad, good.join('\n') + '\n');
+    const r = lowrank(['train', '--model', modelDir, '--data', bad, '--method', 'lora', '--steps', '1']);
+    expect(r.status).toBe(2);
+    const message = r.stderr.trim();
+    expect(message.split('\n')).toHaveLength(1);
+    expect(message).toContain('bad.jsonl:3');
+    expect(message).toContain('bad.jsonl:5');
+    expect(message).toMatch(/--on-bad-line skip/);
+  });
+});
