@@ -25,8 +25,16 @@ export interface MethodInfo {
   paper: { title: string; year: number; url?: string };
   /** One line for the method card. */
   summary: string;
-  /** Prefix of the trainable tensor names this method owns (`lora_`), checked for clashes. */
+  /**
+   * Prefix of the trainable tensor names this method owns (`lora_`), checked for clashes by the
+   * registry. Empty for methods that train the base weights themselves (`full`, optimizers).
+   */
   parameterPrefix: string;
+  /**
+   * Id of the method this one is a variant of (`dora` -> `lora`). Variants share their base's
+   * parameter prefix and PEFT type, as peft's LoraVariant strategies share `lora_`.
+   */
+  variantOf?: string;
   schema: SchemaField[];
   mergeable: boolean;
   exportFormats: ExportFormat[];
@@ -38,6 +46,12 @@ export interface AttachContext {
   /** Full module paths to wrap (already resolved from --target), e.g. `model.layers.0.self_attn.q_proj`. */
   targets: string[];
   seed: number;
+  /**
+   * Starting values for the method's tensors, to continue training a saved adapter: keyed as
+   * `peftAdapter().tensors` names them (the `base_model.model.` prefix is optional), row-major
+   * float32 in the exported shapes. Missing keys or wrong sizes are errors.
+   */
+  initial?: Map<string, Float32Array>;
 }
 
 /** A method attached to one model instance. */
@@ -52,16 +66,19 @@ export interface AttachedMethod {
   trainableParameterCount(): number;
   /**
    * Base weight name -> merged weight (new tensors, the base weight's stored layout), for every
-   * weight the method changes. Model weights are left untouched.
+   * weight the method changes. Model weights are left untouched; the caller disposes the result.
    */
   mergedWeights(): Map<string, tf.Tensor>;
   /**
    * PEFT adapter: adapter_config.json fields (peft_type, r, lora_alpha, target_modules, use_rslora,
    * use_dora, ...) and tensors keyed as peft saves them (`base_model.model.<path>.lora_A.weight`).
-   * Absent for methods without a PEFT form.
+   * Absent for methods without a PEFT form. The tensors are new; the caller disposes them.
    */
   peftAdapter?(): { config: Record<string, unknown>; tensors: Map<string, tf.Tensor> };
-  /** Unhooks the method from the model and frees its tensors. */
+  /**
+   * Unhooks the method from the model, puts back any base weight it replaced while attached
+   * (PiSSA's residual, `full`'s variables) and frees its tensors.
+   */
   detach(): void;
 }
 

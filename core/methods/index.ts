@@ -1,0 +1,13 @@
+/**
+ * Importing this module registers every method (each file calls registerMethod on load). The
+ * base of a variant is imported before it: `lora` before `rslora`, `dora`, `pissa`, `loraplus`.
+ */
+import './full.ts';
+import './lora.ts';
+import './dora.ts';
+import './pissa.ts';
+
+export { getMethod, listMethods, registerMethod, methodRegistry, MethodRegistry } from './registry.ts';
+export { resolveTargets, targetableModules, ALL_LINEAR } from './targets.ts';
+export { resolveParams } from './params.ts';
+export type { AttachContext, AttachedMethod, Method, MethodInfo, MethodParams, SchemaField } from './method.ts';

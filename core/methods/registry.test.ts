@@ -1,0 +1,130 @@
+/**
+ * The registry (unique ids, prefix clashes, variants), parameter resolution against schemas, and
+ * target resolution (short names, suffixes, full paths, all-linear without lm_head, errors that
+ * name the bad target and list the valid ones).
+ */
+import { beforeAll, describe, expect, it } from 'vitest';
+import { initBackend } from '../backend/index.ts';
+import { LowrankError } from '../errors.ts';
+import { getMethod, listMethods, MethodRegistry, resolveParams } from './index.ts';
+import type { Method } from './method.ts';
+import { peftTargetModules, resolveTargets } from './targets.ts';
+import { tinyModel } from './method-test-helpers.ts';
+
+beforeAll(async () => {
+  await initBackend({ backend: 'cpu' });
+});
+
+function fakeMethod(id: string, parameterPrefix: string, variantOf?: string): Method {
+  return {
+    id,
+    variantOf,
+    family: 'adapter',
+    paper: { title: 't', year: 2024 },
+    summary: 's',
+    parameterPrefix,
+    schema: [],
+    mergeable: false,
+    exportFormats: [],
+    attach: () => {
+      throw new Error('not used');
+    },
+  };
+}
+
+function errorOf(action: () => unknown): LowrankError {
+  try {
+    action();
+  } catch (e) {
+    expect(e).toBeInstanceOf(LowrankError);
+    return e as LowrankError;
+  }
+  throw new Error('expected an error');
+}
+
+describe('registry', () => {
+  it('lists every method once, with a schema and paper, and looks them up by id', () => {
+    const ids = listMethods().map((m) => m.id);
+    expect(ids).toEqual(expect.arrayContaining(['full', 'lora', 'rslora', 'loraplus', 'dora', 'pissa']));
+    expect(new Set(ids).size).toBe(ids.length);
+    for (const m of listMethods()) {
+      expect(m.paper.year).toBeGreaterThan(2000);
+      expect(resolveParams(m.id, m.schema, {})).toEqual(Object.fromEntries(m.schema.map((f) => [f.name, f.default])));
+    }
+    expect(getMethod('dora').variantOf).toBe('lora');
+    expect(getMethod('lora').schema.map((f) => [f.name, f.default])).toEqual([
+      ['rank', 8],
+      ['alpha', 16],
+      ['dropout', 0.05],
+      ['use_rslora', false],
+    ]);
+    const e = errorOf(() => getMethod('qlora'));
+    expect(e.code).toBe('BAD_ARGUMENT');
+    expect(e.message).toContain('unknown method "qlora"');
+    expect(e.message).toContain('lora, rslora');
+  });
+
+  it('rejects duplicate ids and clashing prefixes; variants share their base prefix', () => {
+    const registry = new MethodRegistry();
+    registry.register(fakeMethod('vera', 'vera_'));
+    expect(errorOf(() => registry.register(fakeMethod('vera', 'other_'))).message).toMatch(/already registered/);
+    expect(errorOf(() => registry.register(fakeMethod('verax', 'vera_'))).message).toMatch(/clashes with "vera_" of method vera/);
+    expect(errorOf(() => registry.register(fakeMethod('ve', 've'))).message).toMatch(/clashes/); // "vera_" starts with "ve"
+    registry.register(fakeMethod('vera-shared', 'vera_', 'vera'));
+    expect(errorOf(() => registry.register(fakeMethod('odd', 'odd_', 'missing'))).message).toMatch(/not registered/);
+    expect(errorOf(() => registry.register(fakeMethod('odd', 'odd_', 'vera'))).message).toMatch(/differs/);
+    registry.register(fakeMethod('galore', ''));
+    registry.register(fakeMethod('fira', '')); // empty prefix: trains base weights, owns no names
+    expect(errorOf(() => registry.register(fakeMethod('Bad_Id', 'b_'))).message).toMatch(/lower-case/);
+    expect(registry.list().map((m) => m.id)).toEqual(['vera', 'vera-shared', 'galore', 'fira']);
+  });
+
+  it('resolves parameters against the schema', () => {
+    const schema = getMethod('pissa').schema;
+    expect(resolveParams('pissa', schema, { rank: 4, svd: 'exact' })).toMatchObject({ rank: 4, alpha: 8, dropout: 0, svd: 'exact' });
+    expect(errorOf(() => resolveParams('pissa', schema, { svd: 'qr' })).message).toMatch(/svd must be one of auto, exact, randomized/);
+    expect(errorOf(() => resolveParams('pissa', schema, { use_rslora: 1 })).message).toMatch(/true or false/);
+    expect(errorOf(() => resolveParams('pissa', schema, { dropout: 1 })).message).toMatch(/dropout must be in \[0, 0.95\]/);
+  });
+});
+
+describe('resolveTargets', () => {
+  it('Llama: short names, full paths and all-linear (no lm_head)', () => {
+    const { model } = tinyModel('llama-gqa-tied');
+    expect(resolveTargets(model, ['q_proj'])).toEqual(['model.layers.0.self_attn.q_proj', 'model.layers.1.self_attn.q_proj']);
+    expect(resolveTargets(model, ['v_proj', 'model.layers.0.self_attn.q_proj', 'q_proj'])).toEqual([
+      'model.layers.0.self_attn.q_proj',
+      'model.layers.0.self_attn.v_proj',
+      'model.layers.1.self_attn.q_proj',
+      'model.layers.1.self_attn.v_proj',
+    ]);
+    const all = resolveTargets(model, 'all-linear');
+    expect(all).toHaveLength(7 * model.config.numLayers);
+    expect(all).toEqual(model.linearModules());
+    expect(resolveTargets(model, ['all-linear'])).toEqual(all);
+    const e = errorOf(() => resolveTargets(model, ['q_proj', 'qkv']));
+    expect(e.code).toBe('BAD_ARGUMENT');
+    expect(e.message).toContain('"qkv"');
+    expect(e.message).toContain('down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj');
+    expect(errorOf(() => resolveTargets(model, [])).message).toMatch(/no target modules/);
+    // A tied model has no lm_head to target.
+    expect(errorOf(() => resolveTargets(model, ['lm_head'])).message).toContain('"lm_head"');
+    expect(peftTargetModules(model, all)).toEqual(['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj']);
+    model.dispose();
+  });
+
+  it('GPT-2: suffixes tell attn.c_proj from mlp.c_proj; an untied Llama can target lm_head explicitly', () => {
+    const { model } = tinyModel('gpt2');
+    expect(resolveTargets(model, ['c_proj'])).toHaveLength(2 * model.config.numLayers);
+    expect(resolveTargets(model, ['attn.c_proj'])).toEqual(['transformer.h.0.attn.c_proj', 'transformer.h.1.attn.c_proj']);
+    expect(resolveTargets(model, 'all-linear')).toHaveLength(4 * model.config.numLayers);
+    const attnOnly = resolveTargets(model, ['attn.c_proj']);
+    expect(peftTargetModules(model, attnOnly)).toEqual(attnOnly); // "c_proj" would also wrap mlp.c_proj
+    model.dispose();
+
+    const untied = tinyModel('llama-untied').model;
+    expect(resolveTargets(untied, 'all-linear')).not.toContain('lm_head');
+    expect(resolveTargets(untied, ['lm_head'])).toEqual(['lm_head']);
+    untied.dispose();
+  });
+});
