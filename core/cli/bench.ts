@@ -7,12 +7,14 @@ import * as path from 'node:path';
 import * as tf from '../tf.ts';
 import { initBackend } from '../backend/index.ts';
 import { runMatmulBench } from '../backend/matmul-bench.ts';
-import { parseModelConfig, parameterCount } from '../models/config.ts';
+import { parseModelConfig, parameterCount, type ModelConfig } from '../models/config.ts';
 import { buildModel, loadModel } from '../models/load.ts';
 import { initialWeights } from '../models/init.ts';
 import type { CausalLM } from '../models/causal-lm.ts';
 import { lmLoss } from '../train/pretrain.ts';
 import { AdamW } from '../optim/adamw.ts';
+import { getMethod, resolveParams, resolveTargets } from '../methods/index.ts';
+import { estimateTrainingMemory, formatBytes } from '../train/memory.ts';
 import { BUNDLED_MODEL_DIR } from '../resources.ts';
 import type { Flags } from '../cli.ts';
 import { printJson } from './flags.ts';
@@ -61,55 +63,114 @@ function forwardTokensPerSecond(model: CausalLM, seconds: number): number {
   return (BATCH * SEQ) / perRun;
 }
 
-function trainTokensPerSecond(model: CausalLM, seconds: number): number {
-  const params = new Map<string, tf.Variable>();
-  for (const [name, w] of model.weights) params.set(name, tf.variable(w, true, `bench/${name}/${Math.random()}`));
-  const trainModel = buildModel(model.config, params as Map<string, tf.Tensor>);
-  const optimizer = new AdamW(params);
+/**
+ * Matmul FLOPs of one training step at batch × seq: forward 2·(weights used)·tokens plus attention
+ * (QKᵀ and PV: 2·2·B·H·T²·D), backward twice the forward for full fine-tuning (dX and dW) but once
+ * for adapters (dX only through frozen weights) plus the adapters' own small products.
+ */
+export function trainingFlops(c: ModelConfig, mode: 'full' | 'adapter', adapterParams = 0): number {
+  const tokens = BATCH * SEQ;
+  // Every weight takes part in a matmul except the embedding lookup; a tied head reuses it as a matmul.
+  const matmulParams = parameterCount(c) - (c.tieWordEmbeddings ? 0 : c.vocabSize * c.hiddenSize);
+  const attention = 2 * 2 * BATCH * c.numHeads * SEQ * SEQ * c.headDim * c.numLayers;
+  const forward = 2 * matmulParams * tokens + attention + 2 * adapterParams * tokens;
+  return forward * (mode === 'full' ? 3 : 2) + (mode === 'adapter' ? 2 * adapterParams * tokens : 0);
+}
+
+interface TrainBench {
+  tokensPerSecond: number;
+  gflops: number;
+  estimatedTensorBytes: number;
+  measuredTensorBytes: number;
+  trainableParameters: number;
+}
+
+/** Times training steps (forward, backward, AdamW) of `full` or LoRA rank 8 on q,k,v,o. */
+async function trainBench(model: CausalLM, mode: 'full' | 'lora', seconds: number): Promise<TrainBench> {
+  const method = getMethod(mode);
+  const targets = mode === 'lora' ? resolveTargets(model, ['q_proj', 'k_proj', 'v_proj', 'o_proj']) : [];
+  const attached = method.attach(model, resolveParams(method.id, method.schema, mode === 'lora' ? { rank: 8, alpha: 16, dropout: 0 } : {}), { targets, seed: 0 });
+  const params = attached.trainable;
+  const optimizer = new AdamW(params, { lrScale: (n) => attached.lrScale(n) });
   const ids = randomIds(model.config.vocabSize);
   const batch = { ids, labels: ids, batchSize: BATCH, seqLen: SEQ };
   const vars = [...params.values()];
-  const perRun = timeIt(() => {
-    const { value, grads } = tf.variableGrads(() => tf.tidy(() => lmLoss(trainModel, batch).loss), vars);
+  const step = () => {
+    const { value, grads } = tf.variableGrads(() => tf.tidy(() => lmLoss(model, batch).loss), vars);
     const byName = new Map<string, tf.Tensor>();
     for (const [name, v] of params) byName.set(name, grads[v.name]);
-    optimizer.step(byName, 1e-4);
+    optimizer.step(byName, 1e-5);
     value.dataSync();
     value.dispose();
     tf.dispose(Object.values(grads));
-  }, seconds, 2);
+  };
+  step();
+  const measuredTensorBytes = (await tf.profile(step)).peakBytes;
+  const perRun = timeIt(step, seconds, 2);
+  const trainable = attached.trainableParameterCount();
+  const estimate = estimateTrainingMemory({
+    config: model.config,
+    batchSize: BATCH,
+    seqLen: SEQ,
+    trainableParameters: trainable,
+    optimizerStateBytes: 8 * trainable,
+    trainsBaseWeights: mode === 'full',
+    adapterActivationFloatsPerToken: targets.length ? (targets.length / model.config.numLayers) * (model.config.hiddenSize * 4) : 0,
+  });
   optimizer.dispose();
-  for (const v of params.values()) v.dispose();
-  return (BATCH * SEQ) / perRun;
+  attached.detach();
+  return {
+    tokensPerSecond: (BATCH * SEQ) / perRun,
+    gflops: trainingFlops(model.config, mode === 'full' ? 'full' : 'adapter', mode === 'full' ? 0 : trainable) / perRun / 1e9,
+    estimatedTensorBytes: estimate.tensorBytes,
+    measuredTensorBytes,
+    trainableParameters: trainable,
+  };
 }
 
 export async function benchCommand(flags: Flags): Promise<void> {
   const quick = Boolean(flags.quick);
-  const seconds = quick ? 0.5 : 2;
+  const seconds = quick ? 0.5 : 3;
   const backend = await initBackend();
   const out = (line: string) => !flags.json && console.log(line);
   out(`backend: ${backend.backend}${backend.wasmThreads ? `, ${backend.wasmThreads} thread(s)` : ''}; kernels: ${backend.kernels.join(', ') || 'stock'}`);
-  out('\nmatmul GFLOP/s');
+  out('\nmatmul GFLOP/s (float32)');
   const matmul = await runMatmulBench({ seconds: quick ? 0.5 : 1 });
   for (const r of matmul) out(`  ${r.shape.padEnd(28)} ${r.kernels.padEnd(8)} ${r.gflops.toFixed(2).padStart(8)}`);
+  const reference = matmul.find((r) => r.kernels === 'project' && r.shape.includes('A·B') && !r.shape.includes('ᵀ'))?.gflops ?? NaN;
 
   const models: Array<{ name: string; model: CausalLM }> = [];
   if (fs.existsSync(path.join(BUNDLED_MODEL_DIR, 'config.json'))) {
-    models.push({ name: `bundled (${path.basename(BUNDLED_MODEL_DIR)})`, model: loadModel(BUNDLED_MODEL_DIR) });
+    models.push({ name: `bundled ${path.basename(BUNDLED_MODEL_DIR)}`, model: loadModel(BUNDLED_MODEL_DIR) });
   } else {
     out(`\n(bundled model not found at ${BUNDLED_MODEL_DIR}; skipped)`);
   }
   const benchConfig = parseModelConfig(benchLlamaConfig(), 'bench config');
   models.push({ name: 'llama 4×256', model: buildModel(benchConfig, initialWeights(benchConfig, 0)) });
-  out(`\nbatch ${BATCH} × seq ${SEQ}                        params   forward tok/s   full-FT train tok/s`);
-  const rows = [];
+
+  out(`\nforward, batch ${BATCH} × seq ${SEQ}`);
+  const rows: Array<Record<string, unknown>> = [];
   for (const { name, model } of models) {
     const forward = forwardTokensPerSecond(model, seconds);
-    const training = trainTokensPerSecond(model, seconds);
     const parameters = parameterCount(model.config);
-    rows.push({ model: name, parameters, forwardTokensPerSecond: forward, fullFinetuneTokensPerSecond: training });
-    out(`  ${name.padEnd(34)} ${(parameters / 1e6).toFixed(2).padStart(6)} M ${forward.toFixed(0).padStart(12)} ${training.toFixed(0).padStart(16)}`);
-    model.dispose();
+    rows.push({ model: name, parameters, forwardTokensPerSecond: forward });
+    out(`  ${name.padEnd(24)} ${(parameters / 1e6).toFixed(2).padStart(6)} M params ${forward.toFixed(0).padStart(8)} tokens/s`);
   }
-  if (flags.json) printJson({ backend, matmul, models: rows, batch: BATCH, seqLen: SEQ });
+  const benchModel = models[models.length - 1].model;
+  out(`\ntraining the 4-layer 256-wide Llama, batch ${BATCH} × seq ${SEQ} (AdamW)`);
+  out(`  ${'method'.padEnd(26)} ${'trainable'.padStart(10)} ${'tokens/s'.padStart(9)} ${'GFLOP/s'.padStart(8)} ${'of A·B'.padStart(7)} ${'est. peak'.padStart(10)} ${'measured'.padStart(9)}`);
+  const training: Array<Record<string, unknown>> = [];
+  for (const mode of ['lora', 'full'] as const) {
+    const r = await trainBench(benchModel, mode, seconds);
+    training.push({ method: mode, ...r, fractionOfMatmulRate: r.gflops / reference });
+    const label = mode === 'lora' ? 'LoRA r=8 on q,k,v,o' : 'full fine-tuning';
+    out(
+      `  ${label.padEnd(26)} ${r.trainableParameters.toLocaleString('en-US').padStart(10)} ${r.tokensPerSecond.toFixed(0).padStart(9)} ` +
+        `${r.gflops.toFixed(2).padStart(8)} ${`${((100 * r.gflops) / reference).toFixed(0)} %`.padStart(7)} ` +
+        `${formatBytes(r.estimatedTensorBytes).padStart(10)} ${formatBytes(r.measuredTensorBytes).padStart(9)}`,
+    );
+  }
+  out('  (peak = tfjs tensor bytes inside a step: weights, trainable, gradients, AdamW state and activations)');
+  for (const { model } of models) model.dispose();
+  if (flags.json) printJson({ backend, matmul, models: rows, training, batch: BATCH, seqLen: SEQ });
 }
