@@ -41,7 +41,9 @@ export async function logitsCommand(flags: Flags): Promise<void> {
   if (ids.length > model.config.maxPositions) {
     throw new LowrankError('BAD_ARGUMENT', `--ids: ${ids.length} tokens exceed the model's ${model.config.maxPositions} positions`);
   }
-  const logits = tf.tidy(() => model.forward(tf.tensor2d(ids, [1, ids.length], 'int32')).logits.reshape([ids.length, model.config.vocabSize]).arraySync() as number[][]);
+  const logitsTensor = tf.tidy(() => model.forward(tf.tensor2d(ids, [1, ids.length], 'int32')).logits.reshape([ids.length, model.config.vocabSize]));
+  const logits = logitsTensor.arraySync() as number[][];
+  logitsTensor.dispose();
   const result = { shape: [ids.length, model.config.vocabSize], logits };
   if (flags.json) return printJson(result);
   for (let t = 0; t < ids.length; t++) {
