@@ -14,7 +14,7 @@ import type { CausalLM } from '../models/causal-lm.ts';
 import { lmLoss } from '../train/pretrain.ts';
 import { AdamW } from '../optim/adamw.ts';
 import { getMethod, resolveParams, resolveTargets } from '../methods/index.ts';
-import { estimateTrainingMemory, formatBytes } from '../train/memory.ts';
+import { adapterActivationFloats, estimateTrainingMemory, formatBytes } from '../train/memory.ts';
 import { BUNDLED_MODEL_DIR } from '../resources.ts';
 import type { Flags } from '../cli.ts';
 import { printJson } from './flags.ts';
@@ -116,7 +116,7 @@ async function trainBench(model: CausalLM, mode: 'full' | 'lora', seconds: numbe
     trainableParameters: trainable,
     optimizerStateBytes: 8 * trainable,
     trainsBaseWeights: mode === 'full',
-    adapterActivationFloatsPerToken: targets.length ? (targets.length / model.config.numLayers) * (model.config.hiddenSize * 4) : 0,
+    adapterActivationFloatsPerToken: adapterActivationFloats(model, targets, 8, 0),
   });
   optimizer.dispose();
   attached.detach();

@@ -20,7 +20,7 @@ import type { RunStore } from '../store/store.ts';
 import type { JsonObject, Run } from '../store/types.ts';
 import { fingerprintFile, fingerprintModel } from '../store/fingerprint.ts';
 import { initBackend } from '../backend/index.ts';
-import { estimateTrainingMemory, PeakMemory, type MemoryEstimate } from './memory.ts';
+import { adapterActivationFloats, estimateTrainingMemory, PeakMemory, type MemoryEstimate } from './memory.ts';
 import { train, type Batch, type StepReport } from './trainer.ts';
 import type { ScheduleKind } from './schedule.ts';
 import { loadTrainingCheckpoint, saveTrainingCheckpoint } from './checkpoint.ts';
@@ -153,7 +153,7 @@ export async function prepareRun(config: FinetuneConfig): Promise<PreparedRun> {
     trainableParameters: trainable,
     optimizerStateBytes: 8 * trainable,
     trainsBaseWeights: method.family === 'full',
-    adapterActivationFloatsPerToken: targets.length ? (targets.length / model.config.numLayers) * (model.config.hiddenSize * 4) : 0,
+    adapterActivationFloatsPerToken: adapterActivationFloats(model, targets, Number(params.rank ?? 0), Number(params.dropout ?? 0)),
   });
   return { config: { ...config, params }, model, tokenizer, dataset, attached, totalSteps, estimate };
 }

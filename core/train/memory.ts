@@ -9,12 +9,19 @@
  *   transpose, RoPE split/neg/concat/2 muls/add), k 7.5·Hkv, v 2·Hkv; scores 4·H·T per token
  *   (matmul, scale, mask, softmax); attended 2·Hq; o_proj + residual 2·C; MLP 5·I + 2·C.
  *   Head: logits, the shifted copy, one-hot labels and the loss internals ≈ 6·V per token.
- * Everything is float32. The result is compared with the measured peak in the bench.
+ * Everything is float32. The backward pass roughly triples that: tfjs keeps the forward
+ * intermediates on its tape until variableGrads returns, materialises a gradient of the same size
+ * for each, and the op gradients (softmax, mul, matmul transposes) add temporaries of similar size.
+ * Measured with tf.profile on six shapes (hidden 128–512, 2–4 layers, batch 4–8, seq 64–256, LoRA
+ * and full fine-tuning) the peak was 2.9–3.2× the forward count, hence BACKWARD_FACTOR.
  */
 import type { ModelConfig } from '../models/config.ts';
+import type { CausalLM } from '../models/causal-lm.ts';
 import { parameterCount } from '../models/config.ts';
 
 const FLOAT = 4;
+/** Peak activation bytes of a training step / forward intermediates (measured, see above). */
+export const BACKWARD_FACTOR = 3;
 /** Node, V8 and the wasm module before any tensor: measured ~150–250 MB RSS on Linux x64. */
 export const RUNTIME_BASELINE_BYTES = 200 * 1024 ** 2;
 
@@ -27,7 +34,7 @@ export interface MemoryEstimateInput {
   optimizerStateBytes: number;
   /** True when the trainable parameters are the base weights themselves (full fine-tuning). */
   trainsBaseWeights: boolean;
-  /** Extra activation floats per token per adapted module (LoRA: dropout mask + x·Aᵀ + ...). */
+  /** Extra forward activation floats per token from adapters (adapterActivationFloats). */
   adapterActivationFloatsPerToken?: number;
 }
 
@@ -66,7 +73,7 @@ export function estimateTrainingMemory(input: MemoryEstimateInput): MemoryEstima
   const gradientBytes = input.trainableParameters * FLOAT;
   const optimizerBytes = input.optimizerStateBytes;
   const adapterFloats = input.adapterActivationFloatsPerToken ?? 0;
-  const activationBytes = tokens * (activationFloatsPerToken(config, seqLen) + adapterFloats) * FLOAT;
+  const activationBytes = BACKWARD_FACTOR * tokens * (activationFloatsPerToken(config, seqLen) + adapterFloats) * FLOAT;
   const tensorBytes = weightsBytes + trainableBytes + gradientBytes + optimizerBytes + activationBytes;
   return {
     weightsBytes,
@@ -77,6 +84,21 @@ export function estimateTrainingMemory(input: MemoryEstimateInput): MemoryEstima
     tensorBytes,
     processBytes: tensorBytes + RUNTIME_BASELINE_BYTES,
   };
+}
+
+/**
+ * Forward intermediates a LoRA-style adapter adds per token, summed over the wrapped modules:
+ * x·Aᵀ [r], its product with Bᵀ, the scaling and the sum with the base output [3·out], and the
+ * dropped-out input [in] when dropout is on.
+ */
+export function adapterActivationFloats(model: CausalLM, targets: string[], rank: number, dropout: number): number {
+  let floats = 0;
+  for (const path of targets) {
+    const shape = model.weight(`${path}.weight`).shape;
+    const [out, inFeatures] = model.isTransposedLinear(path) ? [shape[1], shape[0]] : [shape[0], shape[1]];
+    floats += rank + 3 * out + (dropout > 0 ? inFeatures : 0);
+  }
+  return floats;
 }
 
 export function formatBytes(bytes: number): string {
