@@ -54,7 +54,7 @@ function lowrank(args: string[]) {
 
 function trainArgs(extra: string[] = []): string[] {
   return [
-    'train', '--model', modelDir, '--data', data, '--method', 'lora', '--rank', '4', '--alpha', '8', '--dropout', '0',
+    'train', '--model', modelDir, '--data', data, '--method', 'lora', '--rank', '4', '--alpha', '8', '--dropout', '0.1',
     '--target', 'q_proj,v_proj', '--steps', '12', '--batch-size', '4', '--seq-len', '48', '--lr', '1e-2',
     '--eval-every', '100', '--checkpoint-every', '3', '--metric-examples', '0', '--json', ...extra,
   ];

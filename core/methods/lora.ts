@@ -220,6 +220,9 @@ function attachLora(
     params,
     trainable,
     lrScale: (name) => (lrScale ? lrScale(name, params, trainable) : 1),
+    // The dropout masks' generator, saved in checkpoints so a resumed run draws the same masks.
+    getRandomState: () => dropoutRandom.getState(),
+    setRandomState: (state) => dropoutRandom.setState(state),
     trainableParameterCount: () => [...trainable.values()].reduce((n, v) => n + v.size, 0),
     mergedWeights() {
       const merged = new Map<string, tf.Tensor>();

@@ -62,6 +62,9 @@ export interface AttachedMethod {
   readonly trainable: Map<string, tf.Variable>;
   /** Learning-rate multiplier per trainable name (LoRA+ gives B a larger rate); default 1. */
   lrScale(name: string): number;
+  /** State of the method's random generator (dropout masks), for checkpoints; absent if it has none. */
+  getRandomState?(): number;
+  setRandomState?(state: number): void;
   /** Exact count of trainable elements. */
   trainableParameterCount(): number;
   /**

@@ -264,7 +264,10 @@ export async function runFinetune(
     const ckptDir = checkpointDir(store, runId);
     let startStep = 0;
     if (resumeRunId && store.latestCheckpoint(runId)) {
-      startStep = loadTrainingCheckpoint(ckptDir, attached.trainable, optimizer).step;
+      const manifest = loadTrainingCheckpoint(ckptDir, attached.trainable, optimizer);
+      startStep = manifest.step;
+      const randomState = manifest.extra?.methodRandomState;
+      if (typeof randomState === 'number') attached.setRandomState?.(randomState);
       emit({ type: 'log', runId, message: `resuming from step ${startStep}` });
     }
     const peak = new PeakMemory();
@@ -328,7 +331,7 @@ export async function runFinetune(
           }
         },
         onCheckpoint: (step) => {
-          saveTrainingCheckpoint(ckptDir, step, attached.trainable, optimizer);
+          saveTrainingCheckpoint(ckptDir, step, attached.trainable, optimizer, { methodRandomState: attached.getRandomState?.() ?? null });
           store.addCheckpoint(runId, { step, path: ckptDir });
           emit({ type: 'checkpoint', runId, step, path: ckptDir });
         },

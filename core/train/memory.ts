@@ -94,8 +94,8 @@ export function estimateTrainingMemory(input: MemoryEstimateInput): MemoryEstima
 export function adapterActivationFloats(model: CausalLM, targets: string[], rank: number, dropout: number): number {
   let floats = 0;
   for (const path of targets) {
-    const shape = model.weight(`${path}.weight`).shape;
-    const [out, inFeatures] = model.isTransposedLinear(path) ? [shape[1], shape[0]] : [shape[0], shape[1]];
+    const [rows, cols] = model.weight(`${path}.weight`).shape as [number, number];
+    const [out, inFeatures] = model.isTransposedLinear(path) ? [cols, rows] : [rows, cols];
     floats += rank + 3 * out + (dropout > 0 ? inFeatures : 0);
   }
   return floats;
