@@ -58,3 +58,14 @@ describe('AdamW', () => {
     expect(Array.from(clipped.get('b')!.dataSync())[1]).toBeCloseTo(0.8, 5);
   });
 });
+
+describe('AdamW memory', () => {
+  it('creating and disposing an optimizer leaves no tensors behind', () => {
+    const p = tf.variable(tf.ones([3, 4]), true);
+    const before = tf.memory().numTensors;
+    const opt = new AdamW(new Map([['p', p]]));
+    opt.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+    p.dispose();
+  });
+});

@@ -44,8 +44,9 @@ export class AdamW {
     this.noDecay = opts.noDecay ?? (() => false);
     this.lrScale = opts.lrScale ?? (() => 1);
     for (const [name, p] of params) {
-      this.m.set(name, tf.variable(tf.zerosLike(p), false));
-      this.v.set(name, tf.variable(tf.zerosLike(p), false));
+      // tidy frees the zerosLike handles; the variables (which tidy does not track) keep the data.
+      this.m.set(name, tf.tidy(() => tf.variable(tf.zerosLike(p), false)));
+      this.v.set(name, tf.tidy(() => tf.variable(tf.zerosLike(p), false)));
     }
   }
 
