@@ -5,6 +5,7 @@ import * as tf from '../tf.ts';
 import { initBackend } from '../backend/index.ts';
 import { LowrankError } from '../errors.ts';
 import { loadModel } from '../models/load.ts';
+import { readJsonFile } from '../io/hf-folder.ts';
 import { applyPeftAdapter, readPeftAdapter } from '../export/peft.ts';
 import { generate } from '../models/generate.ts';
 import type { CausalLM } from '../models/causal-lm.ts';
@@ -53,13 +54,28 @@ export async function logitsCommand(flags: Flags): Promise<void> {
   }
 }
 
+/** Sampling defaults from generation_config.json (greedy when it says do_sample: false). */
+function generationDefaults(dir: string): { temperature: number; topP: number } {
+  const file = path.join(dir, 'generation_config.json');
+  const fallback = { temperature: 0.8, topP: 0.95 };
+  if (!fs.existsSync(file)) return fallback;
+  const raw = readJsonFile(file, 'generation config') as Record<string, unknown>;
+  if (raw.do_sample === false) return { temperature: 0, topP: 1 };
+  return {
+    temperature: typeof raw.temperature === 'number' ? raw.temperature : fallback.temperature,
+    topP: typeof raw.top_p === 'number' ? raw.top_p : fallback.topP,
+  };
+}
+
 export async function generateCommand(flags: Flags): Promise<void> {
   const { dir, model } = await loadModelFlag(flags);
   const tokenizer = await loadTokenizer(dir);
   const prompt = requireString(flags, 'prompt', 'the text to continue');
   const maxNewTokens = numberFlag(flags, 'max-new-tokens', 64, { integer: true, min: 1 });
-  const temperature = numberFlag(flags, 'temperature', 0.8, { min: 0 });
-  const topP = numberFlag(flags, 'top-p', 0.95, { min: 0, max: 1 });
+  // Defaults come from the model's generation_config.json, as in transformers' generate().
+  const defaults = generationDefaults(dir);
+  const temperature = numberFlag(flags, 'temperature', defaults.temperature, { min: 0 });
+  const topP = numberFlag(flags, 'top-p', defaults.topP, { min: 0, max: 1 });
   const seed = numberFlag(flags, 'seed', 0, { integer: true, min: 0 });
   const promptIds = tokenizer.encode(prompt);
   if (promptIds.length === 0) throw new LowrankError('BAD_ARGUMENT', '--prompt encodes to no tokens; give some text');
