@@ -11,7 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { listMethods } from '../core/methods/index.ts';
 import { openStore } from '../core/store/index.ts';
-import { runFinetune } from '../core/train/finetune.ts';
+import { runFinetune, type FinetuneConfig } from '../core/train/finetune.ts';
 import { demoConfig } from '../core/cli/demo.ts';
 import { formatBytes } from '../core/train/memory.ts';
 
@@ -25,7 +25,8 @@ const store = openStore(home);
 const rows: string[] = [];
 for (const method of listMethods()) {
   const base = demoConfig(steps);
-  const config = { ...base, method: method.id, params: method.id === 'lora' || method.variantOf === 'lora' ? { rank: 8, dropout: 0 } : {}, lr: LR[method.id] ?? base.lr };
+  const params: FinetuneConfig['params'] = method.id === 'lora' || method.variantOf === 'lora' ? { rank: 8, dropout: 0 } : {};
+  const config: FinetuneConfig = { ...base, method: method.id, params, lr: LR[method.id] ?? base.lr };
   process.stderr.write(`${method.id}: ${steps} steps ... `);
   const r = await runFinetune(store, config, () => {}, { metricBefore: false });
   const run = store.getRun(r.runId);
