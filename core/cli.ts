@@ -75,13 +75,13 @@ const COMMANDS: Record<string, Command> = {
     usage:
       'lowrank pretrain --data brown|FILE|DIR --out DIR [--vocab-size 4096 --hidden 256 --layers 4 --heads 8 --kv-heads 4 --intermediate 688] ' +
       '[--seq-len 128 --batch-size 16 --steps 2000 --lr 3e-3 --warmup 100 --seed 0 --eval-every 100 --checkpoint-every 100] ' +
-      '[--dtype float32|float16|bfloat16] [--resume] [--max-minutes M] [--json]',
+      '[--dtype float32|float16|bfloat16] [--init-from MODEL_DIR] [--resume] [--max-minutes M] [--json]',
     options: {
       ...Object.fromEntries(
         [
           'data', 'out', 'vocab-size', 'hidden', 'layers', 'heads', 'kv-heads', 'intermediate', 'seq-len', 'batch-size',
           'steps', 'lr', 'warmup', 'min-lr-ratio', 'weight-decay', 'seed', 'eval-every', 'checkpoint-every', 'dtype',
-          'prompt', 'max-minutes',
+          'prompt', 'max-minutes', 'init-from',
         ].map((k) => [k, { type: 'string' as const }]),
       ),
       resume: { type: 'boolean' },

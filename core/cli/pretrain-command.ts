@@ -43,6 +43,7 @@ export async function pretrainCommand(flags: Flags): Promise<void> {
     resume: Boolean(flags.resume),
     samplePrompt: typeof flags.prompt === 'string' ? flags.prompt : 'The',
     command: commandLine(),
+    initFrom: typeof flags['init-from'] === 'string' ? path.resolve(flags['init-from']) : undefined,
   };
   const maxMinutes = numberFlag(flags, 'max-minutes', 0, { min: 0 });
   const backend = await initBackend();

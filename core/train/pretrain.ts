@@ -13,10 +13,10 @@ import { trainByteLevelBpe, writeTokenizerFolder } from '../tokenize/bpe-trainer
 import { loadTokenizer, DEFAULT_CHATML_TEMPLATE, type Tokenizer } from '../tokenize/tokenizer.ts';
 import { parseModelConfig, parameterCount } from '../models/config.ts';
 import { causalLmLoss, type CausalLM } from '../models/causal-lm.ts';
-import { buildModel } from '../models/load.ts';
+import { buildModel, loadModel } from '../models/load.ts';
 import { initialWeights } from '../models/init.ts';
 import { generate } from '../models/generate.ts';
-import { writeModelFolder, writeJsonFile, type StorageDtype } from '../io/model-folder.ts';
+import { copyTokenizerFiles, writeModelFolder, writeJsonFile, type StorageDtype } from '../io/model-folder.ts';
 import { AdamW } from '../optim/adamw.ts';
 import { Random } from '../random.ts';
 import { train, type Batch, type StepReport } from './trainer.ts';
@@ -47,6 +47,11 @@ export interface PretrainOptions {
   samplePrompt: string;
   /** The command line that started the run, recorded in the model card. */
   command?: string;
+  /**
+   * Continue pre-training a model folder made by `pretrain` (its architecture, tokenizer and
+   * weights) with a fresh schedule instead of starting from random weights.
+   */
+  initFrom?: string;
 }
 
 export interface PretrainEvents {
@@ -79,15 +84,20 @@ async function prepareTokens(opts: PretrainOptions, events: PretrainEvents): Pro
     events.log(`reading corpus ${opts.data}`);
     const docs = readTextCorpus(opts.data);
     const chars = docs.reduce((n, d) => n + d.length, 0);
-    events.log(`${docs.length} documents, ${(chars / 1e6).toFixed(1)} M characters; training a ${opts.vocabSize}-token byte-level BPE`);
-    const json = trainByteLevelBpe(docs, { vocabSize: opts.vocabSize, specialTokens: SPECIAL_TOKENS });
     fs.mkdirSync(tokenizerDir, { recursive: true });
-    await writeTokenizerFolder(tokenizerDir, json, {
-      bos: '<|endoftext|>',
-      eos: '<|endoftext|>',
-      pad: '<|pad|>',
-      chatTemplate: DEFAULT_CHATML_TEMPLATE,
-    });
+    if (opts.initFrom) {
+      events.log(`${docs.length} documents, ${(chars / 1e6).toFixed(1)} M characters; keeping the tokenizer of ${opts.initFrom}`);
+      copyTokenizerFiles(opts.initFrom, tokenizerDir);
+    } else {
+      events.log(`${docs.length} documents, ${(chars / 1e6).toFixed(1)} M characters; training a ${opts.vocabSize}-token byte-level BPE`);
+      const json = trainByteLevelBpe(docs, { vocabSize: opts.vocabSize, specialTokens: SPECIAL_TOKENS });
+      await writeTokenizerFolder(tokenizerDir, json, {
+        bos: '<|endoftext|>',
+        eos: '<|endoftext|>',
+        pad: '<|pad|>',
+        chatTemplate: DEFAULT_CHATML_TEMPLATE,
+      });
+    }
     const tokenizer = await loadTokenizer(tokenizerDir);
     const eos = tokenizer.eosTokenId!;
     const parts: number[][] = [];
@@ -194,10 +204,15 @@ export async function pretrain(opts: PretrainOptions, events: PretrainEvents, sh
   const trainLength = tokens.length - valLength;
   if (trainLength < opts.seqLen * 2) throw new LowrankError('BAD_DATA', `${opts.data}: too little text (${tokens.length} tokens) for --seq-len ${opts.seqLen}`);
 
-  const rawConfig = llamaConfig(opts, tokenizer);
+  const start = opts.initFrom ? loadModel(opts.initFrom) : null;
+  const rawConfig = start ? start.config.raw : llamaConfig(opts, tokenizer);
   const config = parseModelConfig(rawConfig);
+  if (start) {
+    // The architecture is the starting model's; the card and log report it, not the flags.
+    opts = { ...opts, hiddenSize: config.hiddenSize, layers: config.numLayers, heads: config.numHeads, kvHeads: config.numKvHeads, intermediateSize: config.intermediateSize, vocabSize: config.vocabSize };
+  }
   const params = new Map<string, tf.Variable>();
-  for (const [name, t] of initialWeights(config, opts.seed)) {
+  for (const [name, t] of start ? start.weights : initialWeights(config, opts.seed)) {
     params.set(name, tf.variable(t, true, `pretrain/${name}`));
     t.dispose();
   }
@@ -290,6 +305,7 @@ export function writeModelCard(opts: PretrainOptions, r: PretrainResult): void {
     '## Rebuild',
     '',
     '```sh',
+    ...(opts.initFrom ? ['# continued from the model the previous README of this folder describes:'] : []),
     opts.command ?? '(command not recorded)',
     '```',
     '',
