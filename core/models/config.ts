@@ -235,6 +235,13 @@ export function expectedWeights(c: ModelConfig): Map<string, number[]> {
       w.set(`${p}.self_attn.k_proj.bias`, [kv]);
       w.set(`${p}.self_attn.v_proj.bias`, [kv]);
     }
+    // Llama's attention_bias puts a bias on o_proj too (Qwen2 has q/k/v biases only); mlp_bias on the MLP.
+    if (c.qkvBias && c.architecture !== 'Qwen2ForCausalLM') w.set(`${p}.self_attn.o_proj.bias`, [C]);
+    if (c.raw.mlp_bias === true) {
+      w.set(`${p}.mlp.gate_proj.bias`, [c.intermediateSize]);
+      w.set(`${p}.mlp.up_proj.bias`, [c.intermediateSize]);
+      w.set(`${p}.mlp.down_proj.bias`, [C]);
+    }
     w.set(`${p}.mlp.gate_proj.weight`, [c.intermediateSize, C]);
     w.set(`${p}.mlp.up_proj.weight`, [c.intermediateSize, C]);
     w.set(`${p}.mlp.down_proj.weight`, [C, c.intermediateSize]);
