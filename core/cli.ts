@@ -12,6 +12,7 @@ import { benchCommand } from './cli/bench.ts';
 import { dataPreviewCommand, methodsCommand, runsCommand, trainCommand } from './cli/train-commands.ts';
 import { exportCommand } from './cli/export-command.ts';
 import { demoCommand } from './cli/demo.ts';
+import { serveCommand } from './serve/command.ts';
 
 export type Flags = Record<string, string | boolean | undefined>;
 
@@ -141,6 +142,12 @@ const COMMANDS: Record<string, Command> = {
     usage: 'lowrank bench [--quick] [--json]',
     options: { quick: { type: 'boolean' }, ...json },
     run: benchCommand,
+  },
+  serve: {
+    summary: 'the app in a browser: the service over a WebSocket on 127.0.0.1, with a token in the URL',
+    usage: 'lowrank serve [--port 7860] [--allow DIR,...]',
+    options: { ...strings('port', 'allow') },
+    run: serveCommand,
   },
   demo: {
     summary: 'the headless fine-tuning demo: LoRA on the bundled model, accuracy before and after',

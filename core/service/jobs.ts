@@ -1,0 +1,76 @@
+/**
+ * Engine jobs in child processes (child_process.fork of engine-worker.js): training, export and
+ * generation never run in the service's process, so its socket / IPC stays responsive and a crash
+ * or OOM kill of a job is reported instead of taking the app down.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import * as path from 'node:path';
+import type { FinetuneEvent } from '../train/finetune.ts';
+import type { ExportRequest } from '../export/run-export.ts';
+import type { FinetuneConfigInput, WireError } from '../contract.ts';
+import { LowrankError, type ErrorCode } from '../errors.ts';
+
+export type JobRequest =
+  | { kind: 'train'; home: string; config: FinetuneConfigInput }
+  | { kind: 'export'; home: string; request: ExportRequest }
+  | { kind: 'generate'; home: string; runId: string; prompt: string; seed: number; maxNewTokens: number; temperature: number };
+
+export type WorkerMessage =
+  | { type: 'event'; event: FinetuneEvent }
+  | { type: 'progress'; message: string }
+  | { type: 'result'; result: unknown }
+  | { type: 'error'; error: WireError };
+
+export interface JobHandlers {
+  onEvent?(event: FinetuneEvent): void;
+  onProgress?(message: string): void;
+}
+
+export interface Job<T> {
+  child: ChildProcess;
+  result: Promise<T>;
+  /** Asks the job to stop after the current step (a checkpoint is written first). */
+  stop(): void;
+}
+
+const WORKER = path.join(import.meta.dirname, 'engine-worker.js');
+
+/** Says what a job's death without a reply most likely means, and the fix. */
+export function describeCrash(code: number | null, signal: NodeJS.Signals | null): string {
+  if (signal === 'SIGKILL' || code === 137) {
+    return 'the engine process was killed (SIGKILL), most often because the system ran out of memory; lower the batch size or the sequence length, or pick a method with less state, and start again';
+  }
+  return `the engine process exited unexpectedly (${signal ?? `exit code ${code}`}); see the logs, then start the run again`;
+}
+
+export function startJob<T>(request: JobRequest, handlers: JobHandlers = {}): Job<T> {
+  const child = fork(WORKER, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'advanced' });
+  const result = new Promise<T>((resolve, reject) => {
+    let settled = false;
+    child.on('message', (m: WorkerMessage) => {
+      if (m.type === 'event') handlers.onEvent?.(m.event);
+      else if (m.type === 'progress') handlers.onProgress?.(m.message);
+      else if (m.type === 'result') {
+        settled = true;
+        resolve(m.result as T);
+      } else if (m.type === 'error') {
+        settled = true;
+        reject(new LowrankError(m.error.code as ErrorCode, m.error.message));
+      }
+    });
+    child.on('exit', (code, signal) => {
+      if (!settled) reject(Object.assign(new LowrankError('INTERNAL' as ErrorCode, describeCrash(code, signal)), { crashed: true }));
+    });
+    child.on('error', (e) => {
+      if (!settled) reject(e);
+    });
+  });
+  child.send(request);
+  return {
+    child,
+    result,
+    stop: () => {
+      if (child.connected) child.send({ kind: 'stop' });
+    },
+  };
+}
