@@ -71,6 +71,8 @@ export interface PretrainResult {
 }
 
 const SPECIAL_TOKENS = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|pad|>'];
+/** Sampling for the model card's samples and the written generation_config.json. */
+const SAMPLING = { temperature: 0.7, topP: 0.9 };
 
 function workDir(out: string): string {
   return path.join(out, '.pretrain');
@@ -184,8 +186,8 @@ export function sampleText(model: CausalLM, tokenizer: Tokenizer, prompt: string
   const ids = tokenizer.encode(prompt, { addSpecialTokens: false });
   const out = generate(model, ids, {
     maxNewTokens,
-    temperature: 0.8,
-    topP: 0.95,
+    temperature: SAMPLING.temperature,
+    topP: SAMPLING.topP,
     seed,
     stopTokenIds: tokenizer.eosTokenId === undefined ? [] : [tokenizer.eosTokenId],
   });
@@ -269,8 +271,8 @@ export async function pretrain(opts: PretrainOptions, events: PretrainEvents, sh
       bos_token_id: tokenizer.bosTokenId,
       eos_token_id: tokenizer.eosTokenId,
       do_sample: true,
-      temperature: 0.8,
-      top_p: 0.95,
+      temperature: SAMPLING.temperature,
+      top_p: SAMPLING.topP,
       transformers_version: '4.46.0',
     });
     fs.rmSync(workDir(opts.out), { recursive: true, force: true });
@@ -320,7 +322,7 @@ export function writeModelCard(opts: PretrainOptions, r: PretrainResult): void {
     `| final validation loss | ${r.finalValLoss.toFixed(3)} (perplexity ${Math.exp(r.finalValLoss).toFixed(1)}) |`,
     `| wall time | ${(r.wallSeconds / 60).toFixed(1)} min |`,
     '',
-    `## Samples (prompt "${opts.samplePrompt}", temperature 0.8, top-p 0.95, seeds 1000–1002)`,
+    `## Samples (prompt "${opts.samplePrompt}", temperature ${SAMPLING.temperature}, top-p ${SAMPLING.topP}, seeds 1000–1002)`,
     '',
     ...r.samples.map((s) => `> ${s.replace(/\n/g, ' ')}\n`),
   ];
