@@ -1,0 +1,269 @@
+/**
+ * The app end to end in a browser: `lowrank serve` + Debian's Chromium (playwright-core).
+ * The whole wizard on the bundled model (or, until it is in git, a tiny model pre-trained here)
+ * and the bundled sample dataset → the run completes → a second run → Compare → export merged;
+ * a bad dataset's line-numbered error in the wizard; no Node APIs in the renderer; the UI
+ * answers an input within 100 ms while a run trains; the contract rejects wrong types and extra
+ * fields; the socket refuses a connection without the token and binds 127.0.0.1 only; a killed
+ * engine process marks its run failed while the UI lives on. Screenshots of every screen go to
+ * test-artifacts/e2e/.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as net from 'node:net';
+import type { Browser, Page } from 'playwright-core';
+import { BUNDLED_MODEL_DIR } from '../../core/resources.ts';
+import { buildRenderer, chromiumPath, launchBrowser, screenshot, serve, SocketClient, type Served } from './harness.ts';
+import { buildTinyModel } from './tiny-model.ts';
+
+const hasChromium = chromiumPath() !== undefined;
+if (!hasChromium && process.env.CI) throw new Error('Chromium is missing: .ci/run installs it (apt-get install -y chromium)');
+
+const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-e2e-'));
+const home = path.join(root, 'home');
+const modelsRoot = path.join(root, 'models');
+const useBundled = fs.existsSync(path.join(BUNDLED_MODEL_DIR, 'config.json'));
+let served: Served;
+let browser: Browser;
+let page: Page;
+const runIds: string[] = [];
+
+const byTestId = (id: string) => `[data-testid="${id}"]`;
+
+async function next(): Promise<void> {
+  await page.locator(`${byTestId('next')}:not([disabled])`).click();
+}
+
+/** Drives the wizard from Home to Start with the settings of one short run. */
+async function runWizard(name: string, method: string, lr: string, shots: boolean): Promise<string> {
+  await page.goto(`${served.url}#/`);
+  await page.locator(byTestId('new-run')).click();
+  // 1. Base model: the bundled model is preselected; otherwise pick the tiny one.
+  await page.locator(byTestId('model-info')).waitFor();
+  if (!useBundled) await page.locator('label.choice', { hasText: 'tiny-llama' }).click();
+  await page.locator(byTestId('model-info')).getByText('LlamaForCausalLM').waitFor();
+  if (shots) await screenshot(page, '02-wizard-model');
+  await next();
+  // 2. Dataset: the bundled sample, detected as chat, previewed with trained spans.
+  await page.locator('label.choice', { hasText: 'review-sentiment.jsonl' }).click();
+  await page.locator(byTestId('detected-format')).getByText('chat').waitFor();
+  await page.locator(`${byTestId('preview-example')} .trained`).first().waitFor();
+  if (shots) await screenshot(page, '03-wizard-dataset');
+  await next();
+  // 3. Method: cards with trainable parameters and memory for this model; the form from the schema.
+  await page.locator(byTestId(`method-${method}`)).click();
+  await page.locator(`${byTestId(`method-${method}`)} .figures`).getByText('trainable').waitFor();
+  await page.locator(byTestId('param-rank')).fill('4');
+  if (shots) await screenshot(page, '04-wizard-method');
+  await next();
+  // 4. Training: a short run.
+  await page.locator(byTestId('steps')).fill('8');
+  await page.locator(byTestId('batch-size')).fill('4');
+  await page.locator(byTestId('seq-len')).fill('64');
+  await page.locator(byTestId('lr')).fill(lr);
+  await page.locator(byTestId('eval-every')).fill('4');
+  await page.locator(byTestId('checkpoint-every')).fill('4');
+  await page.locator(byTestId('metric-examples')).fill('4');
+  await page.locator(byTestId('run-name')).fill(name);
+  if (shots) await screenshot(page, '05-wizard-training');
+  await next();
+  // 5. Review: the estimate against this machine's memory, then Start.
+  await page.locator(byTestId('estimate')).waitFor({ timeout: 60_000 });
+  if (shots) await screenshot(page, '06-wizard-review');
+  await page.locator(`${byTestId('start')}:not([disabled])`).click();
+  await page.waitForURL(/#\/runs\/.+/, { timeout: 90_000 });
+  return decodeURIComponent(page.url().split('#/runs/')[1]);
+}
+
+async function waitForStatus(status: string, timeout = 180_000): Promise<void> {
+  await page.locator(byTestId('status')).first().getByText(status, { exact: true }).waitFor({ timeout });
+}
+
+describe.skipIf(!hasChromium)('Lowrank Studio in a browser', () => {
+  beforeAll(async () => {
+    await buildRenderer();
+    if (!useBundled) await buildTinyModel(path.join(modelsRoot, 'tiny-llama'));
+    fs.mkdirSync(modelsRoot, { recursive: true });
+    served = await serve(home, [modelsRoot]);
+    browser = await launchBrowser();
+    page = await browser.newPage({ viewport: { width: 1360, height: 900 } });
+  }, 240_000);
+
+  afterAll(async () => {
+    await browser?.close();
+    await served?.stop();
+    fs.rmSync(root, { recursive: true, force: true });
+  });
+
+  it('serves on 127.0.0.1 only and refuses a socket without the token', async () => {
+    expect(new URL(served.url).hostname).toBe('127.0.0.1');
+    await expect(SocketClient.connect(served.origin, null)).rejects.toThrow(/401/);
+    await expect(SocketClient.connect(served.origin, 'wrong-token')).rejects.toThrow(/401/);
+    const port = Number(new URL(served.url).port);
+    const external = Object.values(os.networkInterfaces()).flat().find((i) => i && i.family === 'IPv4' && !i.internal);
+    if (external) {
+      const reached = await new Promise<boolean>((resolve) => {
+        const s = net.connect({ host: external.address, port }, () => (s.destroy(), resolve(true)));
+        s.on('error', () => resolve(false));
+      });
+      expect(reached).toBe(false);
+    }
+  });
+
+  it('rejects requests with wrong types or extra fields', async () => {
+    const client = await SocketClient.connect(served.origin, served.token);
+    try {
+      const wrongType = await client.call('runs.list', { limit: 'ten' });
+      expect(wrongType.ok).toBe(false);
+      expect(wrongType.error?.code).toBe('BAD_ARGUMENT');
+      expect(wrongType.error?.message).toMatch(/limit/);
+      const extra = await client.call('models.list', { path: '/etc' });
+      expect(extra.ok).toBe(false);
+      expect(extra.error?.message).toMatch(/path|unrecognized/i);
+      const outside = await client.call('models.inspect', { path: '/etc' });
+      expect(outside.ok).toBe(false);
+      expect(outside.error?.message).toMatch(/file picker/);
+      const unknown = await client.call('fs.readFile', { path: '/etc/passwd' });
+      expect(unknown.ok).toBe(false);
+      expect((await client.call('models.list', {})).ok).toBe(true);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('gives the renderer no Node APIs', async () => {
+    await page.goto(served.url);
+    await page.locator(byTestId('new-run')).waitFor();
+    const globals = await page.evaluate(() => {
+      const w = window as unknown as Record<string, unknown>;
+      return { require: typeof w.require, process: typeof w.process, module: typeof w.module, Buffer: typeof w.Buffer, studio: typeof w.studio };
+    });
+    expect(globals).toEqual({ require: 'undefined', process: 'undefined', module: 'undefined', Buffer: 'undefined', studio: 'undefined' });
+    await screenshot(page, '01-home-empty');
+  });
+
+  it('shows a bad dataset\'s problems with line numbers in the wizard', async () => {
+    await page.goto(`${served.url}#/new`);
+    await page.locator(byTestId('model-info')).waitFor();
+    if (!useBundled) await page.locator('label.choice', { hasText: 'tiny-llama' }).click();
+    await next();
+    const bad = [
+      '{"messages":[{"role":"user","content":"Is this good?"},{"role":"assistant","content":"positive"}]}',
+      '{"messages":[{"role":"user","content":"Is this bad?"},{"role":"assistant","content":"negative"}]}',
+      '{"messages": [ broken json',
+      '{"messages":[{"role":"user","content":"ok?"},{"role":"assistant","content":"positive"}]}',
+      '{"messages":[{"role":"wizard","content":"?"}]}',
+    ].join('\n');
+    await page.locator(byTestId('dataset-upload')).setInputFiles({ name: 'bad-reviews.jsonl', mimeType: 'application/jsonl', buffer: Buffer.from(bad) });
+    const problems = page.locator(byTestId('dataset-problems'));
+    await problems.waitFor();
+    await expect.poll(() => problems.textContent()).toMatch(/bad-reviews\.jsonl:3/);
+    expect(await problems.textContent()).toMatch(/bad-reviews\.jsonl:5/);
+    expect(await page.locator(byTestId('next')).isDisabled()).toBe(true);
+    await screenshot(page, '07-wizard-bad-dataset');
+  });
+
+  it('runs the whole wizard, trains to completion and stays responsive while training', async () => {
+    const runId = await runWizard('e2e-lora', 'lora', '0.01', true);
+    runIds.push(runId);
+    await page.locator(byTestId('step-count')).waitFor();
+    // While it trains: an input is answered within 100 ms (tab switch → the logs are on screen),
+    // and a round trip to the service is too (training runs in its own process).
+    const latencies: number[] = [];
+    const roundTrips: number[] = [];
+    const client = await SocketClient.connect(served.origin, served.token);
+    for (let i = 0; i < 3; i++) {
+      const training = (await client.call('runs.get', { runId })).reply.run.status === 'running';
+      const t0 = performance.now();
+      await client.call('runs.list', { limit: 5 });
+      roundTrips.push(performance.now() - t0);
+      latencies.push(
+        await page.evaluate(async (tab) => {
+          const start = performance.now();
+          (document.querySelector(`[data-testid="${tab}"]`) as HTMLButtonElement).click();
+          await new Promise<void>((resolve) => {
+            const check = () => (document.querySelector('[data-testid="logs"], [data-testid="samples"]') && document.querySelector(`[data-testid="${tab}"].active`) ? resolve() : requestAnimationFrame(check));
+            check();
+          });
+          return performance.now() - start;
+        }, i % 2 === 0 ? 'tab-logs' : 'tab-samples'),
+      );
+      if (!training) break;
+    }
+    client.close();
+    console.log(`UI input latency while training: ${latencies.map((l) => l.toFixed(1)).join(', ')} ms; service round trip: ${roundTrips.map((l) => l.toFixed(1)).join(', ')} ms`);
+    expect(Math.max(...latencies)).toBeLessThan(100);
+    expect(Math.max(...roundTrips)).toBeLessThan(100);
+    await screenshot(page, '08-run-training');
+    await waitForStatus('completed');
+    await page.locator(byTestId('tab-samples')).click();
+    await page.locator(`${byTestId('samples')} .sample`).first().waitFor();
+    expect(await page.locator(byTestId('step-count')).textContent()).toContain('step 8 / 8');
+    await screenshot(page, '09-run-completed');
+  }, 300_000);
+
+  it('runs a second method and compares the two runs', async () => {
+    const runId = await runWizard('e2e-dora', 'dora', '0.005', false);
+    runIds.push(runId);
+    await waitForStatus('completed');
+    await page.locator(byTestId('nav-runs')).click();
+    for (const id of runIds) await page.locator(byTestId(`select-${id}`)).check();
+    await screenshot(page, '10-runs-list');
+    await page.locator(byTestId('compare')).click();
+    const table = page.locator(byTestId('compare-table'));
+    await table.waitFor();
+    expect(await table.textContent()).toContain('e2e-lora');
+    expect(await table.textContent()).toContain('e2e-dora');
+    expect(await page.locator(byTestId('config-diff')).textContent()).toContain('method');
+    await screenshot(page, '11-compare');
+  }, 300_000);
+
+  it('exports the first run as a merged Hugging Face folder', async () => {
+    await page.goto(`${served.url}#/runs/${runIds[0]}`);
+    await page.locator(byTestId('open-export')).click();
+    await page.locator(byTestId('export-merged')).check();
+    await screenshot(page, '12-export-dialog');
+    await page.locator(byTestId('export-start')).click();
+    const result = page.locator(byTestId('export-result'));
+    await result.waitFor({ timeout: 120_000 });
+    const out = /to (\S+)$/.exec((await result.textContent())!.trim())![1];
+    expect(out.startsWith(path.join(home, 'exports'))).toBe(true);
+    expect(fs.existsSync(path.join(out, 'config.json'))).toBe(true);
+    expect(fs.readdirSync(out).some((f) => f.endsWith('.safetensors'))).toBe(true);
+    await screenshot(page, '13-export-done');
+  }, 180_000);
+
+  it('generates with base and base + adapter side by side in the playground', async () => {
+    await page.goto(`${served.url}#/playground?run=${runIds[0]}`);
+    await page.locator(`${byTestId('generate')}:not([disabled])`).click();
+    await page.locator(byTestId('playground-result')).waitFor({ timeout: 120_000 });
+    await screenshot(page, '14-playground');
+    await page.goto(`${served.url}#/`);
+    await page.locator(`${byTestId('recent-runs')} .run-card`).nth(1).waitFor();
+    await screenshot(page, '15-home-runs');
+  }, 180_000);
+
+  it('marks a run failed when its engine process is killed, and the UI lives on', async () => {
+    const client = await SocketClient.connect(served.origin, served.token);
+    try {
+      const config = (await client.call('runs.get', { runId: runIds[0] })).reply.run.config;
+      const started = await client.call('runs.start', { config: { ...config, steps: 2000, name: 'e2e-killed', evalEvery: 1000, checkpointEvery: 1000 } });
+      expect(started.ok).toBe(true);
+      const runId = started.reply.runId as string;
+      let pid: number | null = null;
+      await expect.poll(async () => (pid = (await client.call('runs.get', { runId })).reply.run.pid), { timeout: 60_000 }).toBeTruthy();
+      process.kill(pid!, 'SIGKILL');
+      await page.goto(`${served.url}#/runs/${runId}`);
+      await waitForStatus('failed', 30_000);
+      const error = page.locator(byTestId('run-error'));
+      expect(await error.textContent()).toMatch(/ENGINE_CRASHED/);
+      expect(await error.textContent()).toMatch(/Fix:/);
+      await screenshot(page, '16-run-failed');
+      expect((await client.call('runs.list', {})).ok).toBe(true);
+    } finally {
+      client.close();
+    }
+  }, 120_000);
+});
