@@ -1,11 +1,22 @@
 #!/usr/bin/env node
-// `npm start`: launches Electron where its binary is installed. Where it is not (a build machine
-// without Electron's download, a headless box), say so and point at what works.
+// `npm start`: builds the renderer if needed, then launches Electron where its binary is
+// installed; where it is not (a headless box, a machine without Electron's download) it starts
+// `lowrank serve` instead, which prints the address to open in a browser.
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 
+const root = path.resolve(import.meta.dirname, '..');
 const require = createRequire(import.meta.url);
+
+if (!existsSync(path.join(root, 'renderer', 'dist', 'index.html'))) {
+  console.log('Building the renderer (first start)…');
+  const vite = path.join(root, 'node_modules', 'vite', 'bin', 'vite.js');
+  const built = spawnSync(process.execPath, [vite, 'build', '--config', path.join(root, 'renderer', 'vite.config.ts'), '--logLevel', 'warn'], { stdio: 'inherit', cwd: root });
+  if (built.status !== 0) process.exit(built.status ?? 1);
+}
+
 let electronPath = null;
 try {
   const p = require('electron');
@@ -13,12 +24,11 @@ try {
 } catch {
   /* electron's binary was not downloaded */
 }
-if (electronPath) {
-  const child = spawn(electronPath, ['--import', 'tsx', '.'], { stdio: 'inherit' });
-  child.on('exit', (code) => process.exit(code ?? 0));
-} else {
-  console.log('Electron\'s binary is not installed on this machine (its download needs network access).');
-  console.log('The desktop app and `lowrank serve` arrive with the app issue; meanwhile the engine works from the CLI:');
-  console.log('  npx lowrank --help');
-  console.log('  npx lowrank generate --model resources/models/brown-llama --prompt "The"');
-}
+const child = electronPath
+  ? spawn(electronPath, ['--import', 'tsx', root], { stdio: 'inherit', cwd: root })
+  : (console.log("Electron's binary is not installed here; serving the app to a browser on this machine instead."),
+    spawn(process.execPath, [path.join(root, 'bin', 'lowrank.js'), 'serve', ...process.argv.slice(2)], { stdio: 'inherit', cwd: root }));
+const forward = (signal) => child.kill(signal);
+process.on('SIGINT', forward);
+process.on('SIGTERM', forward);
+child.on('exit', (code) => process.exit(code ?? 0));

@@ -1,11 +1,121 @@
 /**
- * Electron main process: the composition root and nothing else. The desktop shell (window,
- * IPC wiring over core/contract.ts, the engine process supervisor) arrives with the app issue;
- * until then `npm start` serves the engine through the CLI (see bin/start.js).
+ * Electron main process: the composition root and nothing else. It forks one engine process
+ * hosting core/service.ts (core/service/engine-host.js), wires IPC from the window to it, and
+ * owns the system file dialog: a path reaches the engine only after the user picked it there.
+ * A crash of the engine process is reported to the window and the engine is started again;
+ * training jobs run in the engine's own children, so their crash marks only their run failed.
  */
-import { app } from 'electron';
+import { app, BrowserWindow, dialog, ipcMain, session, type IpcMainInvokeEvent } from 'electron';
+import { fork, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { buildSync } from 'esbuild';
+import { CALLS, type ServerFrame, type WireError } from '../core/contract.ts';
+
+const ROOT = path.resolve(import.meta.dirname, '..');
+const ENGINE_ENTRY = path.join(ROOT, 'core', 'service', 'engine-host.js');
+const RENDERER_INDEX = path.join(ROOT, 'renderer', 'dist', 'index.html');
+const CSP =
+  "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'none'; object-src 'none'; base-uri 'none'; form-action 'none'";
+
+let engine: ChildProcess | null = null;
+let window: BrowserWindow | null = null;
+let nextId = 1;
+const pending = new Map<number, (frame: { ok: true; reply: unknown } | { ok: false; error: WireError }) => void>();
+
+function startEngine(): ChildProcess {
+  const child = fork(ENGINE_ENTRY, [], {
+    env: { ...process.env, ELECTRON_RUN_AS_NODE: '1', LOWRANK_HOME: process.env.LOWRANK_HOME ?? path.join(app.getPath('userData'), 'store') },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  child.on('message', (frame: ServerFrame) => {
+    if ('event' in frame) {
+      window?.webContents.send('studio:event', frame.event);
+      return;
+    }
+    pending.get(frame.id)?.(frame);
+    pending.delete(frame.id);
+  });
+  child.on('exit', (code, signal) => {
+    const error = { code: 'ENGINE_CRASHED', message: `the engine process stopped (${signal ?? `exit code ${code}`}); it is being restarted` };
+    for (const reply of pending.values()) reply({ ok: false, error });
+    pending.clear();
+    if (engine === child && !quitting) {
+      window?.webContents.send('studio:event', { type: 'log', runId: '', message: error.message });
+      engine = startEngine();
+    }
+  });
+  return child;
+}
+
+function callEngine(call: string, request: unknown): Promise<{ ok: true; reply: unknown } | { ok: false; error: WireError }> {
+  // The engine validates every request against the contract's schema; main refuses unknown calls early.
+  if (typeof call !== 'string' || !Object.hasOwn(CALLS, call)) return Promise.resolve({ ok: false, error: { code: 'BAD_ARGUMENT', message: `unknown call "${String(call)}"` } });
+  const id = nextId++;
+  return new Promise((resolve) => {
+    pending.set(id, resolve);
+    engine!.send({ id, call, request });
+  });
+}
+
+async function pickPath(kind: unknown): Promise<string | null> {
+  if (kind !== 'model' && kind !== 'dataset' && kind !== 'directory') return null;
+  const options: Electron.OpenDialogOptions =
+    kind === 'dataset'
+      ? { title: 'Choose a dataset', properties: ['openFile'], filters: [{ name: 'Datasets', extensions: ['jsonl', 'json', 'csv', 'txt'] }] }
+      : { title: kind === 'model' ? 'Choose a model folder' : 'Choose a destination folder', properties: ['openDirectory', 'createDirectory'] };
+  const result = window ? await dialog.showOpenDialog(window, options) : await dialog.showOpenDialog(options);
+  if (result.canceled || result.filePaths.length === 0) return null;
+  const picked = result.filePaths[0];
+  engine!.send({ grant: picked, kind });
+  return picked;
+}
+
+/** Sandboxed preloads cannot load ES modules or TypeScript: bundle preload.ts to CommonJS once. */
+function buildPreload(): string {
+  const out = path.join(app.getPath('userData'), 'preload.cjs');
+  buildSync({ entryPoints: [path.join(ROOT, 'electron', 'preload.ts')], bundle: true, platform: 'node', format: 'cjs', external: ['electron'], outfile: out, logLevel: 'warning' });
+  return out;
+}
+
+function fromOurWindow(event: IpcMainInvokeEvent): boolean {
+  return window !== null && event.sender === window.webContents && event.senderFrame?.url.startsWith('file://') === true;
+}
+
+let quitting = false;
 
 app.whenReady().then(() => {
-  console.log('Lowrank Studio: the desktop window is not built yet; use `npx lowrank --help`.');
-  app.quit();
+  session.defaultSession.setPermissionRequestHandler((_wc, _permission, callback) => callback(false));
+  session.defaultSession.webRequest.onHeadersReceived((details, callback) => {
+    callback({ responseHeaders: { ...details.responseHeaders, 'Content-Security-Policy': [CSP] } });
+  });
+  engine = startEngine();
+  ipcMain.handle('studio:call', (event, call: unknown, request: unknown) =>
+    fromOurWindow(event) ? callEngine(String(call), request) : { ok: false, error: { code: 'FORBIDDEN', message: 'not from the app window' } },
+  );
+  ipcMain.handle('studio:pick', (event, kind: unknown) => (fromOurWindow(event) ? pickPath(kind) : null));
+
+  window = new BrowserWindow({
+    width: 1360,
+    height: 900,
+    title: 'Lowrank Studio',
+    webPreferences: { contextIsolation: true, sandbox: true, nodeIntegration: false, webSecurity: true, preload: buildPreload() },
+  });
+  window.webContents.setWindowOpenHandler(() => ({ action: 'deny' }));
+  window.webContents.on('will-navigate', (event, url) => {
+    if (!url.startsWith('file://')) event.preventDefault();
+  });
+  if (!fs.existsSync(RENDERER_INDEX)) {
+    dialog.showErrorBox('Lowrank Studio', 'The renderer is not built; run `npm run build:renderer` first.');
+    app.quit();
+    return;
+  }
+  void window.loadFile(RENDERER_INDEX);
+  window.on('closed', () => (window = null));
+});
+
+app.on('window-all-closed', () => app.quit());
+app.on('before-quit', () => {
+  quitting = true;
+  engine?.kill();
 });

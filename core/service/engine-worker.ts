@@ -49,6 +49,10 @@ async function runJob(job: JobRequest): Promise<unknown> {
   }
 }
 
+// The service went away (its process crashed or quit): stop rather than train for nobody; the
+// store marks the run interrupted when it is next opened.
+process.on('disconnect', () => process.exit(1));
+
 process.on('message', (m: JobRequest | { kind: 'stop' }) => {
   if (m.kind === 'stop') {
     stopRequested = true;
