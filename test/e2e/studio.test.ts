@@ -48,8 +48,10 @@ async function runWizard(name: string, method: string, lr: string, shots: boolea
   await next();
   // 2. Dataset: the bundled sample, detected as chat, previewed with trained spans.
   await page.locator('label.choice', { hasText: 'review-sentiment.jsonl' }).click();
+  await page.locator(byTestId('dataset-summary')).getByText('for training').waitFor();
   await page.locator(byTestId('detected-format')).getByText('chat').waitFor();
   await page.locator(`${byTestId('preview-example')} .trained`).first().waitFor();
+  expect(await page.locator(`${byTestId('preview-example')}`).first().textContent()).toContain('review-sentiment.jsonl:1');
   if (shots) await screenshot(page, '03-wizard-dataset');
   await next();
   // 3. Method: cards with trainable parameters and memory for this model; the form from the schema.
@@ -224,7 +226,7 @@ describe.skipIf(!hasChromium)('Lowrank Studio in a browser', () => {
     await page.goto(`${served.url}#/runs/${runIds[0]}`);
     await page.locator(byTestId('open-export')).click();
     await page.locator(byTestId('export-merged')).check();
-    await screenshot(page, '12-export-dialog');
+    await screenshot(page, '12-export-dialog', false);
     await page.locator(byTestId('export-start')).click();
     const result = page.locator(byTestId('export-result'));
     await result.waitFor({ timeout: 120_000 });
@@ -232,7 +234,7 @@ describe.skipIf(!hasChromium)('Lowrank Studio in a browser', () => {
     expect(out.startsWith(path.join(home, 'exports'))).toBe(true);
     expect(fs.existsSync(path.join(out, 'config.json'))).toBe(true);
     expect(fs.readdirSync(out).some((f) => f.endsWith('.safetensors'))).toBe(true);
-    await screenshot(page, '13-export-done');
+    await screenshot(page, '13-export-done', false);
   }, 180_000);
 
   it('generates with base and base + adapter side by side in the playground', async () => {
@@ -254,13 +256,20 @@ describe.skipIf(!hasChromium)('Lowrank Studio in a browser', () => {
       const runId = started.reply.runId as string;
       let pid: number | null = null;
       await expect.poll(async () => (pid = (await client.call('runs.get', { runId })).reply.run.pid), { timeout: 60_000 }).toBeTruthy();
-      process.kill(pid!, 'SIGKILL');
+      // Pause and resume from the run view first, then kill the engine process mid-run.
       await page.goto(`${served.url}#/runs/${runId}`);
+      await waitForStatus('running', 60_000);
+      await page.locator(byTestId('pause')).click();
+      await waitForStatus('paused', 30_000);
+      await screenshot(page, '16-run-paused');
+      await page.locator(byTestId('resume')).click();
+      await waitForStatus('running', 30_000);
+      process.kill(pid!, 'SIGKILL');
       await waitForStatus('failed', 30_000);
       const error = page.locator(byTestId('run-error'));
       expect(await error.textContent()).toMatch(/ENGINE_CRASHED/);
       expect(await error.textContent()).toMatch(/Fix:/);
-      await screenshot(page, '16-run-failed');
+      await screenshot(page, '17-run-failed');
       expect((await client.call('runs.list', {})).ok).toBe(true);
     } finally {
       client.close();
