@@ -2,9 +2,10 @@
  * Chooses and starts the tfjs backend (DESIGN.md "Backends").
  *
  * Order when nothing is forced: tensorflow (tfjs-node-gpu, then tfjs-node; both optional native
- * packages) > wasm (with the project's kernels, PERFORMANCE.md §0-§2) > cpu. webgpu is only used
- * when asked for: its packages are optional and not installed by default, and on a machine
- * without a GPU Dawn may hand out a software adapter that is slower than wasm (PERFORMANCE.md §4).
+ * packages that only work where someone rebuilt them) > webgpu on a hardware adapter > wasm (with
+ * the project's kernels, PERFORMANCE.md §0-§2; LOWRANK_THREADS threads) > cpu. Automatically,
+ * webgpu never takes a software adapter (llvmpipe, SwiftShader: far slower than wasm,
+ * PERFORMANCE.md §4); LOWRANK_BACKEND=webgpu does, which is how CI tests it on Mesa.
  *
  * What forces a backend, strongest first: `initBackend({backend})` (a CLI flag), then the
  * `LOWRANK_BACKEND` environment variable. A forced backend that cannot start is a
@@ -26,10 +27,14 @@ export interface BackendInfo {
   tfjsVersion: string;
   wasmSimd?: boolean;
   wasmThreads?: number;
+  /** Where the wasm thread count came from: LOWRANK_THREADS or the default. */
+  wasmThreadsBy?: string;
   /** Names of the project's own kernels that are active on this backend. */
   kernels: string[];
   /** GPU adapter or native library in use, where the backend reports one. */
   adapter?: string;
+  /** webgpu: the adapter is a software renderer (only used when webgpu was forced). */
+  softwareAdapter?: boolean;
   /** Backends tried before this one and why each could not start (for `lowrank info`). */
   skipped?: Array<{ backend: BackendName; reason: string }>;
 }
@@ -38,7 +43,7 @@ export interface InitBackendOptions {
   backend?: BackendName;
 }
 
-const AUTO_ORDER: BackendName[] = ['tensorflow', 'wasm', 'cpu'];
+const AUTO_ORDER: BackendName[] = ['tensorflow', 'webgpu', 'wasm', 'cpu'];
 
 let started: Promise<BackendInfo> | null = null;
 
@@ -97,7 +102,7 @@ function badName(value: string, where: string): LowrankError {
 
 async function start(forced: { name: BackendName; by: string } | undefined): Promise<BackendInfo> {
   if (forced != null) {
-    const attempt = await tryBackend(forced.name);
+    const attempt = await tryBackend(forced.name, true);
     if (!attempt.ok) {
       throw new LowrankError(
         'BACKEND_UNAVAILABLE',
@@ -108,7 +113,7 @@ async function start(forced: { name: BackendName; by: string } | undefined): Pro
   }
   const skipped: Array<{ backend: BackendName; reason: string }> = [];
   for (const name of AUTO_ORDER) {
-    const attempt = await tryBackend(name);
+    const attempt = await tryBackend(name, false);
     if (attempt.ok) return skipped.length > 0 ? { ...attempt.value, skipped } : attempt.value;
     skipped.push({ backend: name, reason: attempt.reason });
   }
@@ -118,7 +123,7 @@ async function start(forced: { name: BackendName; by: string } | undefined): Pro
   );
 }
 
-async function tryBackend(name: BackendName): Promise<Attempt<BackendInfo>> {
+async function tryBackend(name: BackendName, forced: boolean): Promise<Attempt<BackendInfo>> {
   const base = { backend: name, tfjsVersion: tf.version_core, kernels: [] as string[] };
   try {
     switch (name) {
@@ -126,14 +131,17 @@ async function tryBackend(name: BackendName): Promise<Attempt<BackendInfo>> {
         return await startTensorflow(base);
       case 'wasm': {
         const wasm = await startWasmBackend();
-        return { ok: true, value: { ...base, wasmSimd: wasm.simd, wasmThreads: wasm.threads, kernels: wasm.kernels } };
+        return {
+          ok: true,
+          value: { ...base, wasmSimd: wasm.simd, wasmThreads: wasm.threads, wasmThreadsBy: wasm.threadsBy, kernels: wasm.kernels },
+        };
       }
       case 'cpu':
         if (!(await tf.setBackend('cpu'))) return { ok: false, reason: 'tf.setBackend("cpu") failed' };
         return { ok: true, value: base };
       case 'webgpu': {
-        const gpu = await startWebgpuBackend();
-        return gpu.ok ? { ok: true, value: { ...base, adapter: gpu.value.adapter } } : gpu;
+        const gpu = await startWebgpuBackend({ requireHardware: !forced });
+        return gpu.ok ? { ok: true, value: { ...base, adapter: gpu.value.adapter, softwareAdapter: gpu.value.software, kernels: gpu.value.kernels } } : gpu;
       }
     }
   } catch (e) {

@@ -5,6 +5,7 @@ import * as tf from '../tf.ts';
 import { afterEach, describe, expect, it } from 'vitest';
 import { LowrankError } from '../errors.ts';
 import { initBackend, measureMatmulGflops } from './index.ts';
+import { describeAdapter, isSoftwareAdapter } from './webgpu.ts';
 
 const savedEnv = process.env.LOWRANK_BACKEND;
 afterEach(() => {
@@ -33,14 +34,8 @@ describe('initBackend', () => {
     expect(e.message).toMatch(/backend 'tensorflow' \(forced by LOWRANK_BACKEND\) is unavailable: .*tfjs-node/);
   });
 
-  it('forcing webgpu without @tensorflow/tfjs-backend-webgpu is BACKEND_UNAVAILABLE', async () => {
-    const e = await failure(initBackend({ backend: 'webgpu' }));
-    expect(e.code).toBe('BACKEND_UNAVAILABLE');
-    expect(e.message).toContain("backend 'webgpu'");
-    expect(e.message).toContain('@tensorflow/tfjs-backend-webgpu');
-  });
-
-  it('chooses wasm when tensorflow is unavailable, with the project kernels and the reason it skipped', async () => {
+  // Forcing webgpu (which starts on a software adapter here) is test/backend-webgpu.test.ts.
+  it('chooses wasm when tensorflow and a hardware GPU are unavailable, with the project kernels and the reasons it skipped', async () => {
     delete process.env.LOWRANK_BACKEND;
     const info = await initBackend();
     expect(info.backend).toBe('wasm');
@@ -49,7 +44,9 @@ describe('initBackend', () => {
     expect(typeof info.wasmSimd).toBe('boolean');
     expect(info.wasmThreads).toBeGreaterThanOrEqual(1);
     expect(info.kernels.sort()).toEqual(['BatchMatMul', 'UnsortedSegmentSum', '_FusedMatMul']);
-    expect(info.skipped?.map((s) => s.backend)).toEqual(['tensorflow']);
+    // Automatically, webgpu never takes a software adapter (llvmpipe): it is skipped, with why.
+    expect(info.skipped?.map((s) => s.backend)).toEqual(['tensorflow', 'webgpu']);
+    expect(info.skipped?.[1].reason).toMatch(/no GPU device|software adapter|no usable WebGPU adapter/);
   });
 
   it('is idempotent', async () => {
@@ -73,5 +70,17 @@ describe('initBackend', () => {
     const gflops = await measureMatmulGflops({ m: 64, k: 32, n: 48, transposeA: true, batch: 2, seconds: 0.05 });
     expect(gflops).toBeGreaterThan(0);
     expect(Number.isFinite(gflops)).toBe(true);
+  });
+});
+
+describe('webgpu adapters', () => {
+  it('recognises software renderers, which are never chosen automatically', () => {
+    expect(isSoftwareAdapter({ vendor: '', device: 'llvmpipe-llvm-15-0-6-256-bits-', description: 'OpenGL ES 3.2 Mesa 22.3.6' })).toBe(true);
+    expect(isSoftwareAdapter({ vendor: 'google', architecture: 'swiftshader', device: 'Subzero' })).toBe(true);
+    expect(isSoftwareAdapter({ vendor: 'mesa', device: 'llvmpipe (LLVM 15.0.6, 256 bits)', description: 'lavapipe' })).toBe(true);
+    expect(isSoftwareAdapter({ vendor: 'nvidia', architecture: 'hopper', device: 'NVIDIA H200' })).toBe(false);
+    expect(isSoftwareAdapter({ vendor: 'nvidia', isFallbackAdapter: true })).toBe(true);
+    expect(describeAdapter({ vendor: 'nvidia', architecture: 'hopper', device: 'NVIDIA H200' })).toBe('nvidia, hopper, NVIDIA H200');
+    expect(describeAdapter({ device: 'llvmpipe-llvm-15-0-6-256-bits-' })).toBe('llvmpipe-llvm-15-0-6-256-bits');
   });
 });

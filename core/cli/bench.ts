@@ -1,11 +1,15 @@
 /**
  * `lowrank bench` (`npm run bench`): the backend's matmul GFLOP/s per shape, and forward (and
- * full fine-tuning) tokens/s at batch 8 × seq 128 for the bundled model and a 4-layer, 256-wide Llama.
+ * full fine-tuning) tokens/s at batch 8 × seq 128 for the bundled model and a 4-layer, 256-wide Llama;
+ * one set of tables per available backend (see benchCommand). LOWRANK_THREADS=N sets the wasm
+ * thread count, to compare the threaded build.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '../tf.ts';
-import { initBackend } from '../backend/index.ts';
+import { initBackend, type BackendInfo } from '../backend/index.ts';
+import { startWasmBackend } from '../backend/wasm/install.ts';
+import { startWebgpuBackend } from '../backend/webgpu.ts';
 import { runMatmulBench } from '../backend/matmul-bench.ts';
 import { parseModelConfig, parameterCount, type ModelConfig } from '../models/config.ts';
 import { buildModel, loadModel } from '../models/load.ts';
@@ -87,7 +91,7 @@ interface TrainBench {
 }
 
 /** Times training steps (forward, backward, AdamW) of `full` or LoRA rank 8 on q,k,v,o. */
-async function trainBench(model: CausalLM, mode: 'full' | 'lora', seconds: number): Promise<TrainBench> {
+export async function trainBench(model: CausalLM, mode: 'full' | 'lora', seconds: number): Promise<TrainBench> {
   const method = getMethod(mode);
   const targets = mode === 'lora' ? resolveTargets(model, ['q_proj', 'k_proj', 'v_proj', 'o_proj']) : [];
   const attached = method.attach(model, resolveParams(method.id, method.schema, mode === 'lora' ? { rank: 8, alpha: 16, dropout: 0 } : {}), { targets, seed: 0 });
@@ -129,12 +133,10 @@ async function trainBench(model: CausalLM, mode: 'full' | 'lora', seconds: numbe
   };
 }
 
-export async function benchCommand(flags: Flags): Promise<void> {
+/** The matmul, forward and training tables on the active tfjs backend. */
+async function benchSections(flags: Flags, out: (line: string) => void): Promise<Record<string, unknown>> {
   const quick = Boolean(flags.quick);
   const seconds = quick ? 0.5 : 3;
-  const backend = await initBackend();
-  const out = (line: string) => !flags.json && console.log(line);
-  out(`backend: ${backend.backend}${backend.wasmThreads ? `, ${backend.wasmThreads} thread(s)` : ''}; kernels: ${backend.kernels.join(', ') || 'stock'}`);
   out('\nmatmul GFLOP/s (float32)');
   const matmul = await runMatmulBench({ seconds: quick ? 0.5 : 1 });
   for (const r of matmul) out(`  ${r.shape.padEnd(28)} ${r.kernels.padEnd(8)} ${r.gflops.toFixed(2).padStart(8)}`);
@@ -173,5 +175,54 @@ export async function benchCommand(flags: Flags): Promise<void> {
   }
   out('  (peak = tfjs tensor bytes inside a step: weights, trainable, gradients, AdamW state and activations)');
   for (const { model } of models) model.dispose();
-  if (flags.json) printJson({ backend, matmul, models: rows, training, batch: BATCH, seqLen: SEQ });
+  return { matmul, models: rows, training };
+}
+
+/** Set to 1 to bench webgpu also on a software adapter (llvmpipe, SwiftShader): slow, for testing. */
+export const BENCH_WEBGPU_ENV = 'LOWRANK_BENCH_WEBGPU';
+
+function describeBackend(info: BackendInfo): string {
+  const threads = info.wasmThreads ? `, ${info.wasmThreads} thread(s)` : '';
+  const adapter = info.adapter ? ` (${info.adapter}${info.softwareAdapter ? ', software' : ''})` : '';
+  return `${info.backend}${threads}${adapter}; kernels: ${info.kernels.join(', ') || 'stock'}`;
+}
+
+/**
+ * One set of tables per available backend: the one initBackend chooses, then wasm (the CPU
+ * baseline) if that was not it, then webgpu if a hardware adapter exists (never automatically on
+ * a software renderer; LOWRANK_BENCH_WEBGPU=1 forces it).
+ */
+export async function benchCommand(flags: Flags): Promise<void> {
+  const out = (line: string) => !flags.json && console.log(line);
+  const primary = await initBackend();
+  const results: Array<{ backend: BackendInfo } & Record<string, unknown>> = [];
+  out(`backend: ${describeBackend(primary)}`);
+  results.push({ backend: primary, ...(await benchSections(flags, out)) });
+
+  if (primary.backend !== 'wasm') {
+    try {
+      const wasm = await startWasmBackend();
+      const info: BackendInfo = { backend: 'wasm', tfjsVersion: tf.version_core, wasmSimd: wasm.simd, wasmThreads: wasm.threads, kernels: wasm.kernels };
+      out(`\nbackend: ${describeBackend(info)}`);
+      results.push({ backend: info, ...(await benchSections(flags, out)) });
+    } catch (e) {
+      out(`\n(wasm unavailable: ${e instanceof Error ? e.message : String(e)})`);
+    }
+  }
+  if (primary.backend !== 'webgpu') {
+    const forced = process.env[BENCH_WEBGPU_ENV] === '1';
+    const gpu = await startWebgpuBackend({ requireHardware: !forced });
+    if (gpu.ok) {
+      const info: BackendInfo = {
+        backend: 'webgpu', tfjsVersion: tf.version_core, adapter: gpu.value.adapter, softwareAdapter: gpu.value.software, kernels: gpu.value.kernels,
+      };
+      out(`\nbackend: ${describeBackend(info)}`);
+      results.push({ backend: info, ...(await benchSections(flags, out)) });
+    } else {
+      out(`\n(webgpu not benched: ${gpu.reason}${forced ? '' : `; ${BENCH_WEBGPU_ENV}=1 benches a software adapter too`})`);
+    }
+  }
+  await tf.setBackend(primary.backend);
+  // The first backend's tables also stay at the top level, where they were before.
+  if (flags.json) printJson({ ...results[0], backends: results, batch: BATCH, seqLen: SEQ });
 }

@@ -9,6 +9,7 @@
 // Side effect first: registers the stock 'wasm' backend factory and its kernels, which we capture.
 import { getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
 import * as tf from '../../tf.ts';
+import { threadedWasmFactory, requestedWasmThreads, type ThreadRequest } from './threads.ts';
 import { getKernel, registerKernel, unregisterKernel } from '../../tf.ts';
 import type { KernelConfig } from '../../tf.ts';
 import { createMatMulKernels } from './batch-matmul.ts';
@@ -60,28 +61,31 @@ export function activeWasmKernels(): string[] {
 }
 
 let lastInitError: unknown = null;
-let factoryWrapped = false;
+/** The factory 'wasm' is registered with now: the stock one, or ours around it. */
+let wrappedFor: number | null = null;
+let stockFactory: (() => tf.KernelBackend | Promise<tf.KernelBackend>) | null = null;
 
 /**
- * Wraps the stock backend factory so that the reason `tf.setBackend('wasm')` fails, which the
- * engine only logs, can be reported to the user. This is also the seam where the threaded-SIMD
- * factory of PERFORMANCE.md §1 (own emscripten init, worker file, os.cpus padding,
- * setThreadsCount) will plug in.
+ * Replaces the stock backend factory with one that (a) for more than one thread, starts the
+ * threaded-SIMD build through the custom init of PERFORMANCE.md §1 (threads.ts), and (b) keeps the
+ * reason `tf.setBackend('wasm')` fails, which the engine only logs, so it can be reported.
  */
-function wrapBackendFactory(): void {
-  if (factoryWrapped || tf.findBackend('wasm') != null) return;
-  const stockFactory = tf.findBackendFactory('wasm');
-  if (stockFactory == null) return;
+function wrapBackendFactory(threads: number): void {
+  if (tf.findBackend('wasm') != null) return; // already running: its thread count is fixed
+  if (wrappedFor === threads) return;
+  stockFactory ??= tf.findBackendFactory('wasm');
+  const stock = stockFactory;
+  if (stock == null) return;
   tf.removeBackend('wasm');
   tf.registerBackend('wasm', async () => {
     try {
-      return await stockFactory();
+      return threads > 1 ? await threadedWasmFactory(threads) : await stock();
     } catch (e) {
       lastInitError = e;
       throw e;
     }
   }, WASM_PRIORITY);
-  factoryWrapped = true;
+  wrappedFor = threads;
 }
 
 const PROCESS_EVENTS = ['uncaughtException', 'unhandledRejection'] as const;
@@ -110,14 +114,20 @@ function dropHandlersAddedSince(before: Map<string, Listener[]>): void {
 export interface WasmStart {
   simd: boolean;
   threads: number;
+  /** Where the requested thread count came from (LOWRANK_THREADS or the default). */
+  threadsBy: ThreadRequest['by'];
   kernels: string[];
 }
 
-/** Installs the kernels and makes wasm the active backend. Throws with the reason when it cannot. */
-export async function startWasmBackend(): Promise<WasmStart> {
+/**
+ * Installs the kernels and makes wasm the active backend. Throws with the reason when it cannot.
+ * `threads` overrides LOWRANK_THREADS / the default; 1 is the non-threaded SIMD build.
+ */
+export async function startWasmBackend(opts: { threads?: number } = {}): Promise<WasmStart> {
+  const request = requestedWasmThreads(opts.threads);
   const kernels = installWasmKernels();
   const firstInit = tf.findBackend('wasm') == null;
-  wrapBackendFactory();
+  wrapBackendFactory(request.threads);
   const before = processListeners();
   const ok = await tf.setBackend('wasm');
   if (firstInit) dropHandlersAddedSince(before);
@@ -126,5 +136,5 @@ export async function startWasmBackend(): Promise<WasmStart> {
     throw new Error(`the wasm module did not initialise: ${why}`);
   }
   const simd = (await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT')) as boolean;
-  return { simd, threads: getThreadsCount(), kernels };
+  return { simd, threads: getThreadsCount(), threadsBy: request.by, kernels };
 }
