@@ -58,6 +58,7 @@ export class StudioService {
   private readonly listeners = new Set<(e: StudioEvent) => void>();
   private readonly live = new Map<string, LiveJob>();
   private readonly handlers: Calls;
+  private closed = false;
 
   constructor(readonly options: ServiceOptions) {
     this.store = openStore(options.home);
@@ -88,8 +89,15 @@ export class StudioService {
     this.paths.grant(p, kind);
   }
 
-  close(): void {
+  /** Stops every job (their runs are found interrupted by the next service) and closes the store. */
+  async close(): Promise<void> {
+    this.closed = true;
+    const exits = [...this.live.values()].map(
+      ({ job }) => new Promise<void>((resolve) => (job.child.exitCode !== null || job.child.signalCode !== null ? resolve() : job.child.once('exit', () => resolve()))),
+    );
     for (const l of this.live.values()) l.job.child.kill('SIGKILL');
+    this.live.clear();
+    await Promise.all(exits);
     this.store.close();
   }
 
@@ -125,13 +133,15 @@ export class StudioService {
     this.emit(e);
   }
 
-  private startTraining(config: FinetuneConfigInput): Promise<{ runId: string }> {
+  /** Forks a training job; resolves with the run id at the job's first event. */
+  private startTraining(config: FinetuneConfigInput, resumeRunId?: string): Promise<{ runId: string }> {
     return new Promise((resolve, reject) => {
       let live: LiveJob | undefined;
       const job = startJob<FinetuneResult>(
-        { kind: 'train', home: this.options.home, config },
+        { kind: 'train', home: this.options.home, config, resumeRunId },
         {
           onEvent: (e) => {
+            if (this.closed) return;
             if (!live) {
               live = { runId: e.runId, totalSteps: 0, step: 0, paused: false, startedAt: Date.now(), job, sawFinalEvent: false, lastStepEmit: 0 };
               this.live.set(e.runId, live);
@@ -143,6 +153,7 @@ export class StudioService {
       );
       job.result.then(
         () => {
+          if (this.closed) return;
           if (live) {
             this.live.delete(live.runId);
             this.emit({ type: 'run-status', runId: live.runId, status: this.store.getRun(live.runId).status });
@@ -150,6 +161,7 @@ export class StudioService {
         },
         (e: unknown) => {
           if (!live) return reject(e);
+          if (this.closed) return;
           this.live.delete(live.runId);
           if (!live.sawFinalEvent) {
             // The process died without reporting: mark the run failed here, so the UI shows why.
@@ -334,6 +346,17 @@ export class StudioService {
         return { status };
       },
       'runs.resume': async ({ runId }) => {
+        if (!this.live.has(runId)) {
+          // A run whose process is gone (the app quit or crashed): continue from its last checkpoint.
+          const run = store.getRun(runId);
+          if (run.kind !== 'finetune' || !['interrupted', 'paused'].includes(run.status)) {
+            throw new LowrankError('BAD_RUN_STATE', `run ${runId} is ${run.status}; only a paused or interrupted run can be resumed`);
+          }
+          const config = run.config as unknown as FinetuneConfigInput;
+          this.checkConfigPaths(config);
+          await this.startTraining(config, runId);
+          return { status: store.getRun(runId).status };
+        }
         const live = this.liveRun(runId);
         if (!live.paused) return { status: store.getRun(runId).status };
         const { status } = store.startRun(runId, live.job.child.pid);

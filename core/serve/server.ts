@@ -132,7 +132,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
       for (const client of wss.clients) client.terminate();
       wss.close();
       await new Promise<void>((resolve) => server.close(() => resolve()));
-      service.close();
+      await service.close();
     },
   };
 }

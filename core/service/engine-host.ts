@@ -22,6 +22,5 @@ process.on('message', (m: HostMessage) => {
   );
 });
 process.on('disconnect', () => {
-  service.close();
-  process.exit(0);
+  void service.close().then(() => process.exit(0));
 });

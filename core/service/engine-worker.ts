@@ -19,7 +19,7 @@ async function runJob(job: JobRequest): Promise<unknown> {
   try {
     switch (job.kind) {
       case 'train':
-        return await runFinetune(store, job.config as FinetuneConfig, (event) => send({ type: 'event', event }), { shouldStop: () => stopRequested });
+        return await runFinetune(store, job.config as FinetuneConfig, (event) => send({ type: 'event', event }), { shouldStop: () => stopRequested }, job.resumeRunId);
       case 'export':
         return await exportRun(store, job.request, (message) => send({ type: 'progress', message }));
       case 'generate': {

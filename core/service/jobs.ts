@@ -11,7 +11,7 @@ import type { FinetuneConfigInput, WireError } from '../contract.ts';
 import { LowrankError, type ErrorCode } from '../errors.ts';
 
 export type JobRequest =
-  | { kind: 'train'; home: string; config: FinetuneConfigInput }
+  | { kind: 'train'; home: string; config: FinetuneConfigInput; resumeRunId?: string }
   | { kind: 'export'; home: string; request: ExportRequest }
   | { kind: 'generate'; home: string; runId: string; prompt: string; seed: number; maxNewTokens: number; temperature: number };
 

@@ -14,8 +14,8 @@ import { startServer } from '../serve/server.ts';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-service-'));
 const service = new StudioService({ home: path.join(root, 'home'), transport: 'websocket', fileDialog: false });
-afterAll(() => {
-  service.close();
+afterAll(async () => {
+  await service.close();
   fs.rmSync(root, { recursive: true, force: true });
 });
 
