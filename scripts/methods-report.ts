@@ -41,7 +41,7 @@ fs.rmSync(home, { recursive: true, force: true });
 
 const doc = `# Methods on the bundled task
 
-Every method of the registry fine-tuned with the same seed (0), ${steps} steps, batch 16, sequence
+Every method of the registry fine-tuned with the same seed (0), ${steps} steps, batch 8, sequence
 length 64, on the bundled model (\`resources/models/brown-llama\`) and the bundled review-sentiment
 dataset (\`resources/datasets/review-sentiment.jsonl\`, 15 % held out). Adapters wrap q, k, v and o
 at rank 8 with lr 3e-3 (PiSSA at its paper's α = r); full fine-tuning uses lr 3e-4. Accuracy is

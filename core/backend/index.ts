@@ -15,6 +15,7 @@ import '@tensorflow/tfjs-backend-cpu';
 import * as tf from '../tf.ts';
 import { LowrankError } from '../errors.ts';
 import { startWasmBackend } from './wasm/install.ts';
+import { requestedWasmThreads } from './wasm/threads.ts';
 import { nativeAddonProblem, packageInstalled, tryImport, type Attempt } from './optional-packages.ts';
 import { startWebgpuBackend } from './webgpu.ts';
 
@@ -55,6 +56,12 @@ export function initBackend(opts: InitBackendOptions = {}): Promise<BackendInfo>
   let forced: { name: BackendName; by: string } | undefined;
   try {
     forced = forcedBackend(opts);
+    // A bad LOWRANK_THREADS is the user's mistake to fix, not a reason to fall back to cpu.
+    try {
+      requestedWasmThreads();
+    } catch (e) {
+      throw new LowrankError('BAD_ARGUMENT', e instanceof Error ? e.message : String(e));
+    }
   } catch (e) {
     return Promise.reject(e);
   }

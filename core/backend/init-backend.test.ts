@@ -27,6 +27,19 @@ describe('initBackend', () => {
     expect(e.message).toContain("LOWRANK_BACKEND='tpu'");
   });
 
+  it('rejects a LOWRANK_THREADS that is not 1-8 instead of falling back', async () => {
+    const saved = process.env.LOWRANK_THREADS;
+    process.env.LOWRANK_THREADS = 'many';
+    try {
+      const e = await failure(initBackend());
+      expect(e.code).toBe('BAD_ARGUMENT');
+      expect(e.message).toContain("LOWRANK_THREADS='many'");
+    } finally {
+      if (saved == null) delete process.env.LOWRANK_THREADS;
+      else process.env.LOWRANK_THREADS = saved;
+    }
+  });
+
   it('forcing tensorflow without its native addon is BACKEND_UNAVAILABLE, with the reason', async () => {
     process.env.LOWRANK_BACKEND = 'tensorflow';
     const e = await failure(initBackend());

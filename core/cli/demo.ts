@@ -25,7 +25,7 @@ export function demoConfig(steps: number): FinetuneConfig {
     targets: ['q_proj', 'k_proj', 'v_proj', 'o_proj'],
     steps,
     epochs: null,
-    batchSize: 16,
+    batchSize: 8,
     seqLen: 64,
     lr: 3e-3,
     warmupSteps: 10,

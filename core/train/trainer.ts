@@ -25,7 +25,9 @@ export interface StepReport {
   loss: number;
   lr: number;
   gradNorm: number;
+  /** Input tokens of the step (padding excluded) and, of those, the ones the loss was taken on. */
   tokens: number;
+  trainedTokens: number;
   tokensPerSecond: number;
   elapsedSeconds: number;
   /** Peak tfjs tensor bytes inside a step (measured with tf.profile on the first step run). */
@@ -74,6 +76,7 @@ export async function train(
     let grads = new Map<string, tf.Tensor>();
     let lossSum = 0;
     let tokenSum = 0;
+    let trainedSum = 0;
     const microStep = (micro: number) => {
       const batch = batchAt(step, micro);
       const { value, grads: g, tokens } = tf.tidy(() => {
@@ -86,7 +89,9 @@ export async function train(
         return { value: result.value, grads: result.grads, tokens: tokenCount! };
       });
       lossSum += value.dataSync()[0];
-      tokenSum += tokens.dataSync()[0];
+      trainedSum += tokens.dataSync()[0];
+      // Throughput counts every real (non-padding) input token, as it is all computed.
+      tokenSum += batch.attentionMask ? batch.attentionMask.reduce((n, m) => n + m, 0) : batch.batchSize * batch.seqLen;
       value.dispose();
       tokens.dispose();
       // Sum micro-batch gradients, averaged below.
@@ -135,6 +140,7 @@ export async function train(
       lr,
       gradNorm: clipped.norm,
       tokens: tokenSum,
+      trainedTokens: trainedSum,
       tokensPerSecond: tokensSeen / Math.max(elapsedSeconds, 1e-9),
       elapsedSeconds,
       peakTensorBytes,

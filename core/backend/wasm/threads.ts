@@ -34,10 +34,14 @@ import type { KernelBackend } from '../../tf.ts';
 const require = createRequire(import.meta.url);
 
 /**
- * Threads when LOWRANK_THREADS is unset. 1 (the non-threaded build) everywhere: on the 2-core
- * machine this was decided on, a training step of the bench model was not faster with 2 threads
- * (PERFORMANCE.md §1, core/cli/bench.ts `--threads`): only XNNPACK's GEMMs use the pool, and the
- * rest of a step (softmax, norms, elementwise, JS overhead) stays on one thread.
+ * Threads when LOWRANK_THREADS is unset: 1, the non-threaded SIMD build, because that measured
+ * faster. A training step of the bench model (core/cli/bench.ts: 4-layer 256-wide Llama, batch
+ * 8 × 128, AdamW) on the 2-core build machine, shared with other jobs (load 2-7), best of 5 runs
+ * per setting, alternating: LoRA r=8 946 tokens/s (16.3 GFLOP/s) with 1 thread, 646 (11.1) with
+ * 2; full fine-tuning 717 (18.1) vs 540 (13.6). Only XNNPACK's GEMMs use the pool; the rest of a
+ * step (softmax, norms, elementwise ops, JS overhead) stays on one thread, and on a loaded
+ * 2-core machine the second thread mostly waits for a core. Machines with more idle cores may
+ * gain (PERFORMANCE.md §1 measured -10 % to +25 % per step with 2 threads): LOWRANK_THREADS=N.
  */
 export const DEFAULT_WASM_THREADS = 1;
 /** backend.cc's own upper limit. */
