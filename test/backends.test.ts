@@ -88,6 +88,7 @@ describe('threaded wasm (LOWRANK_THREADS=2) vs cpu, in a child process', () => {
     const out = JSON.parse(child.stdout.trim().split('\n').at(-1)!) as {
       info: { backend: string; wasmThreads: number; kernels: string[] };
       results: Array<{ dir: string; logits: number; grads: number; worstGrad: string }>;
+      matmul: Record<string, number>;
     };
     expect(out.info.backend).toBe('wasm');
     expect(out.info.wasmThreads).toBe(2);
@@ -97,5 +98,7 @@ describe('threaded wasm (LOWRANK_THREADS=2) vs cpu, in a child process', () => {
       expect(r.logits, r.dir).toBeLessThanOrEqual(1e-5);
       expect(r.grads, `${r.dir}: ${r.worstGrad}`).toBeLessThanOrEqual(1e-5);
     }
+    expect(Object.keys(out.matmul)).toHaveLength(4);
+    for (const [name, e] of Object.entries(out.matmul)) expect(e, name).toBeLessThanOrEqual(1e-5);
   });
 });

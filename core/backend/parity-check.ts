@@ -6,13 +6,14 @@
  *
  * starts the backend the environment asks for, computes the logits and every weight gradient of
  * the loss for a fixed batch on it and on cpu, and prints one JSON line: the backend info and, per
- * model, the worst relative error (cpu-parity.ts) of the logits and of the gradients. The process
+ * model, the worst relative error (cpu-parity.ts) of the logits and of the gradients, and of a few
+ * larger matmuls (matmulVsCpu). The process
  * must then exit by itself, which is part of the check (threads must not keep it alive).
  */
 import { pathToFileURL } from 'node:url';
 import * as tf from '../tf.ts';
 import { initBackend } from './index.ts';
-import { relativeError } from './cpu-parity.ts';
+import { errorVsCpu, relativeError, seededTensor } from './cpu-parity.ts';
 import { loadModel } from '../models/load.ts';
 import { causalLmLoss } from '../models/causal-lm.ts';
 
@@ -63,8 +64,26 @@ export async function parityVsCpu(dirs: string[]): Promise<ParityResult[]> {
   return results;
 }
 
+/**
+ * Products big enough for XNNPACK to split across its threadpool (the tiny models' are not), in
+ * the four forms of a training step, through whatever BatchMatMul kernel is registered.
+ */
+export async function matmulVsCpu(): Promise<Record<string, number>> {
+  const backend = tf.getBackend();
+  const cases: Record<string, () => tf.Tensor> = {
+    'A·B 192x160x224': () => tf.matMul(seededTensor([192, 160], 1), seededTensor([160, 224], 2)),
+    'Aᵀ·B 192x160x224': () => tf.matMul(seededTensor([160, 192], 3), seededTensor([160, 224], 4), true, false),
+    'A·Bᵀ 192x160x224': () => tf.matMul(seededTensor([192, 160], 5), seededTensor([224, 160], 6), false, true),
+    'batched 3x 96x64x80': () => tf.matMul(seededTensor([3, 96, 64], 7), seededTensor([3, 64, 80], 8)),
+  };
+  const out: Record<string, number> = {};
+  for (const [name, fn] of Object.entries(cases)) out[name] = await errorVsCpu(backend, fn);
+  return out;
+}
+
 if (process.argv[1] != null && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const info = await initBackend();
   const results = await parityVsCpu(process.argv.slice(2));
-  console.log(JSON.stringify({ info, results }));
+  const matmul = await matmulVsCpu();
+  console.log(JSON.stringify({ info, results, matmul }));
 }

@@ -94,6 +94,23 @@ function wasmOutDir(): string {
 }
 
 /**
+ * A directory only this user can write to, for the worker file: a shared /tmp would let another
+ * user put code in our worker threads. Falls back to a fresh private directory per process.
+ */
+function privateDir(): string {
+  const uid = process.getuid?.();
+  const dir = path.join(os.tmpdir(), `lowrank-wasm-${uid ?? 'user'}`);
+  try {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const st = fs.lstatSync(dir);
+    if (st.isDirectory() && (uid == null || st.uid === uid) && (process.platform === 'win32' || (st.mode & 0o022) === 0)) return dir;
+  } catch {
+    // fall through
+  }
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-wasm-'));
+}
+
+/**
  * The worker script as a file. Named by a hash of its contents, written atomically (tmp + rename),
  * so concurrent processes and package upgrades never see a half-written or stale file.
  */
@@ -101,10 +118,10 @@ function workerFile(dir: string): string {
   const { wasmWorkerContents } = require(path.join(dir, 'tfjs-backend-wasm-threaded-simd.worker.js')) as { wasmWorkerContents: string };
   const contents = wasmWorkerContents.replace(/\n/g, '\\n');
   const hash = createHash('sha256').update(contents).digest('hex').slice(0, 16);
-  const file = path.join(os.tmpdir(), `lowrank-tfjs-wasm-worker-${hash}.cjs`);
+  const file = path.join(privateDir(), `tfjs-wasm-worker-${hash}.cjs`);
   if (!fs.existsSync(file) || fs.readFileSync(file, 'utf8') !== contents) {
     const tmp = `${file}.${process.pid}.tmp`;
-    fs.writeFileSync(tmp, contents);
+    fs.writeFileSync(tmp, contents, { mode: 0o600 });
     fs.renameSync(tmp, file);
   }
   return file;
