@@ -7,20 +7,19 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { CALLS, describeIssues, type CallName, type Calls, type FinetuneConfigInput, type LiveRun, type Replies, type Request, type StudioEvent, type WireError } from './contract.ts';
+import { CALLS, describeIssues, type CallName, type Calls, type FinetuneConfigInput, type LiveRun, type MethodEstimate, type Replies, type Request, type StudioEvent, type WireError } from './contract.ts';
 import { LowrankError, isLowrankError, type ErrorCode } from './errors.ts';
 import { openStore, type RunStore } from './store/index.ts';
 import type { Run } from './store/types.ts';
 import { BUNDLED_MODEL_DIR, RESOURCES_DIR } from './resources.ts';
-import { openCheckpoint, loadModel } from './models/load.ts';
+import { openCheckpoint } from './models/load.ts';
 import { parameterCount, targetableModules } from './models/config.ts';
 import { loadTokenizer } from './tokenize/tokenizer.ts';
 import { loadDataset, previewDataset } from './data/dataset.ts';
-import { getMethod, listMethods, resolveParams, resolveTargets } from './methods/index.ts';
-import { adapterActivationFloats, estimateTrainingMemory } from './train/memory.ts';
-import { FINETUNE_DEFAULTS, prepareRun, type FinetuneConfig, type FinetuneEvent, type FinetuneResult } from './train/finetune.ts';
-import { initBackend } from './backend/index.ts';
+import { getMethod, listMethods, resolveParams } from './methods/index.ts';
+import { FINETUNE_DEFAULTS, type FinetuneEvent, type FinetuneResult } from './train/finetune.ts';
 import { startJob, type Job } from './service/jobs.ts';
+import type { RunEstimateFigures } from './service/estimates.ts';
 import { AllowedPaths, DATASET_EXTENSIONS } from './service/allowed-paths.ts';
 import type { ExportResult } from './export/run-export.ts';
 
@@ -258,61 +257,21 @@ export class StudioService {
       },
       'files.browse': async ({ dir }) => this.paths.browse(dir),
       'methods.list': async () => listMethods().map(({ attach: _attach, ...info }) => info),
-      'methods.estimates': async ({ model: dir, batchSize, seqLen, targets }) => {
-        this.paths.check(dir, 'model');
-        await initBackend();
-        const model = loadModel(dir);
-        try {
-          return listMethods().map((method) => {
-            try {
-              const params = resolveParams(method.id, method.schema, {});
-              const resolved = method.family === 'adapter' ? resolveTargets(model, targets) : [];
-              const attached = method.attach(model, params, { targets: resolved, seed: 0 });
-              try {
-                const trainable = attached.trainableParameterCount();
-                const estimate = estimateTrainingMemory({
-                  config: model.config,
-                  batchSize,
-                  seqLen,
-                  trainableParameters: trainable,
-                  optimizerStateBytes: 8 * trainable,
-                  trainsBaseWeights: method.family === 'full',
-                  adapterActivationFloatsPerToken: adapterActivationFloats(model, resolved, Number(params.rank ?? 0), Number(params.dropout ?? 0)),
-                });
-                return { id: method.id, trainableParams: trainable, estimate, error: null };
-              } finally {
-                attached.detach();
-              }
-            } catch (e) {
-              const zero = { weightsBytes: 0, trainableBytes: 0, gradientBytes: 0, optimizerBytes: 0, activationBytes: 0, tensorBytes: 0, processBytes: 0 };
-              return { id: method.id, trainableParams: 0, estimate: zero, error: e instanceof Error ? e.message : String(e) };
-            }
-          });
-        } finally {
-          model.dispose();
-        }
+      'methods.estimates': async (request) => {
+        this.paths.check(request.model, 'model');
+        // Loading a model is heavy for a large one: a job process, so the socket stays free.
+        return startJob<MethodEstimate[]>({ kind: 'estimate-methods', home: this.options.home, ...request }).result;
       },
       'runs.estimate': async ({ config }) => {
         this.checkConfigPaths(config);
         getMethod(config.method);
-        const prepared = await prepareRun(config as FinetuneConfig);
-        try {
-          const trainableParams = prepared.attached.trainableParameterCount();
-          const tokens = prepared.totalSteps * config.batchSize * config.gradientAccumulation * config.seqLen;
-          const perSecond = this.throughputGuess(config.model, parameterCount(prepared.model.config));
-          return {
-            totalSteps: prepared.totalSteps,
-            trainableParams,
-            estimate: prepared.estimate,
-            availableBytes: os.totalmem(),
-            estimatedSeconds: tokens / perSecond,
-            trainExamples: prepared.dataset.train.length,
-            validationExamples: prepared.dataset.validation.length,
-          };
-        } finally {
-          prepared.attached.detach();
-          prepared.model.dispose();
-        }
+        const r = await startJob<RunEstimateFigures>({
+          kind: 'estimate-run',
+          home: this.options.home,
+          config,
+        }).result;
+        const { tokens, parameters, ...rest } = r;
+        return { ...rest, availableBytes: os.totalmem(), estimatedSeconds: tokens / this.throughputGuess(config.model, parameters) };
       },
       'runs.start': async ({ config }) => {
         this.checkConfigPaths(config);

@@ -10,11 +10,14 @@ import { generate } from '../models/generate.ts';
 import { stopTokenIds } from '../train/evaluate.ts';
 import { isLowrankError } from '../errors.ts';
 import type { JobRequest, WorkerMessage } from './jobs.ts';
+import { estimateMethods, estimateRun } from './estimates.ts';
 
 const send = (m: WorkerMessage) => process.send?.(m);
 let stopRequested = false;
 
 async function runJob(job: JobRequest): Promise<unknown> {
+  if (job.kind === 'estimate-methods') return estimateMethods(job.model, job.batchSize, job.seqLen, job.targets);
+  if (job.kind === 'estimate-run') return estimateRun(job.config);
   const store = openStore(job.home);
   try {
     switch (job.kind) {

@@ -13,7 +13,9 @@ import { LowrankError, type ErrorCode } from '../errors.ts';
 export type JobRequest =
   | { kind: 'train'; home: string; config: FinetuneConfigInput; resumeRunId?: string }
   | { kind: 'export'; home: string; request: ExportRequest }
-  | { kind: 'generate'; home: string; runId: string; prompt: string; seed: number; maxNewTokens: number; temperature: number };
+  | { kind: 'generate'; home: string; runId: string; prompt: string; seed: number; maxNewTokens: number; temperature: number }
+  | { kind: 'estimate-methods'; home: string; model: string; batchSize: number; seqLen: number; targets: string[] | 'all-linear' }
+  | { kind: 'estimate-run'; home: string; config: FinetuneConfigInput };
 
 export type WorkerMessage =
   | { type: 'event'; event: FinetuneEvent }

@@ -1,0 +1,67 @@
+/**
+ * The wizard's cost figures, computed in a job process (they load the model): trainable
+ * parameters and the memory estimate of every method on a model, and of one whole run config.
+ */
+import { loadModel } from '../models/load.ts';
+import { parameterCount } from '../models/config.ts';
+import { listMethods, resolveParams, resolveTargets } from '../methods/index.ts';
+import { adapterActivationFloats, estimateTrainingMemory, type MemoryEstimate } from '../train/memory.ts';
+import { prepareRun, type FinetuneConfig } from '../train/finetune.ts';
+import { initBackend } from '../backend/index.ts';
+import type { FinetuneConfigInput, MethodEstimate, RunEstimate } from '../contract.ts';
+
+const ZERO: MemoryEstimate = { weightsBytes: 0, trainableBytes: 0, gradientBytes: 0, optimizerBytes: 0, activationBytes: 0, tensorBytes: 0, processBytes: 0 };
+
+export async function estimateMethods(dir: string, batchSize: number, seqLen: number, targets: string[] | 'all-linear'): Promise<MethodEstimate[]> {
+  await initBackend();
+  const model = loadModel(dir);
+  try {
+    return listMethods().map((method) => {
+      try {
+        const params = resolveParams(method.id, method.schema, {});
+        const resolved = method.family === 'adapter' ? resolveTargets(model, targets) : [];
+        // Full fine-tuning trains every weight: count them instead of copying the model.
+        const attached = method.family === 'full' ? null : method.attach(model, params, { targets: resolved, seed: 0 });
+        try {
+          const trainable = attached ? attached.trainableParameterCount() : parameterCount(model.config);
+          const estimate = estimateTrainingMemory({
+            config: model.config,
+            batchSize,
+            seqLen,
+            trainableParameters: trainable,
+            optimizerStateBytes: 8 * trainable,
+            trainsBaseWeights: method.family === 'full',
+            adapterActivationFloatsPerToken: adapterActivationFloats(model, resolved, Number(params.rank ?? 0), Number(params.dropout ?? 0)),
+          });
+          return { id: method.id, trainableParams: trainable, estimate, error: null };
+        } finally {
+          attached?.detach();
+        }
+      } catch (e) {
+        return { id: method.id, trainableParams: 0, estimate: ZERO, error: e instanceof Error ? e.message : String(e) };
+      }
+    });
+  } finally {
+    model.dispose();
+  }
+}
+
+export type RunEstimateFigures = Omit<RunEstimate, 'estimatedSeconds' | 'availableBytes'> & { tokens: number; parameters: number };
+
+export async function estimateRun(config: FinetuneConfigInput): Promise<RunEstimateFigures> {
+  const prepared = await prepareRun(config as FinetuneConfig);
+  try {
+    return {
+      totalSteps: prepared.totalSteps,
+      trainableParams: prepared.attached.trainableParameterCount(),
+      estimate: prepared.estimate,
+      trainExamples: prepared.dataset.train.length,
+      validationExamples: prepared.dataset.validation.length,
+      tokens: prepared.totalSteps * config.batchSize * config.gradientAccumulation * config.seqLen,
+      parameters: parameterCount(prepared.model.config),
+    };
+  } finally {
+    prepared.attached.detach();
+    prepared.model.dispose();
+  }
+}
