@@ -5,7 +5,7 @@ import * as tf from '../tf.ts';
 import { afterEach, describe, expect, it } from 'vitest';
 import { LowrankError } from '../errors.ts';
 import { initBackend, measureMatmulGflops } from './index.ts';
-import { describeAdapter, isSoftwareAdapter } from './webgpu.ts';
+import { describeAdapter, isSoftwareAdapter, startWebgpuBackend } from './webgpu.ts';
 
 const savedEnv = process.env.LOWRANK_BACKEND;
 afterEach(() => {
@@ -95,5 +95,19 @@ describe('webgpu adapters', () => {
     expect(isSoftwareAdapter({ vendor: 'nvidia', isFallbackAdapter: true })).toBe(true);
     expect(describeAdapter({ vendor: 'nvidia', architecture: 'hopper', device: 'NVIDIA H200' })).toBe('nvidia, hopper, NVIDIA H200');
     expect(describeAdapter({ device: 'llvmpipe-llvm-15-0-6-256-bits-' })).toBe('llvmpipe-llvm-15-0-6-256-bits');
+  });
+});
+
+describe('webgpu, chosen automatically', () => {
+  // Last in the file: on a machine with a real GPU this switches the backend to webgpu.
+  it('refuses a software adapter even when Dawn is asked (past the device-node check)', async () => {
+    const r = await startWebgpuBackend({ requireHardware: true, checkDeviceNodes: false });
+    if (r.ok) {
+      expect(r.value.software).toBe(false); // a hardware GPU here
+    } else {
+      expect(r.reason).toMatch(/no usable WebGPU adapter|no navigator\.gpu/);
+      expect(tf.getBackend()).toBe('wasm');
+      expect(tf.findBackendFactory('webgpu')).toBeNull();
+    }
   });
 });
