@@ -25,7 +25,7 @@ try {
   /* electron's binary was not downloaded */
 }
 const child = electronPath
-  ? spawn(electronPath, [root], { stdio: 'inherit', cwd: root })
+  ? spawn(electronPath, [root], { stdio: 'inherit', cwd: root, env: { ...process.env, LOWRANK_NODE: process.execPath } })
   : (console.log("Electron's binary is not installed here; serving the app to a browser on this machine instead."),
     spawn(process.execPath, [path.join(root, 'bin', 'lowrank.js'), 'serve', ...process.argv.slice(2)], { stdio: 'inherit', cwd: root }));
 const forward = (signal) => child.kill(signal);

@@ -23,8 +23,20 @@ let window: BrowserWindow | null = null;
 let nextId = 1;
 const pending = new Map<number, (frame: { ok: true; reply: unknown } | { ok: false; error: WireError }) => void>();
 
+/**
+ * The engine's runtime. Packaged: Electron itself as Node (ELECTRON_RUN_AS_NODE), with native
+ * modules rebuilt for its ABI by electron-builder. In development the native modules are built
+ * for the system Node (the CLI and the tests use them), so the engine runs on that Node:
+ * bin/start.js passes its own path as LOWRANK_NODE.
+ */
+function engineRuntime(): string {
+  if (app.isPackaged) return process.execPath;
+  return process.env.LOWRANK_NODE && fs.existsSync(process.env.LOWRANK_NODE) ? process.env.LOWRANK_NODE : process.execPath;
+}
+
 function startEngine(): ChildProcess {
   const child = fork(ENGINE_ENTRY, [], {
+    execPath: engineRuntime(),
     env: { ...process.env, ELECTRON_RUN_AS_NODE: '1', LOWRANK_HOME: process.env.LOWRANK_HOME ?? path.join(app.getPath('userData'), 'store') },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });

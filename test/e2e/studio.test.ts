@@ -150,6 +150,11 @@ describe.skipIf(!hasChromium)('Lowrank Studio in a browser', () => {
     await page.goto(`${served.url}#/new`);
     await page.locator(byTestId('model-info')).waitFor();
     if (!useBundled) await page.locator('label.choice', { hasText: 'tiny-llama' }).click();
+    // Serve mode's picker shows only the server's allowed folders.
+    await page.locator(byTestId('browse-models')).click();
+    await page.locator('.browser-list li').first().waitFor();
+    expect(await page.locator('.browser-list').textContent()).not.toMatch(/\betc\b|\busr\b/);
+    await screenshot(page, '02b-wizard-model-browser');
     await next();
     const bad = [
       '{"messages":[{"role":"user","content":"Is this good?"},{"role":"assistant","content":"positive"}]}',
