@@ -88,7 +88,11 @@ interface TrainBench {
   estimatedTensorBytes: number;
   measuredTensorBytes: number;
   trainableParameters: number;
+  /** Where a step's time goes (ms), from tf.profile of one step: kernels by kind, the rest is JS. */
+  split: { matmulMs: number; otherKernelsMs: number; jsMs: number; topOps: Array<[string, number]> };
 }
+
+const MATMUL_KERNELS = new Set(['BatchMatMul', '_FusedMatMul']);
 
 /** Times training steps (forward, backward, AdamW) of `full` or LoRA rank 8 on q,k,v,o. */
 export async function trainBench(model: CausalLM, mode: 'full' | 'lora', seconds: number): Promise<TrainBench> {
@@ -110,7 +114,20 @@ export async function trainBench(model: CausalLM, mode: 'full' | 'lora', seconds
     tf.dispose(Object.values(grads));
   };
   step();
-  const measuredTensorBytes = (await tf.profile(step)).peakBytes;
+  const started = performance.now();
+  const profile = await tf.profile(step);
+  const profiledMs = performance.now() - started;
+  const measuredTensorBytes = profile.peakBytes;
+  const byKernel = new Map<string, number>();
+  for (const k of profile.kernels) byKernel.set(k.name, (byKernel.get(k.name) ?? 0) + Number(k.kernelTimeMs));
+  const matmulMs = [...byKernel].filter(([n]) => MATMUL_KERNELS.has(n)).reduce((t, [, ms]) => t + ms, 0);
+  const kernelMs = [...byKernel.values()].reduce((t, ms) => t + ms, 0);
+  const split = {
+    matmulMs,
+    otherKernelsMs: kernelMs - matmulMs,
+    jsMs: Math.max(0, profiledMs - kernelMs),
+    topOps: [...byKernel].filter(([n]) => !MATMUL_KERNELS.has(n)).sort((a, b) => b[1] - a[1]).slice(0, 5),
+  };
   const perRun = timeIt(step, seconds, 2);
   const trainable = attached.trainableParameterCount();
   const estimate = estimateTrainingMemory({
@@ -130,6 +147,7 @@ export async function trainBench(model: CausalLM, mode: 'full' | 'lora', seconds
     estimatedTensorBytes: estimate.tensorBytes,
     measuredTensorBytes,
     trainableParameters: trainable,
+    split,
   };
 }
 
@@ -174,6 +192,16 @@ async function benchSections(flags: Flags, out: (line: string) => void): Promise
     );
   }
   out('  (peak = tfjs tensor bytes inside a step: weights, trainable, gradients, AdamW state and activations)');
+  out('\nwhere a training step\'s time goes (one profiled step)');
+  for (const t of training) {
+    const { matmulMs, otherKernelsMs, jsMs, topOps } = t.split as TrainBench['split'];
+    const total = matmulMs + otherKernelsMs + jsMs;
+    const pct = (ms: number) => `${((100 * ms) / total).toFixed(0)} %`;
+    out(
+      `  ${String(t.method).padEnd(5)} matmul ${matmulMs.toFixed(0)} ms (${pct(matmulMs)}), other ops ${otherKernelsMs.toFixed(0)} ms (${pct(otherKernelsMs)}), ` +
+        `JS/engine ${jsMs.toFixed(0)} ms (${pct(jsMs)}); top other ops: ${topOps.map(([n, ms]) => `${n} ${ms.toFixed(0)}`).join(', ')}`,
+    );
+  }
   for (const { model } of models) model.dispose();
   return { matmul, models: rows, training };
 }
