@@ -241,7 +241,15 @@ describe.skipIf(!hasChromium)('Lowrank Studio in a browser', () => {
     expect(fs.existsSync(path.join(out, 'config.json'))).toBe(true);
     expect(fs.readdirSync(out).some((f) => f.endsWith('.safetensors'))).toBe(true);
     await screenshot(page, '13-export-done', false);
-  }, 180_000);
+    // GGUF with q8_0 quantisation from the same dialog.
+    await page.locator(byTestId('export-gguf')).check();
+    await page.locator(byTestId('export-quant')).selectOption('q8_0');
+    await page.locator(byTestId('export-start')).click();
+    await page.locator(byTestId('export-result')).getByText('gguf').waitFor({ timeout: 120_000 });
+    const gguf = /to (\S+)$/.exec((await page.locator(byTestId('export-result')).textContent())!.trim())![1];
+    expect(gguf).toMatch(/q8_0/);
+    expect(fs.readdirSync(gguf).some((f) => f.endsWith('.gguf'))).toBe(true);
+  }, 240_000);
 
   it('generates with base and base + adapter side by side in the playground', async () => {
     await page.goto(`${served.url}#/playground?run=${runIds[0]}`);
