@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { LowrankError } from '../errors.ts';
+import { syncFolder } from '../io/safetensors.ts';
 
 /**
  * Runs `write(tmpDir)` into a fresh temporary folder next to `out`, then moves it to `out`.
@@ -91,16 +92,3 @@ function syncTree(dir: string): void {
   syncFolder(dir);
 }
 
-/** Best effort: Windows cannot open a folder for fsync, and that is fine there. */
-function syncFolder(folder: string): void {
-  try {
-    const fd = fs.openSync(folder, 'r');
-    try {
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-  } catch {
-    // ignored, see above
-  }
-}

@@ -367,8 +367,8 @@ function writeFully(fd: number, bytes: Uint8Array): void {
   for (let done = 0; done < bytes.length; ) done += fs.writeSync(fd, bytes, done, bytes.length - done);
 }
 
-/** Makes the rename durable. Best effort: Windows cannot open a folder for fsync, and that is fine there. */
-function syncFolder(folder: string): void {
+/** Makes a rename into `folder` durable. Best effort: Windows cannot open a folder for fsync, and that is fine there. */
+export function syncFolder(folder: string): void {
   try {
     const fd = fs.openSync(folder, 'r');
     try {

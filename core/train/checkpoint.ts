@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '../tf.ts';
 import { LowrankError } from '../errors.ts';
-import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
+import { SafetensorsFile, syncFolder, writeSafetensors } from '../io/safetensors.ts';
 import { writeJsonFile } from '../io/model-folder.ts';
 import type { AdamW } from '../optim/adamw.ts';
 
@@ -17,20 +17,6 @@ export interface CheckpointManifest {
   optimizerStep: number;
   savedAt: string;
   extra?: Record<string, unknown>;
-}
-
-function fsyncDir(dir: string): void {
-  // Directory fsync makes the renames durable; not supported on every platform (Windows).
-  try {
-    const fd = fs.openSync(dir, 'r');
-    try {
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-  } catch {
-    /* best effort */
-  }
 }
 
 function toWrite(tensors: Iterable<[string, tf.Tensor]>) {
@@ -53,11 +39,11 @@ export function saveTrainingCheckpoint(
   writeSafetensors(path.join(tmp, 'optimizer.safetensors'), toWrite(state.tensors));
   const manifest: CheckpointManifest = { step, optimizerStep: state.step, savedAt: new Date().toISOString(), extra };
   writeJsonFile(path.join(tmp, 'manifest.json'), manifest);
-  fsyncDir(tmp);
+  syncFolder(tmp);
   fs.rmSync(old, { recursive: true, force: true });
   if (fs.existsSync(dir)) fs.renameSync(dir, old);
   fs.renameSync(tmp, dir);
-  fsyncDir(path.dirname(dir));
+  syncFolder(path.dirname(dir));
   fs.rmSync(old, { recursive: true, force: true });
 }
 
