@@ -88,6 +88,17 @@ export class StudioService {
     this.paths.grant(p, kind);
   }
 
+  /** Marks runs failed that a crashed engine process left behind (Electron main knows which). */
+  failRuns(runIds: string[], code: string, message: string): void {
+    for (const runId of runIds) {
+      const run = this.store.getRun(runId);
+      if (['completed', 'failed', 'cancelled'].includes(run.status)) continue;
+      this.store.failRun(runId, { code, message });
+      this.store.addLog(runId, 'error', message);
+      this.emit({ type: 'run-failed', runId, code, message });
+    }
+  }
+
   /** Stops every job (their runs are found interrupted by the next service) and closes the store. */
   async close(): Promise<void> {
     this.closed = true;

@@ -21,6 +21,8 @@ const CSP =
 let engine: ChildProcess | null = null;
 let window: BrowserWindow | null = null;
 let nextId = 1;
+/** Runs training in the engine now, from its events: failed by main if the engine dies. */
+const trainingRuns = new Set<string>();
 const pending = new Map<number, (frame: { ok: true; reply: unknown } | { ok: false; error: WireError }) => void>();
 
 /**
@@ -42,7 +44,10 @@ function startEngine(): ChildProcess {
   });
   child.on('message', (frame: ServerFrame) => {
     if ('event' in frame) {
-      window?.webContents.send('studio:event', frame.event);
+      const e = frame.event;
+      if (e.type === 'run-started') trainingRuns.add(e.runId);
+      if (e.type === 'run-finished' || e.type === 'run-failed') trainingRuns.delete(e.runId);
+      window?.webContents.send('studio:event', e);
       return;
     }
     pending.get(frame.id)?.(frame);
@@ -53,8 +58,10 @@ function startEngine(): ChildProcess {
     for (const reply of pending.values()) reply({ ok: false, error });
     pending.clear();
     if (engine === child && !quitting) {
-      window?.webContents.send('studio:event', { type: 'log', runId: '', message: error.message });
       engine = startEngine();
+      // The window lives on; the runs the dead engine was training are marked failed with the reason.
+      if (trainingRuns.size) engine.send({ failRuns: [...trainingRuns], message: `${error.message.replace(/; it is being restarted$/, '')}; start the run again` });
+      trainingRuns.clear();
     }
   });
   return child;

@@ -6,7 +6,11 @@
 import { StudioService, toWireError } from '../service.ts';
 import type { ServerFrame } from '../contract.ts';
 
-export type HostMessage = { id: number; call: string; request: unknown } | { grant: string; kind: 'model' | 'dataset' | 'directory' };
+export type HostMessage =
+  | { id: number; call: string; request: unknown }
+  | { grant: string; kind: 'model' | 'dataset' | 'directory' }
+  /** After a crash of the previous engine process: its runs failed with it. */
+  | { failRuns: string[]; message: string };
 
 const home = process.env.LOWRANK_HOME;
 if (!home) throw new Error('engine-host: LOWRANK_HOME must name the run store folder');
@@ -16,6 +20,7 @@ service.subscribe((event) => send({ event }));
 
 process.on('message', (m: HostMessage) => {
   if ('grant' in m) return service.grant(m.grant, m.kind);
+  if ('failRuns' in m) return service.failRuns(m.failRuns, 'ENGINE_CRASHED', m.message);
   service.call(m.call, m.request).then(
     (reply) => send({ id: m.id, ok: true, reply }),
     (e: unknown) => send({ id: m.id, ok: false, error: toWireError(e) }),
