@@ -8,9 +8,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '../tf.ts';
 import { initBackend, type BackendInfo } from '../backend/index.ts';
-import { startWasmBackend } from '../backend/wasm/install.ts';
 import { startWebgpuBackend } from '../backend/webgpu.ts';
 import { runMatmulBench } from '../backend/matmul-bench.ts';
+import { activeWasmKernels, installWasmKernels, startWasmBackend, uninstallWasmKernels } from '../backend/wasm/install.ts';
 import { parseModelConfig, parameterCount, type ModelConfig } from '../models/config.ts';
 import { buildModel, loadModel } from '../models/load.ts';
 import { initialWeights } from '../models/init.ts';
@@ -88,6 +88,8 @@ interface TrainBench {
   estimatedTensorBytes: number;
   measuredTensorBytes: number;
   trainableParameters: number;
+  /** Loss of the first step (same weights and batch for every run: compares kernel sets). */
+  firstLoss: number;
   /** Where a step's time goes (ms), from tf.profile of one step: kernels by kind, the rest is JS. */
   split: { matmulMs: number; otherKernelsMs: number; jsMs: number; topOps: Array<[string, number]> };
 }
@@ -104,16 +106,18 @@ export async function trainBench(model: CausalLM, mode: 'full' | 'lora', seconds
   const ids = randomIds(model.config.vocabSize);
   const batch = { ids, labels: ids, batchSize: BATCH, seqLen: SEQ };
   const vars = [...params.values()];
+  let lastLoss = NaN;
   const step = () => {
     const { value, grads } = tf.variableGrads(() => tf.tidy(() => lmLoss(model, batch).loss), vars);
     const byName = new Map<string, tf.Tensor>();
     for (const [name, v] of params) byName.set(name, grads[v.name]);
     optimizer.step(byName, 1e-5);
-    value.dataSync();
+    lastLoss = value.dataSync()[0];
     value.dispose();
     tf.dispose(Object.values(grads));
   };
   step();
+  const firstLoss = lastLoss;
   const started = performance.now();
   const profile = await tf.profile(step);
   const profiledMs = performance.now() - started;
@@ -147,6 +151,7 @@ export async function trainBench(model: CausalLM, mode: 'full' | 'lora', seconds
     estimatedTensorBytes: estimate.tensorBytes,
     measuredTensorBytes,
     trainableParameters: trainable,
+    firstLoss,
     split,
   };
 }
@@ -181,10 +186,17 @@ async function benchSections(flags: Flags, out: (line: string) => void): Promise
   out(`\ntraining the 4-layer 256-wide Llama, batch ${BATCH} × seq ${SEQ} (AdamW)`);
   out(`  ${'method'.padEnd(26)} ${'trainable'.padStart(10)} ${'tokens/s'.padStart(9)} ${'GFLOP/s'.padStart(8)} ${'of A·B'.padStart(7)} ${'est. peak'.padStart(10)} ${'measured'.padStart(9)}`);
   const training: Array<Record<string, unknown>> = [];
-  for (const mode of ['lora', 'full'] as const) {
-    const r = await trainBench(benchModel, mode, seconds);
+  // On wasm, LoRA once more with the stock kernels: the "before" of the project's kernels. (Full
+  // fine-tuning cannot run there at all: stock wasm has no UnsortedSegmentSum for the embeddings.)
+  const stockToo = tf.getBackend() === 'wasm' && !quick && activeWasmKernels().length > 0;
+  const modes: Array<'lora' | 'full' | 'lora-stock'> = stockToo ? ['lora', 'full', 'lora-stock'] : ['lora', 'full'];
+  for (const mode of modes) {
+    if (mode === 'lora-stock') uninstallWasmKernels();
+    const r = await trainBench(benchModel, mode === 'lora-stock' ? 'lora' : mode, mode === 'lora-stock' ? 1 : seconds).finally(() => {
+      if (mode === 'lora-stock') installWasmKernels();
+    });
     training.push({ method: mode, ...r, fractionOfMatmulRate: r.gflops / reference });
-    const label = mode === 'lora' ? 'LoRA r=8 on q,k,v,o' : 'full fine-tuning';
+    const label = mode === 'lora' ? 'LoRA r=8 on q,k,v,o' : mode === 'full' ? 'full fine-tuning' : 'LoRA, stock wasm kernels';
     out(
       `  ${label.padEnd(26)} ${r.trainableParameters.toLocaleString('en-US').padStart(10)} ${r.tokensPerSecond.toFixed(0).padStart(9)} ` +
         `${r.gflops.toFixed(2).padStart(8)} ${`${((100 * r.gflops) / reference).toFixed(0)} %`.padStart(7)} ` +
@@ -192,6 +204,13 @@ async function benchSections(flags: Flags, out: (line: string) => void): Promise
     );
   }
   out('  (peak = tfjs tensor bytes inside a step: weights, trainable, gradients, AdamW state and activations)');
+  if (stockToo) {
+    const [project, stock] = [training[0], training[2]];
+    out(
+      `  project kernels vs stock: ${(Number(project.tokensPerSecond) / Number(stock.tokensPerSecond)).toFixed(1)}× the tokens/s; ` +
+        `first-step loss ${Number(project.firstLoss).toFixed(6)} vs ${Number(stock.firstLoss).toFixed(6)} (|Δ| ${Math.abs(Number(project.firstLoss) - Number(stock.firstLoss)).toExponential(1)})`,
+    );
+  }
   out('\nwhere a training step\'s time goes (one profiled step)');
   for (const t of training) {
     const { matmulMs, otherKernelsMs, jsMs, topOps } = t.split as TrainBench['split'];
