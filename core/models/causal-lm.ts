@@ -123,18 +123,47 @@ export function attentionBias(
 }
 
 /**
+ * Σᵢ wᵢ·(logsumexp(zᵢ) − zᵢ[tᵢ]) over rows of logits z [N, V], with a hand-written gradient
+ * wᵢ·(softmax(zᵢ) − onehot(tᵢ)). One fused op instead of tfjs' generic softmax cross-entropy: no
+ * one-hot labels in the forward pass, one exp over the logits each way, and nothing [N, V]-sized
+ * kept for the backward pass but the logits themselves. `targets` and `weights` get no gradient.
+ */
+const weightedCrossEntropy = tf.customGrad(((logits: tf.Tensor2D, targets: tf.Tensor1D, weights: tf.Tensor1D, save: tf.GradSaveFunc) => {
+  const [N, V] = logits.shape;
+  const max = tf.max(logits, 1, true); // [N, 1]
+  const logSumExp = tf.add(tf.log(tf.sum(tf.exp(tf.sub(logits, max)), 1, true)), max); // [N, 1]
+  // zᵢ[tᵢ] by gathering from the flat logits at i·V + tᵢ.
+  const picked = tf.gather(logits.reshape([N * V]), tf.add(tf.mul(tf.range(0, N, 1, 'int32'), tf.scalar(V, 'int32')), targets));
+  const value = tf.sum(tf.mul(tf.sub(logSumExp.reshape([N]), picked), weights));
+  save([logits, logSumExp, targets, weights]);
+  return {
+    value,
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      const [z, lse, t, w] = saved as [tf.Tensor2D, tf.Tensor2D, tf.Tensor1D, tf.Tensor1D];
+      const softmax = tf.exp(tf.sub(z, lse));
+      const grad = tf.mul(tf.sub(softmax, tf.oneHot(t, V)), tf.mul(w, dy).reshape([N, 1]));
+      return [grad, tf.zerosLike(t), tf.zerosLike(w)];
+    },
+  };
+}) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (
+  logits: tf.Tensor2D,
+  targets: tf.Tensor1D,
+  weights: tf.Tensor1D,
+) => tf.Scalar;
+
+/**
  * Mean next-token cross-entropy: logits[:, t] predicts labels[:, t+1]; labels equal to -100
- * are ignored, as in transformers. Returns a scalar; the count of predicted tokens comes back too.
+ * are ignored, as in transformers. The labels are shifted (not the logits, which would copy the
+ * largest tensor of the step); the last position has no target. Returns the scalar loss and the
+ * number of predicted tokens.
  */
 export function causalLmLoss(logits: tf.Tensor3D, labels: tf.Tensor2D): { loss: tf.Scalar; tokens: tf.Scalar } {
   const [B, T, V] = logits.shape;
-  const predicting = tf.slice(logits, [0, 0, 0], [B, T - 1, V]).reshape([B * (T - 1), V]);
-  const targets = tf.slice(labels, [0, 1], [B, T - 1]).reshape([B * (T - 1)]);
-  const valid = tf.cast(tf.notEqual(targets, -100), 'float32');
-  const safeTargets = tf.mul(tf.cast(targets, 'int32'), tf.cast(valid, 'int32'));
-  const oneHot = tf.oneHot(safeTargets as tf.Tensor1D, V);
-  const perToken = tf.losses.softmaxCrossEntropy(oneHot, predicting, undefined, 0, tf.Reduction.NONE);
-  const tokens = tf.sum(valid);
-  const loss = tf.div(tf.sum(tf.mul(perToken, valid)), tf.maximum(tokens, 1)) as tf.Scalar;
-  return { loss, tokens: tokens as tf.Scalar };
+  const next = tf.concat([tf.slice(labels, [0, 1], [B, T - 1]), tf.fill([B, 1], -100, 'int32')], 1).reshape([B * T]);
+  const valid = tf.cast(tf.notEqual(next, -100), 'float32');
+  const tokens = tf.sum(valid) as tf.Scalar;
+  const targets = tf.mul(tf.cast(next, 'int32'), tf.cast(valid, 'int32')) as tf.Tensor1D;
+  const weights = tf.div(valid, tf.maximum(tokens, 1)) as tf.Tensor1D;
+  const loss = weightedCrossEntropy(logits.reshape([B * T, V]), targets, weights);
+  return { loss, tokens };
 }
