@@ -34,16 +34,15 @@ import type { KernelBackend } from '../../tf.ts';
 const require = createRequire(import.meta.url);
 
 /**
- * Threads when LOWRANK_THREADS is unset: 1, the non-threaded SIMD build, because that measured
- * faster. A training step of the bench model (core/cli/bench.ts: 4-layer 256-wide Llama, batch
- * 8 × 128, AdamW) on the 2-core build machine, shared with other jobs (load 2-7), best of 5 runs
- * per setting, alternating: LoRA r=8 946 tokens/s (16.3 GFLOP/s) with 1 thread, 646 (11.1) with
- * 2; full fine-tuning 717 (18.1) vs 540 (13.6). Only XNNPACK's GEMMs use the pool; the rest of a
- * step (softmax, norms, elementwise ops, JS overhead) stays on one thread, and on a loaded
- * 2-core machine the second thread mostly waits for a core. Machines with more idle cores may
- * gain (PERFORMANCE.md §1 measured -10 % to +25 % per step with 2 threads): LOWRANK_THREADS=N.
+ * Threads when LOWRANK_THREADS is unset: one per core, up to 4. Measured on the idle 2-core build
+ * machine, `npm run bench` (4-layer 256-wide Llama, batch 8 × 128, AdamW): LoRA r=8 1,326
+ * tokens/s with 2 threads against 1,230 with 1, full fine-tuning 933 against 826, A·B 23.4 against
+ * 14.5 GFLOP/s. Only XNNPACK's GEMMs use the pool, so the gain per step is smaller than per matmul;
+ * and when the cores are busy with other work the second thread mostly waits (the same bench under
+ * load 2-7 ran 30 % slower with 2 threads), which is why the test suite, which runs two files at
+ * once, sets LOWRANK_THREADS=1.
  */
-export const DEFAULT_WASM_THREADS = 1;
+export const DEFAULT_WASM_THREADS = Math.max(1, Math.min(4, os.cpus().length));
 /** backend.cc's own upper limit. */
 export const MAX_WASM_THREADS = 8;
 
