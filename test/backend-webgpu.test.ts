@@ -13,8 +13,7 @@ import * as tf from '../core/tf.ts';
 import { initBackend, type BackendInfo } from '../core/backend/index.ts';
 import { webgpuErrors } from '../core/backend/webgpu.ts';
 import { relativeError } from '../core/backend/cpu-parity.ts';
-import { loadModel } from '../core/models/load.ts';
-import { causalLmLoss } from '../core/models/causal-lm.ts';
+import { forwardBackward } from '../core/backend/parity-check.ts';
 import { pretrain } from '../core/train/pretrain.ts';
 import { FINETUNE_DEFAULTS, runFinetune, type FinetuneConfig } from '../core/train/finetune.ts';
 import { openStore } from '../core/store/index.ts';
@@ -32,26 +31,6 @@ beforeAll(async () => {
 afterEach(() => {
   expect(webgpuErrors()).toEqual([]);
 });
-
-/** Logits and every weight gradient of the loss for a fixed batch, on the active backend. */
-function forwardBackward(dir: string) {
-  const model = loadModel(dir);
-  const V = model.config.vocabSize;
-  const ids = Array.from({ length: 2 * 9 }, (_, i) => (i * 13 + 5) % V);
-  let result: { logits: Float32Array; grads: Map<string, Float32Array> } | undefined;
-  tf.tidy(() => {
-    const x = tf.tensor2d(ids, [2, 9], 'int32');
-    const logits = Float32Array.from(model.forward(x).logits.dataSync());
-    const names = [...model.weights.keys()];
-    const grads = tf.grads((...ws: tf.Tensor[]) => {
-      names.forEach((n, i) => model.weights.set(n, ws[i]));
-      return causalLmLoss(model.forward(x).logits, x).loss;
-    })(names.map((n) => model.weights.get(n)!));
-    result = { logits, grads: new Map(names.map((n, i) => [n, Float32Array.from(grads[i].dataSync())])) };
-  });
-  model.dispose();
-  return result!;
-}
 
 describe('webgpu backend', () => {
   it('starts on an adapter that lowrank info can name', () => {

@@ -11,9 +11,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tf from '../core/tf.ts';
 import { initBackend } from '../core/backend/index.ts';
-import { loadModel } from '../core/models/load.ts';
-import { causalLmLoss } from '../core/models/causal-lm.ts';
 import { writeTinyCheckpoint, type TinyCheckpointKind } from './fixtures/tiny-checkpoints.ts';
+import { forwardBackward } from '../core/backend/parity-check.ts';
+import { relativeError } from '../core/backend/cpu-parity.ts';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-backends-'));
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
@@ -23,43 +23,14 @@ beforeAll(async () => {
   expect(info.backend).toBe('wasm');
 });
 
-function relativeError(a: Float32Array, b: Float32Array): number {
-  let diff = 0;
-  let ref = 0;
-  for (let i = 0; i < a.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i] - b[i]));
-    ref = Math.max(ref, Math.abs(b[i]));
-  }
-  return diff / ref;
-}
-
-/** Logits, loss and every weight gradient for a fixed batch, on the current backend. */
-function run(dir: string) {
-  const model = loadModel(dir);
-  const V = model.config.vocabSize;
-  const ids = Array.from({ length: 2 * 9 }, (_, i) => (i * 13 + 5) % V);
-  let result: { logits: Float32Array; grads: Map<string, Float32Array> } | undefined;
-  tf.tidy(() => {
-    const x = tf.tensor2d(ids, [2, 9], 'int32');
-    const logits = model.forward(x).logits.dataSync() as Float32Array;
-    const names = [...model.weights.keys()];
-    const grads = tf.grads((...ws: tf.Tensor[]) => {
-      names.forEach((n, i) => model.weights.set(n, ws[i]));
-      return causalLmLoss(model.forward(x).logits, x).loss;
-    })(names.map((n) => model.weights.get(n)!));
-    result = { logits, grads: new Map(names.map((n, i) => [n, grads[i].dataSync() as Float32Array])) };
-  });
-  return result!;
-}
-
 describe.each<TinyCheckpointKind>(['llama-gqa-tied', 'qwen2', 'gpt2'])('%s: wasm vs cpu', (kind) => {
   it('logits and gradients agree within 1e-5 relative', async () => {
     const dir = path.join(root, kind);
     writeTinyCheckpoint(dir, kind, 2);
     await tf.setBackend('wasm');
-    const wasm = run(dir);
+    const wasm = forwardBackward(dir);
     await tf.setBackend('cpu');
-    const cpu = run(dir);
+    const cpu = forwardBackward(dir);
     await tf.setBackend('wasm');
     expect(relativeError(wasm.logits, cpu.logits)).toBeLessThanOrEqual(1e-5);
     for (const [name, g] of cpu.grads) {

@@ -25,7 +25,8 @@ export interface ParityResult {
   worstGrad: string;
 }
 
-function forwardBackward(dir: string): { logits: Float32Array; grads: Map<string, Float32Array> } {
+/** Logits and every weight gradient of the causal-LM loss for a fixed batch, on the active backend. */
+export function forwardBackward(dir: string): { logits: Float32Array; grads: Map<string, Float32Array> } {
   const model = loadModel(dir);
   const V = model.config.vocabSize;
   const ids = Array.from({ length: 2 * 9 }, (_, i) => (i * 13 + 5) % V);
