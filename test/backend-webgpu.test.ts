@@ -14,10 +14,9 @@ import { initBackend, type BackendInfo } from '../core/backend/index.ts';
 import { webgpuErrors } from '../core/backend/webgpu.ts';
 import { relativeError } from '../core/backend/cpu-parity.ts';
 import { forwardBackward } from '../core/backend/parity-check.ts';
-import { pretrain } from '../core/train/pretrain.ts';
+import { buildTinyModel } from './fixtures/tiny-trained-model.ts';
 import { FINETUNE_DEFAULTS, runFinetune, type FinetuneConfig } from '../core/train/finetune.ts';
 import { openStore } from '../core/store/index.ts';
-import { makeReviewRecords } from '../scripts/make-demo-dataset.ts';
 import { writeTinyCheckpoint, type TinyCheckpointKind } from './fixtures/tiny-checkpoints.ts';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-webgpu-'));
@@ -91,18 +90,8 @@ describe('LoRA fine-tuning on webgpu', () => {
   beforeAll(async () => {
     // The tiny base model is pre-trained on cpu (faster here, and the same for both runs).
     await tf.setBackend('cpu');
-    const corpus = path.join(root, 'corpus.txt');
-    const records = makeReviewRecords(120, 1);
-    fs.writeFileSync(corpus, records.map((r) => r.messages.map((m) => m.content).join(' ')).join('\n\n'));
+    const records = await buildTinyModel(modelDir, 120);
     fs.writeFileSync(data, records.map((r) => JSON.stringify(r)).join('\n') + '\n');
-    await pretrain(
-      {
-        data: corpus, out: modelDir, vocabSize: 320, hiddenSize: 32, layers: 2, heads: 4, kvHeads: 2, intermediateSize: 64,
-        seqLen: 32, batchSize: 4, steps: 4, lr: 1e-2, warmupSteps: 1, minLrRatio: 0.1, weightDecay: 0.1, seed: 1,
-        evalEvery: 4, checkpointEvery: 4, dtype: 'float32', resume: false, samplePrompt: 'The',
-      },
-      { log: () => {}, step: () => {} },
-    );
     await tf.setBackend('webgpu');
   });
 

@@ -11,10 +11,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tf from '../core/tf.ts';
 import { initBackend } from '../core/backend/index.ts';
-import { pretrain } from '../core/train/pretrain.ts';
 import { FINETUNE_DEFAULTS, runFinetune, type FinetuneConfig } from '../core/train/finetune.ts';
 import { openStore } from '../core/store/index.ts';
-import { makeReviewRecords } from '../scripts/make-demo-dataset.ts';
+import { buildTinyModel } from './fixtures/tiny-trained-model.ts';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-finetune-'));
 const modelDir = path.join(root, 'model');
@@ -25,18 +24,8 @@ afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
 
 beforeAll(async () => {
   await initBackend();
-  const corpus = path.join(root, 'corpus.txt');
-  const records = makeReviewRecords(200, 1);
-  fs.writeFileSync(corpus, records.map((r) => r.messages.map((m) => m.content).join(' ')).join('\n\n'));
+  const records = await buildTinyModel(modelDir);
   fs.writeFileSync(data, records.map((r) => JSON.stringify(r)).join('\n') + '\n');
-  await pretrain(
-    {
-      data: corpus, out: modelDir, vocabSize: 320, hiddenSize: 32, layers: 2, heads: 4, kvHeads: 2, intermediateSize: 64,
-      seqLen: 32, batchSize: 4, steps: 4, lr: 1e-2, warmupSteps: 1, minLrRatio: 0.1, weightDecay: 0.1, seed: 1,
-      evalEvery: 4, checkpointEvery: 4, dtype: 'float32', resume: false, samplePrompt: 'The',
-    },
-    { log: () => {}, step: () => {} },
-  );
 });
 
 function config(overrides: Partial<FinetuneConfig> = {}): FinetuneConfig {

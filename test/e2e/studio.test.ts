@@ -16,7 +16,8 @@ import * as net from 'node:net';
 import type { Browser, Page } from 'playwright-core';
 import { BUNDLED_MODEL_DIR } from '../../core/resources.ts';
 import { buildRenderer, chromiumPath, launchBrowser, screenshot, serve, SocketClient, type Served } from './harness.ts';
-import { buildTinyModel } from './tiny-model.ts';
+import { initBackend } from '../../core/backend/index.ts';
+import { buildTinyModel } from '../fixtures/tiny-trained-model.ts';
 
 const hasChromium = chromiumPath() !== undefined;
 if (!hasChromium && process.env.CI) throw new Error('Chromium is missing: .ci/run installs it (apt-get install -y chromium)');
@@ -86,7 +87,10 @@ async function waitForStatus(status: string, timeout = 180_000): Promise<void> {
 describe.skipIf(!hasChromium)('Lowrank Studio in a browser', () => {
   beforeAll(async () => {
     await buildRenderer();
-    if (!useBundled) await buildTinyModel(path.join(modelsRoot, 'tiny-llama'));
+    if (!useBundled) {
+      await initBackend();
+      await buildTinyModel(path.join(modelsRoot, 'tiny-llama'));
+    }
     fs.mkdirSync(modelsRoot, { recursive: true });
     served = await serve(home, [modelsRoot]);
     browser = await launchBrowser();
