@@ -5,6 +5,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { errorVsCpu, seededTensor } from './cpu-parity.ts';
 import { initBackend } from './index.ts';
 import { matMulTuning } from './wasm/batch-matmul.ts';
+import { nativeGemm, nativeGemmSwitch } from './native/gemm.ts';
 import { activeWasmKernels } from './wasm/install.ts';
 
 const TOLERANCE = 1e-5;
@@ -41,13 +42,27 @@ beforeAll(async () => {
   expect(activeWasmKernels()).toEqual(expect.arrayContaining(['BatchMatMul', '_FusedMatMul']));
 });
 
-// Everything runs twice: with XNNPACK forced for every size (so odd and tiny shapes exercise the
+// Everything runs three times: on the native BLAS (where it is built: every product goes there),
+// then without it, with XNNPACK forced for every size (so odd and tiny shapes exercise the
 // override's transposes, folds and heap slices) and with the default hand-off of tiny products
 // to the stock kernel.
 const DEFAULT_STOCK_AT_OR_BELOW = matMulTuning.stockAtOrBelow;
-for (const stockAtOrBelow of [0, DEFAULT_STOCK_AT_OR_BELOW]) describe(`stock kernel for m·k·n <= ${stockAtOrBelow}`, () => {
+const native = nativeGemm();
+const MODES = [
+  { name: `native BLAS (${native.ok ? native.library : `absent: ${native.reason}`})`, native: true, stockAtOrBelow: DEFAULT_STOCK_AT_OR_BELOW },
+  { name: 'wasm, XNNPACK for every size', native: false, stockAtOrBelow: 0 },
+  { name: `wasm, stock kernel for m·k·n <= ${DEFAULT_STOCK_AT_OR_BELOW}`, native: false, stockAtOrBelow: DEFAULT_STOCK_AT_OR_BELOW },
+];
+
+// CI installs OpenBLAS (.ci/run), so there the native path must really be built and tested.
+it.runIf(process.env.CI === 'true')('the native GEMM is built and loads on CI', () => {
+  expect(native.ok ? native.library : native.reason).toMatch(/OpenBLAS|Accelerate/);
+});
+
+for (const mode of MODES) describe.skipIf(mode.native && !native.ok)(mode.name, () => {
   beforeAll(() => {
-    matMulTuning.stockAtOrBelow = stockAtOrBelow;
+    nativeGemmSwitch.enabled = mode.native;
+    matMulTuning.stockAtOrBelow = mode.stockAtOrBelow;
   });
 
   describe('BatchMatMul on wasm matches cpu', () => {
@@ -168,6 +183,23 @@ for (const stockAtOrBelow of [0, DEFAULT_STOCK_AT_OR_BELOW]) describe(`stock ker
         expect(err).toBeLessThanOrEqual(TOLERANCE);
       });
     }
+  });
+
+  it.runIf(mode.native)('sends every product to the native BLAS', () => {
+    if (!native.ok) throw new Error('unreachable: the native mode is skipped without the addon');
+    const original = native.addon.sgemmBatch;
+    let calls = 0;
+    native.addon.sgemmBatch = (...args) => {
+      calls++;
+      original.apply(native.addon, args);
+    };
+    try {
+      const [a, b] = [seededTensor([3, 5, 4], 1), seededTensor([3, 5, 2], 2)];
+      tf.dispose([tf.matMul(a, b, true, false), tf.matMul(tf.reshape(a, [15, 4]), tf.reshape(b, [2, 15]), true, true), a, b]);
+    } finally {
+      native.addon.sgemmBatch = original;
+    }
+    expect(calls).toBe(2);
   });
 
   describe('memory', () => {

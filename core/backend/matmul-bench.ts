@@ -9,12 +9,18 @@ import * as tf from '../tf.ts';
 import { pathToFileURL } from 'node:url';
 import { initBackend, measureMatmulGflops, type MatmulShape } from './index.ts';
 import { installWasmKernels, uninstallWasmKernels } from './wasm/install.ts';
+import { activeNativeGemm, nativeGemmSwitch } from './native/gemm.ts';
+
+export type MatmulKernels = 'native' | 'project' | 'stock';
 
 export interface MatmulBenchRow {
   shape: string;
   backend: string;
-  /** 'project' = with the project's kernels, 'stock' = the backend's own. */
-  kernels: 'project' | 'stock';
+  /**
+   * 'native' = the project's kernels on the native BLAS (wasm only, where it is built),
+   * 'project' = the project's wasm kernels (XNNPACK), 'stock' = the backend's own.
+   */
+  kernels: MatmulKernels;
   gflops: number;
 }
 
@@ -35,32 +41,40 @@ export interface MatmulBenchOptions {
 }
 
 /**
- * The table for the active backend (start one with initBackend first). On wasm, project and stock
- * kernels are measured alternately for each case, so that load from other processes affects
- * both alike; the project's kernels are installed again at the end.
+ * The table for the active backend (start one with initBackend first). On wasm, the native BLAS
+ * (where built), the project's wasm kernels and the stock kernels are measured alternately for
+ * each case, so that load from other processes affects all alike; the project's kernels and the
+ * native switch are restored at the end.
  */
 export async function runMatmulBench(opts: MatmulBenchOptions = {}): Promise<MatmulBenchRow[]> {
   const { seconds = 1, compareStock = true, repeats = 1 } = opts;
   const backend = tf.getBackend();
-  const withStock = backend === 'wasm' && compareStock;
+  const variants: MatmulKernels[] = backend !== 'wasm' ? ['project']
+    : [...(activeNativeGemm() != null ? ['native' as const] : []), 'project' as const, ...(compareStock ? ['stock' as const] : [])];
   const rows: MatmulBenchRow[] = [];
   for (const c of CASES) {
-    const project: number[] = [];
-    const stock: number[] = [];
+    const measured = new Map<MatmulKernels, number[]>(variants.map((v) => [v, []]));
     for (let r = 0; r < repeats; r++) {
-      project.push(await measureMatmulGflops({ ...c.shape, seconds }));
-      if (!withStock) continue;
-      uninstallWasmKernels();
-      try {
-        stock.push(await measureMatmulGflops({ ...c.shape, seconds }));
-      } finally {
-        installWasmKernels();
-      }
+      for (const v of variants) measured.get(v)!.push(await withMatmulKernels(v, () => measureMatmulGflops({ ...c.shape, seconds })));
     }
-    rows.push({ shape: c.label, backend, kernels: 'project', gflops: median(project) });
-    if (withStock) rows.push({ shape: c.label, backend, kernels: 'stock', gflops: median(stock) });
+    for (const v of variants) rows.push({ shape: c.label, backend, kernels: v, gflops: median(measured.get(v)!) });
   }
   return rows;
+}
+
+/**
+ * Runs `fn` with the given matmul kernels on wasm: the native BLAS, the project's wasm kernels
+ * without it, or the stock kernels; puts the default (project kernels, native on) back after.
+ */
+export async function withMatmulKernels<T>(kernels: MatmulKernels, fn: () => Promise<T>): Promise<T> {
+  nativeGemmSwitch.enabled = kernels === 'native';
+  if (kernels === 'stock') uninstallWasmKernels();
+  try {
+    return await fn();
+  } finally {
+    if (kernels === 'stock') installWasmKernels();
+    nativeGemmSwitch.enabled = true;
+  }
 }
 
 function median(xs: number[]): number {

@@ -7,10 +7,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '../tf.ts';
-import { initBackend, type BackendInfo } from '../backend/index.ts';
+import { configureNativeGemm, initBackend, type BackendInfo } from '../backend/index.ts';
 import { startWebgpuBackend } from '../backend/webgpu.ts';
-import { runMatmulBench } from '../backend/matmul-bench.ts';
-import { activeWasmKernels, installWasmKernels, startWasmBackend, uninstallWasmKernels } from '../backend/wasm/install.ts';
+import { runMatmulBench, withMatmulKernels, type MatmulKernels } from '../backend/matmul-bench.ts';
+import { activeWasmKernels, startWasmBackend } from '../backend/wasm/install.ts';
 import { parseModelConfig, parameterCount, type ModelConfig } from '../models/config.ts';
 import { buildModel, loadModel } from '../models/load.ts';
 import { initialWeights } from '../models/init.ts';
@@ -160,10 +160,20 @@ export async function trainBench(model: CausalLM, mode: 'full' | 'lora', seconds
 async function benchSections(flags: Flags, out: (line: string) => void): Promise<Record<string, unknown>> {
   const quick = Boolean(flags.quick);
   const seconds = quick ? 0.5 : 3;
-  out('\nmatmul GFLOP/s (float32)');
   const matmul = await runMatmulBench({ seconds: quick ? 0.5 : 1 });
-  for (const r of matmul) out(`  ${r.shape.padEnd(28)} ${r.kernels.padEnd(8)} ${r.gflops.toFixed(2).padStart(8)}`);
-  const reference = matmul.find((r) => r.kernels === 'project' && r.shape.includes('A·B') && !r.shape.includes('ᵀ'))?.gflops ?? NaN;
+  // The kernels training uses: the native BLAS where it is built, else the project's wasm kernels.
+  const active: MatmulKernels = matmul.some((r) => r.kernels === 'native') ? 'native' : 'project';
+  const variants = [...new Set(matmul.map((r) => r.kernels))];
+  const gflopsOf = (shape: string, kernels: MatmulKernels) => matmul.find((r) => r.shape === shape && r.kernels === kernels)?.gflops ?? NaN;
+  const shapes = [...new Set(matmul.map((r) => r.shape))];
+  const reference = gflopsOf(shapes[0], active); // A·B
+  const columnName = (v: MatmulKernels) => (v === 'native' ? 'native BLAS' : v === 'project' ? 'project wasm' : 'stock wasm');
+  out(`\nmatmul GFLOP/s (float32; training uses ${columnName(active)})`);
+  out(`  ${'shape'.padEnd(28)} ${variants.map((v) => columnName(v).padStart(12)).join(' ')} ${'of A·B'.padStart(7)}`);
+  for (const shape of shapes) {
+    out(`  ${shape.padEnd(28)} ${variants.map((v) => gflopsOf(shape, v).toFixed(2).padStart(12)).join(' ')} ` +
+      `${`${((100 * gflopsOf(shape, active)) / reference).toFixed(0)} %`.padStart(7)}`);
+  }
 
   const models: Array<{ name: string; model: CausalLM }> = [];
   if (fs.existsSync(path.join(BUNDLED_MODEL_DIR, 'config.json'))) {
@@ -186,29 +196,32 @@ async function benchSections(flags: Flags, out: (line: string) => void): Promise
   out(`\ntraining the 4-layer 256-wide Llama, batch ${BATCH} × seq ${SEQ} (AdamW)`);
   out(`  ${'method'.padEnd(26)} ${'trainable'.padStart(10)} ${'tokens/s'.padStart(9)} ${'GFLOP/s'.padStart(8)} ${'of A·B'.padStart(7)} ${'est. peak'.padStart(10)} ${'measured'.padStart(9)}`);
   const training: Array<Record<string, unknown>> = [];
-  // On wasm, LoRA once more with the stock kernels: the "before" of the project's kernels. (Full
-  // fine-tuning cannot run there at all: stock wasm has no UnsortedSegmentSum for the embeddings.)
-  const stockToo = tf.getBackend() === 'wasm' && !quick && activeWasmKernels().length > 0;
-  const modes: Array<'lora' | 'full' | 'lora-stock'> = stockToo ? ['lora', 'full', 'lora-stock'] : ['lora', 'full'];
-  for (const mode of modes) {
-    if (mode === 'lora-stock') uninstallWasmKernels();
-    const r = await trainBench(benchModel, mode === 'lora-stock' ? 'lora' : mode, mode === 'lora-stock' ? 1 : seconds).finally(() => {
-      if (mode === 'lora-stock') installWasmKernels();
-    });
-    training.push({ method: mode, ...r, fractionOfMatmulRate: r.gflops / reference });
-    const label = mode === 'lora' ? 'LoRA r=8 on q,k,v,o' : mode === 'full' ? 'full fine-tuning' : 'LoRA, stock wasm kernels';
+  // On wasm, LoRA once more on the project's wasm kernels without the native BLAS (where it is
+  // built) and on the stock kernels: the "before" of each. (Full fine-tuning cannot run on stock
+  // wasm at all: it has no UnsortedSegmentSum for the embeddings.)
+  const onWasm = tf.getBackend() === 'wasm' && !quick && activeWasmKernels().length > 0;
+  type Row = { mode: 'lora' | 'full'; kernels: MatmulKernels; label: string };
+  const runs: Row[] = [
+    { mode: 'lora', kernels: active, label: 'LoRA r=8 on q,k,v,o' },
+    { mode: 'full', kernels: active, label: 'full fine-tuning' },
+  ];
+  if (onWasm && active === 'native') runs.push({ mode: 'lora', kernels: 'project', label: 'LoRA, wasm kernels only' });
+  if (onWasm) runs.push({ mode: 'lora', kernels: 'stock', label: 'LoRA, stock wasm kernels' });
+  for (const run of runs) {
+    const r = await withMatmulKernels(run.kernels, () => trainBench(benchModel, run.mode, run.kernels === 'stock' ? 1 : seconds));
+    training.push({ method: run.mode, kernels: run.kernels, ...r, fractionOfMatmulRate: r.gflops / reference });
     out(
-      `  ${label.padEnd(26)} ${r.trainableParameters.toLocaleString('en-US').padStart(10)} ${r.tokensPerSecond.toFixed(0).padStart(9)} ` +
+      `  ${run.label.padEnd(26)} ${r.trainableParameters.toLocaleString('en-US').padStart(10)} ${r.tokensPerSecond.toFixed(0).padStart(9)} ` +
         `${r.gflops.toFixed(2).padStart(8)} ${`${((100 * r.gflops) / reference).toFixed(0)} %`.padStart(7)} ` +
         `${formatBytes(r.estimatedTensorBytes).padStart(10)} ${formatBytes(r.measuredTensorBytes).padStart(9)}`,
     );
   }
   out('  (peak = tfjs tensor bytes inside a step: weights, trainable, gradients, AdamW state and activations)');
-  if (stockToo) {
-    const [project, stock] = [training[0], training[2]];
+  const lora = training[0];
+  for (const other of training.slice(2)) {
     out(
-      `  project kernels vs stock: ${(Number(project.tokensPerSecond) / Number(stock.tokensPerSecond)).toFixed(1)}× the tokens/s; ` +
-        `first-step loss ${Number(project.firstLoss).toFixed(6)} vs ${Number(stock.firstLoss).toFixed(6)} (|Δ| ${Math.abs(Number(project.firstLoss) - Number(stock.firstLoss)).toExponential(1)})`,
+      `  ${columnName(active)} vs ${columnName(other.kernels as MatmulKernels)}: ${(Number(lora.tokensPerSecond) / Number(other.tokensPerSecond)).toFixed(1)}× the LoRA tokens/s; ` +
+        `first-step loss ${Number(lora.firstLoss).toFixed(6)} vs ${Number(other.firstLoss).toFixed(6)} (|Δ| ${Math.abs(Number(lora.firstLoss) - Number(other.firstLoss)).toExponential(1)})`,
     );
   }
   out('\nwhere a training step\'s time goes (one profiled step)');
@@ -217,7 +230,7 @@ async function benchSections(flags: Flags, out: (line: string) => void): Promise
     const total = matmulMs + otherKernelsMs + jsMs;
     const pct = (ms: number) => `${((100 * ms) / total).toFixed(0)} %`;
     out(
-      `  ${String(t.method).padEnd(5)} matmul ${matmulMs.toFixed(0)} ms (${pct(matmulMs)}), other ops ${otherKernelsMs.toFixed(0)} ms (${pct(otherKernelsMs)}), ` +
+      `  ${`${String(t.method)} (${String(t.kernels)})`.padEnd(16)} matmul ${matmulMs.toFixed(0)} ms (${pct(matmulMs)}), other ops ${otherKernelsMs.toFixed(0)} ms (${pct(otherKernelsMs)}), ` +
         `JS/engine ${jsMs.toFixed(0)} ms (${pct(jsMs)}); top other ops: ${topOps.map(([n, ms]) => `${n} ${ms.toFixed(0)}`).join(', ')}`,
     );
   }
@@ -230,8 +243,11 @@ export const BENCH_WEBGPU_ENV = 'LOWRANK_BENCH_WEBGPU';
 
 function describeBackend(info: BackendInfo): string {
   const threads = info.wasmThreads ? `, ${info.wasmThreads} thread(s)` : '';
+  const blas = info.nativeGemm == null ? ''
+    : 'library' in info.nativeGemm ? `; native BLAS: ${info.nativeGemm.library}, ${info.nativeGemm.threads} thread(s)`
+      : `; native BLAS not used: ${info.nativeGemm.unavailable}`;
   const adapter = info.adapter ? ` (${info.adapter}${info.softwareAdapter ? ', software' : ''})` : '';
-  return `${info.backend}${threads}${adapter}; kernels: ${info.kernels.join(', ') || 'stock'}`;
+  return `${info.backend}${threads}${adapter}; kernels: ${info.kernels.join(', ') || 'stock'}${blas}`;
 }
 
 /**
@@ -249,7 +265,10 @@ export async function benchCommand(flags: Flags): Promise<void> {
   if (primary.backend !== 'wasm') {
     try {
       const wasm = await startWasmBackend();
-      const info: BackendInfo = { backend: 'wasm', tfjsVersion: tf.version_core, wasmSimd: wasm.simd, wasmThreads: wasm.threads, kernels: wasm.kernels };
+      const info: BackendInfo = {
+        backend: 'wasm', tfjsVersion: tf.version_core, wasmSimd: wasm.simd, wasmThreads: wasm.threads, kernels: wasm.kernels,
+        nativeGemm: configureNativeGemm(wasm.threads),
+      };
       out(`\nbackend: ${describeBackend(info)}`);
       results.push({ backend: info, ...(await benchSections(flags, out)) });
     } catch (e) {

@@ -25,6 +25,7 @@ export async function infoCommand(flags: Flags): Promise<void> {
     wasmSimd: backend.wasmSimd ?? null,
     wasmThreads: backend.wasmThreads ?? null,
     kernels: backend.kernels,
+    nativeGemm: backend.nativeGemm ?? null,
     skipped: backend.skipped ?? [],
     matmulGflops: Number(gflops.toFixed(2)),
     versions: {
@@ -41,6 +42,11 @@ export async function infoCommand(flags: Flags): Promise<void> {
   console.log(`backend      ${info.backend}${info.adapter ? ` (${info.adapter})` : ''}`);
   if (info.backend === 'wasm') console.log(`wasm         SIMD ${info.wasmSimd ? 'on' : 'off'}, ${info.wasmThreads ?? 1} thread(s)`);
   console.log(`kernels      ${info.kernels.length ? info.kernels.join(', ') : '(stock)'}`);
+  if (info.nativeGemm != null) {
+    console.log(`native BLAS  ${'library' in info.nativeGemm
+      ? `${info.nativeGemm.library}, ${info.nativeGemm.threads} thread(s): matmuls run there`
+      : `not used (${info.nativeGemm.unavailable}); matmuls run on the wasm kernels`}`);
+  }
   for (const s of info.skipped) console.log(`skipped      ${s.backend}: ${s.reason}`);
   console.log(`matmul       ${info.matmulGflops} GFLOP/s (512×512×512, float32)`);
   console.log(`versions     node ${info.versions.node}, tfjs ${info.versions.tfjs}`);

@@ -24,6 +24,8 @@ type CFunction = (...args: Array<number | boolean | Uint8Array>) => unknown;
 
 export interface WasmBackendInternals {
   wasm: {
+    /** The whole heap; after a malloc that grew memory this is a new view (re-read it each time). */
+    HEAPU8: Uint8Array;
     cwrap(name: string, returnType: null | 'number', argTypes: CwrapArg[]): CFunction;
     tfjs: {
       registerTensor(id: number, size: number, memoryOffset: number): void;

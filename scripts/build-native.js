@@ -1,0 +1,57 @@
+#!/usr/bin/env node
+/**
+ * Builds the optional native GEMM (native/gemm.c → build/native/lowrank_gemm.node) against the
+ * system BLAS: OpenBLAS on Linux (Debian/Ubuntu: `apt-get install libopenblas-dev`), Accelerate
+ * on macOS. Runs as npm's postinstall and by hand (`node scripts/build-native.js`).
+ *
+ * It never fails an install: without a compiler, Node's headers or a BLAS it says so in one line
+ * and exits 0, and the engine keeps the wasm kernels (core/backend/native/gemm.ts). No node-gyp
+ * and no download: a plain `cc` against the headers Node ships in <prefix>/include/node.
+ * LOWRANK_SKIP_NATIVE=1 skips the build.
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+const root = path.resolve(import.meta.dirname, '..');
+const source = path.join(root, 'native', 'gemm.c');
+const outDir = path.join(root, 'build', 'native');
+const target = path.join(outDir, 'lowrank_gemm.node');
+
+function skip(reason) {
+  console.log(`lowrank: native GEMM not built (${reason}); the engine uses its wasm kernels.`);
+  process.exit(0);
+}
+
+if (process.env.LOWRANK_SKIP_NATIVE === '1') skip('LOWRANK_SKIP_NATIVE=1');
+if (process.platform !== 'linux' && process.platform !== 'darwin') skip(`no build recipe for ${process.platform}`);
+if (!fs.existsSync(source)) skip(`${path.relative(root, source)} is missing`);
+
+const headers = [
+  process.env.LOWRANK_NODE_HEADERS,
+  path.join(path.dirname(process.execPath), '..', 'include', 'node'),
+].filter((dir) => dir != null && fs.existsSync(path.join(dir, 'node_api.h')));
+if (headers.length === 0) skip(`node_api.h not found next to ${process.execPath}; set LOWRANK_NODE_HEADERS to the folder that has it`);
+
+const compiler = process.env.CC || 'cc';
+const libs = process.platform === 'darwin'
+  ? ['-framework', 'Accelerate', '-undefined', 'dynamic_lookup']
+  : ['-lopenblas'];
+const args = ['-O2', '-shared', '-fPIC', `-I${headers[0]}`, source, '-o', `${target}.tmp`, ...libs];
+
+fs.mkdirSync(outDir, { recursive: true });
+const result = spawnSync(compiler, args, { encoding: 'utf8' });
+if (result.error != null) skip(`${compiler}: ${result.error.message}`);
+if (result.status !== 0) {
+  const first = `${result.stderr}`.split('\n').find((line) => /error/i.test(line)) ?? `exit ${result.status}`;
+  const hint = /cblas\.h|-lopenblas|openblas/i.test(result.stderr) ? '; install OpenBLAS (Debian/Ubuntu: apt-get install libopenblas-dev)' : '';
+  skip(`${compiler} failed: ${first.trim()}${hint}`);
+}
+fs.renameSync(`${target}.tmp`, target);
+// Loading it proves the BLAS library resolves at run time, not just at link time.
+const probe = spawnSync(process.execPath, ['-e', `console.log(require(${JSON.stringify(target)}).library())`], { encoding: 'utf8' });
+if (probe.status !== 0) {
+  fs.rmSync(target, { force: true });
+  skip(`the built addon does not load: ${`${probe.stderr}`.trim().split('\n')[0]}`);
+}
+console.log(`lowrank: native GEMM built (${probe.stdout.trim()}) → ${path.relative(root, target)}`);
