@@ -1,6 +1,8 @@
 // The native GEMM addon on its own (plain Float32Arrays, no tfjs): products against a float64
 // loop for every transpose and leading dimension, batches in one call, bounds checks, threads.
 // Skipped where the addon is not built; batch-matmul.test.ts requires it on CI.
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { nativeGemm } from './gemm.ts';
 
@@ -105,5 +107,17 @@ describe.skipIf(!state.ok)('native GEMM addon', () => {
     addon.setThreads(was);
     expect(() => addon.setThreads(0)).toThrow(/thread count >= 1/);
     expect(addon.library()).toMatch(/OpenBLAS|Accelerate/);
+  });
+});
+
+describe('scripts/build-native.js', () => {
+  const script = path.resolve(import.meta.dirname, '../../../scripts/build-native.js');
+  it('never fails an install: a broken or missing compiler is one line and exit 0', () => {
+    for (const cc of ['false', '/nonexistent/cc']) {
+      const run = spawnSync(process.execPath, [script], { env: { ...process.env, CC: cc }, encoding: 'utf8' });
+      expect(run.status).toBe(0);
+      expect(run.stdout.trim()).toMatch(/^lowrank: native GEMM not built \(.+\); the engine uses its wasm kernels\.$/);
+      expect(run.stderr).toBe('');
+    }
   });
 });
