@@ -5,12 +5,7 @@
  */
 import * as tf from '../tf.ts';
 import { CausalLM, attentionBias, type ForwardOptions, type ForwardResult, type KVCache } from './causal-lm.ts';
-
-/** x [N, C] -> (x - mean) / sqrt(var + eps) · w + b, biased variance as torch.nn.LayerNorm. */
-export function layerNorm(x: tf.Tensor2D, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor2D {
-  const { mean, variance } = tf.moments(x, -1, true);
-  return tf.add(tf.mul(tf.div(tf.sub(x, mean), tf.sqrt(tf.add(variance, eps))), weight), bias);
-}
+import { layerNorm } from './fused-ops.ts';
 
 /** gelu_new: the tanh approximation, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
 function geluTanh(x: tf.Tensor2D): tf.Tensor2D {

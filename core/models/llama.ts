@@ -6,13 +6,8 @@
  */
 import * as tf from '../tf.ts';
 import { CausalLM, attentionBias, type ForwardOptions, type ForwardResult, type KVCache } from './causal-lm.ts';
-import { applyRope, ropeTables } from './rope.ts';
-
-/** x [N, C] * rsqrt(mean(x², -1) + eps) * w */
-export function rmsNorm(x: tf.Tensor2D, weight: tf.Tensor, eps: number): tf.Tensor2D {
-  const meanSquare = tf.mean(tf.square(x), -1, true);
-  return tf.mul(tf.mul(x, tf.rsqrt(tf.add(meanSquare, eps))), weight);
-}
+import { applyRope, rmsNorm } from './fused-ops.ts';
+import { ropeTables } from './rope.ts';
 
 export class LlamaModel extends CausalLM {
   linearModules(): string[] {

@@ -1,7 +1,8 @@
 /**
  * Rotary position embeddings (RoFormer, arXiv:2104.09864) in the `rotate_half` layout that
  * transformers' Llama/Mistral/Qwen2 use: the head dimension is split in two halves, not interleaved.
- * Inverse frequencies follow transformers' modeling_rope_utils.py (default, linear, llama3).
+ * Inverse frequencies follow transformers' modeling_rope_utils.py (default, linear, llama3). The
+ * rotation itself, `applyRope`, is in fused-ops.ts (one fused kernel where the backend has it).
  */
 import * as tf from '../tf.ts';
 import type { ModelConfig } from './config.ts';
@@ -50,12 +51,4 @@ export function ropeTables(c: ModelConfig, offset: number, T: number): { cos: tf
     }
   }
   return { cos: tf.tensor2d(cos, [T, D]), sin: tf.tensor2d(sin, [T, D]) };
-}
-
-/** x [B, H, T, D] -> x·cos + rotate_half(x)·sin, rotate_half(x) = cat(-x2, x1). */
-export function applyRope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D {
-  const half = x.shape[3] / 2;
-  const [x1, x2] = tf.split(x, [half, half], 3);
-  const rotated = tf.concat([tf.neg(x2), x1], 3);
-  return tf.add(tf.mul(x, cos), tf.mul(rotated, sin));
 }

@@ -14,13 +14,14 @@ import { getKernel, registerKernel, unregisterKernel } from '../../tf.ts';
 import type { KernelConfig } from '../../tf.ts';
 import { createMatMulKernels } from './batch-matmul.ts';
 import { unsortedSegmentSumConfig } from './unsorted-segment-sum.ts';
+import { fusedKernelConfigs } from './fused-kernels.ts';
 
 /** tfjs-backend-wasm registers itself with priority 2 (above cpu's 1); the wrapper keeps that. */
 const WASM_PRIORITY = 2;
 
 interface Installed {
   configs: KernelConfig[];
-  /** What each name was bound to before: the stock kernel, or nothing (UnsortedSegmentSum). */
+  /** What each name was bound to before: the stock kernel, or nothing (UnsortedSegmentSum, fused ops). */
   stock: Map<string, KernelConfig | undefined>;
 }
 let installed: Installed | null = null;
@@ -33,7 +34,7 @@ export function installWasmKernels(): string[] {
   if (batchMatMul == null || fusedMatMul == null) {
     throw new Error('tfjs-backend-wasm registered no BatchMatMul/_FusedMatMul kernels; is it 4.22?');
   }
-  const configs = [...createMatMulKernels({ batchMatMul, fusedMatMul }), unsortedSegmentSumConfig];
+  const configs = [...createMatMulKernels({ batchMatMul, fusedMatMul }), unsortedSegmentSumConfig, ...fusedKernelConfigs];
   const stock = new Map<string, KernelConfig | undefined>();
   for (const config of configs) {
     const previous = getKernel(config.kernelName, 'wasm');
@@ -45,7 +46,7 @@ export function installWasmKernels(): string[] {
   return configs.map((c) => c.kernelName);
 }
 
-/** Puts the stock kernels back (UnsortedSegmentSum disappears again). For before/after benchmarks. */
+/** Puts the stock kernels back (UnsortedSegmentSum and the fused ops disappear again). For before/after benchmarks. */
 export function uninstallWasmKernels(): void {
   if (installed == null) return;
   for (const config of installed.configs) {

@@ -1,0 +1,155 @@
+/**
+ * The normalisation and rotary-embedding ops the models call. Each runs as one fused kernel
+ * (core/backend/fused-kernels.ts) where the active backend has it registered (cpu; wasm with the
+ * project's kernels installed) and as the composite of tfjs ops everywhere else (webgpu,
+ * tfjs-node), where one op per step is already cheap or native. The composite forms are also the
+ * reference the fused kernels are tested against (fused-ops.test.ts).
+ *
+ * LOWRANK_FUSED_OPS=0 (or `setFusedOps(false)`) runs the composite ops everywhere, to measure what
+ * fusing buys; a comma-separated list (`rmsNorm,rope`) fuses only those.
+ */
+import * as tf from '../tf.ts';
+import { FUSED_KERNEL_NAMES as K, registerCpuFusedKernels } from '../backend/fused-kernels.ts';
+
+export const FUSED_OPS = ['rmsNorm', 'layerNorm', 'rope'] as const;
+export type FusedOp = (typeof FUSED_OPS)[number];
+
+/** Every kernel an op needs on a backend: forward and gradients. */
+const KERNELS_OF: Record<FusedOp, string[]> = {
+  rmsNorm: [K.rmsNorm, K.rmsNormGrad, K.rmsNormWeightGrad],
+  layerNorm: [K.layerNorm, K.layerNormGrad, K.layerNormWeightGrad],
+  rope: [K.rope, K.ropeGrad],
+};
+
+export const FUSED_OPS_ENV = 'LOWRANK_FUSED_OPS';
+
+/** The ops a LOWRANK_FUSED_OPS value turns on: unset, 1, all = every one; 0, none = none; or a list. */
+export function parseFusedOpsEnv(value: string | undefined): FusedOp[] {
+  const v = value?.trim().toLowerCase();
+  if (v == null || v === '' || v === '1' || v === 'all' || v === 'on') return [...FUSED_OPS];
+  if (v === '0' || v === 'none' || v === 'off') return [];
+  const names = v.split(',').map((s) => s.trim());
+  for (const name of names) {
+    if (!FUSED_OPS.some((o) => o.toLowerCase() === name)) {
+      throw new Error(`${FUSED_OPS_ENV}='${value}': '${name}' is not one of ${FUSED_OPS.join(', ')} (or 0 / 1)`);
+    }
+  }
+  return FUSED_OPS.filter((o) => names.includes(o.toLowerCase()));
+}
+
+let enabled = new Set(parseFusedOpsEnv(process.env[FUSED_OPS_ENV]));
+
+/** true / false: all fused ops on / off; a list: only those. */
+export function setFusedOps(ops: boolean | readonly FusedOp[]): void {
+  enabled = new Set(ops === true ? FUSED_OPS : ops === false ? [] : ops);
+}
+
+export function enabledFusedOps(): FusedOp[] {
+  return FUSED_OPS.filter((op) => enabled.has(op));
+}
+
+/** Whether `op` runs as a fused kernel on the active backend now. */
+export function fusedOpActive(op: FusedOp): boolean {
+  if (!enabled.has(op)) return false;
+  const backend = tf.getBackend();
+  return KERNELS_OF[op].every((name) => tf.getKernel(name, backend) != null);
+}
+
+const run = <T extends tf.Tensor>(name: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap = {}): T =>
+  tf.engine().runKernel<T>(name, inputs, attrs);
+
+/** x [N, C] * rsqrt(mean(x², -1) + eps) * w, as tfjs ops. */
+export function rmsNormComposite(x: tf.Tensor2D, weight: tf.Tensor, eps: number): tf.Tensor2D {
+  const meanSquare = tf.mean(tf.square(x), -1, true);
+  return tf.mul(tf.mul(x, tf.rsqrt(tf.add(meanSquare, eps))), weight);
+}
+
+/** RMSNorm over the last axis (Zhang & Sennrich, arXiv:1910.07467): x [N, C], weight [C]. */
+export function rmsNorm(x: tf.Tensor2D, weight: tf.Tensor, eps: number): tf.Tensor2D {
+  if (isRowsAndVector(x, weight) && fusedOpActive('rmsNorm')) return run(K.rmsNorm, { x, weight }, { eps });
+  return rmsNormComposite(x, weight, eps);
+}
+
+/** x [N, C] -> (x - mean) / sqrt(var + eps) · w + b, biased variance as torch.nn.LayerNorm. */
+export function layerNormComposite(x: tf.Tensor2D, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor2D {
+  const { mean, variance } = tf.moments(x, -1, true);
+  return tf.add(tf.mul(tf.div(tf.sub(x, mean), tf.sqrt(tf.add(variance, eps))), weight), bias);
+}
+
+/** LayerNorm over the last axis (Ba et al., arXiv:1607.06450): x [N, C], weight and bias [C]. */
+export function layerNorm(x: tf.Tensor2D, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor2D {
+  if (isRowsAndVector(x, weight) && isRowsAndVector(x, bias) && fusedOpActive('layerNorm')) {
+    return run(K.layerNorm, { x, weight, bias }, { eps });
+  }
+  return layerNormComposite(x, weight, bias, eps);
+}
+
+/** x [B, H, T, D] -> x·cos + rotate_half(x)·sin, rotate_half(x) = cat(-x2, x1), as tfjs ops. */
+export function applyRopeComposite(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D {
+  const half = x.shape[3] / 2;
+  const [x1, x2] = tf.split(x, [half, half], 3);
+  const rotated = tf.concat([tf.neg(x2), x1], 3);
+  return tf.add(tf.mul(x, cos), tf.mul(rotated, sin));
+}
+
+/** Rotary embeddings in the rotate_half layout (rope.ts): x [B, H, T, D], cos and sin [T, D]. */
+export function applyRope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D {
+  const [, , T, D] = x.shape;
+  const fits = (t: tf.Tensor) => t.dtype === 'float32' && t.rank === 2 && t.shape[0] === T && t.shape[1] === D;
+  if (x.dtype === 'float32' && D % 2 === 0 && fits(cos) && fits(sin) && fusedOpActive('rope')) {
+    return run(K.rope, { x, cos, sin });
+  }
+  return applyRopeComposite(x, cos, sin);
+}
+
+function isRowsAndVector(x: tf.Tensor, v: tf.Tensor): boolean {
+  return x.rank === 2 && x.dtype === 'float32' && v.rank === 1 && v.dtype === 'float32' && v.shape[0] === x.shape[1];
+}
+
+/**
+ * Gradients. Each input's closure is called only when that input is on the path to the loss, so
+ * a frozen norm weight (LoRA) costs no weight-gradient pass. The saved x is the tensor as it went
+ * in; the per-row statistics are recomputed from it, which costs one cheap pass and keeps nothing
+ * but x alive between forward and backward, as the composite does.
+ */
+function registerGradients(): void {
+  tf.registerGradient({
+    kernelName: K.rmsNorm,
+    inputsToSave: ['x', 'weight'],
+    gradFunc: (dy, saved, attrs) => {
+      const [x, weight] = saved;
+      return {
+        x: () => run(K.rmsNormGrad, { dy: dy as tf.Tensor, x, weight }, attrs),
+        weight: () => run(K.rmsNormWeightGrad, { dy: dy as tf.Tensor, x }, attrs),
+      };
+    },
+  });
+  tf.registerGradient({
+    kernelName: K.layerNorm,
+    inputsToSave: ['x', 'weight'],
+    gradFunc: (dy, saved, attrs) => {
+      const [x, weight] = saved;
+      return {
+        x: () => run(K.layerNormGrad, { dy: dy as tf.Tensor, x, weight }, attrs),
+        weight: () => run(K.layerNormWeightGrad, { dy: dy as tf.Tensor, x }, attrs),
+        bias: () => tf.sum(dy as tf.Tensor, 0),
+      };
+    },
+  });
+  tf.registerGradient({
+    kernelName: K.rope,
+    // Only the tables: saving x too would copy it (the engine clones what it saves) for gradients
+    // the models never take.
+    inputsToSave: ['cos', 'sin'],
+    gradFunc: (dy, saved) => {
+      const [cos, sin] = saved;
+      const constantTables = () => {
+        throw new Error('the fused RoPE kernel has no gradient for its cos/sin tables; use applyRopeComposite to train them');
+      };
+      return { x: () => run(K.ropeGrad, { dy: dy as tf.Tensor, cos, sin }), cos: constantTables, sin: constantTables };
+    },
+  });
+}
+
+registerCpuFusedKernels();
+registerGradients();
