@@ -1,11 +1,11 @@
 #!/usr/bin/env node
 /**
- * Builds the optional native GEMM (native/gemm.c → build/native/lowrank_gemm.node) against the
- * system BLAS: OpenBLAS on Linux (Debian/Ubuntu: `apt-get install libopenblas-dev`), Accelerate
- * on macOS. Runs as npm's postinstall and by hand (`node scripts/build-native.js`).
+ * Builds the optional native kernels (native/kernels.c → build/native/lowrank_native.node: GEMM
+ * from the system BLAS, a fused softmax cross-entropy) against OpenBLAS on Linux (Debian/Ubuntu:
+ * `apt-get install libopenblas-dev`) or Accelerate on macOS. Runs as npm's postinstall and by hand (`node scripts/build-native.js`).
  *
  * It never fails an install: without a compiler, Node's headers or a BLAS it says so in one line
- * and exits 0, and the engine keeps the wasm kernels (core/backend/native/gemm.ts). No node-gyp
+ * and exits 0, and the engine keeps the wasm kernels (core/backend/native/addon.ts). No node-gyp
  * and no download: a plain `cc` against the headers Node ships in <prefix>/include/node.
  * LOWRANK_SKIP_NATIVE=1 skips the build.
  */
@@ -14,12 +14,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 const root = path.resolve(import.meta.dirname, '..');
-const source = path.join(root, 'native', 'gemm.c');
+const source = path.join(root, 'native', 'kernels.c');
 const outDir = path.join(root, 'build', 'native');
-const target = path.join(outDir, 'lowrank_gemm.node');
+const target = path.join(outDir, 'lowrank_native.node');
 
 function skip(reason) {
-  console.log(`lowrank: native GEMM not built (${reason}); the engine uses its wasm kernels.`);
+  console.log(`lowrank: native kernels not built (${reason}); the engine uses its wasm kernels.`);
   process.exit(0);
 }
 
@@ -36,8 +36,8 @@ if (headers.length === 0) skip(`node_api.h not found next to ${process.execPath}
 const compiler = process.env.CC || 'cc';
 const libs = process.platform === 'darwin'
   ? ['-framework', 'Accelerate', '-undefined', 'dynamic_lookup']
-  : ['-lopenblas'];
-const args = ['-O2', '-shared', '-fPIC', `-I${headers[0]}`, source, '-o', `${target}.tmp`, ...libs];
+  : ['-lopenblas', '-lm'];
+const args = ['-O3', '-Wno-psabi', '-shared', '-fPIC', `-I${headers[0]}`, source, '-o', `${target}.tmp`, ...libs];
 
 fs.mkdirSync(outDir, { recursive: true });
 const result = spawnSync(compiler, args, { encoding: 'utf8' });
@@ -54,4 +54,4 @@ if (probe.status !== 0) {
   fs.rmSync(target, { force: true });
   skip(`the built addon does not load: ${`${probe.stderr}`.trim().split('\n')[0]}`);
 }
-console.log(`lowrank: native GEMM built (${probe.stdout.trim()}) → ${path.relative(root, target)}`);
+console.log(`lowrank: native kernels built (${probe.stdout.trim()}) → ${path.relative(root, target)}`);

@@ -5,7 +5,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { errorVsCpu, seededTensor } from './cpu-parity.ts';
 import { initBackend } from './index.ts';
 import { matMulTuning } from './wasm/batch-matmul.ts';
-import { nativeGemm, nativeGemmSwitch } from './native/gemm.ts';
+import { nativeAddon, nativeSwitch } from './native/addon.ts';
 import { activeWasmKernels } from './wasm/install.ts';
 
 const TOLERANCE = 1e-5;
@@ -47,7 +47,7 @@ beforeAll(async () => {
 // override's transposes, folds and heap slices) and with the default hand-off of tiny products
 // to the stock kernel.
 const DEFAULT_STOCK_AT_OR_BELOW = matMulTuning.stockAtOrBelow;
-const native = nativeGemm();
+const native = nativeAddon();
 const MODES = [
   { name: `native BLAS (${native.ok ? native.library : `absent: ${native.reason}`})`, native: true, stockAtOrBelow: DEFAULT_STOCK_AT_OR_BELOW },
   { name: 'wasm, XNNPACK for every size', native: false, stockAtOrBelow: 0 },
@@ -61,7 +61,7 @@ it.runIf(process.env.CI === 'true')('the native GEMM is built and loads on CI', 
 
 for (const mode of MODES) describe.skipIf(mode.native && !native.ok)(mode.name, () => {
   beforeAll(() => {
-    nativeGemmSwitch.enabled = mode.native;
+    nativeSwitch.enabled = mode.native;
     matMulTuning.stockAtOrBelow = mode.stockAtOrBelow;
   });
 

@@ -18,7 +18,7 @@ import { startWasmBackend } from './wasm/install.ts';
 import { requestedWasmThreads } from './wasm/threads.ts';
 import { nativeAddonProblem, packageInstalled, tryImport, type Attempt } from './optional-packages.ts';
 import { startWebgpuBackend } from './webgpu.ts';
-import { nativeGemm, setNativeGemmThreads } from './native/gemm.ts';
+import { nativeAddon, setNativeThreads } from './native/addon.ts';
 
 export const BACKEND_NAMES = ['tensorflow', 'wasm', 'cpu', 'webgpu'] as const;
 export type BackendName = (typeof BACKEND_NAMES)[number];
@@ -34,7 +34,7 @@ export interface BackendInfo {
   /** Names of the project's own kernels that are active on this backend. */
   kernels: string[];
   /** wasm: the native BLAS the matmul kernels use ("OpenBLAS …, 2 threads"), or why there is none. */
-  nativeGemm?: { library: string; threads: number } | { unavailable: string };
+  nativeAddon?: { library: string; threads: number } | { unavailable: string };
   /** GPU adapter or native library in use, where the backend reports one. */
   adapter?: string;
   /** webgpu: the adapter is a software renderer (only used when webgpu was forced). */
@@ -145,7 +145,7 @@ async function tryBackend(name: BackendName, forced: boolean): Promise<Attempt<B
           ok: true,
           value: {
             ...base, wasmSimd: wasm.simd, wasmThreads: wasm.threads, wasmThreadsBy: wasm.threadsBy, kernels: wasm.kernels,
-            nativeGemm: configureNativeGemm(wasm.threads),
+            nativeAddon: configureNative(wasm.threads),
           },
         };
       }
@@ -166,10 +166,10 @@ async function tryBackend(name: BackendName, forced: boolean): Promise<Attempt<B
  * Gives the native BLAS (when built) the engine's thread count: LOWRANK_THREADS means compute
  * threads, whichever library runs them. Returns what `lowrank info` reports.
  */
-export function configureNativeGemm(threads: number): NonNullable<BackendInfo['nativeGemm']> {
-  const gemm = nativeGemm();
+export function configureNative(threads: number): NonNullable<BackendInfo['nativeAddon']> {
+  const gemm = nativeAddon();
   if (!gemm.ok) return { unavailable: gemm.reason };
-  setNativeGemmThreads(threads);
+  setNativeThreads(threads);
   return { library: gemm.library, threads: gemm.addon.threads() };
 }
 

@@ -9,7 +9,7 @@ import * as tf from '../tf.ts';
 import { pathToFileURL } from 'node:url';
 import { initBackend, measureMatmulGflops, type MatmulShape } from './index.ts';
 import { installWasmKernels, uninstallWasmKernels } from './wasm/install.ts';
-import { activeNativeGemm, nativeGemmSwitch } from './native/gemm.ts';
+import { activeNative, nativeSwitch } from './native/addon.ts';
 
 export type MatmulKernels = 'native' | 'project' | 'stock';
 
@@ -50,7 +50,7 @@ export async function runMatmulBench(opts: MatmulBenchOptions = {}): Promise<Mat
   const { seconds = 1, compareStock = true, repeats = 1 } = opts;
   const backend = tf.getBackend();
   const variants: MatmulKernels[] = backend !== 'wasm' ? ['project']
-    : [...(activeNativeGemm() != null ? ['native' as const] : []), 'project' as const, ...(compareStock ? ['stock' as const] : [])];
+    : [...(activeNative() != null ? ['native' as const] : []), 'project' as const, ...(compareStock ? ['stock' as const] : [])];
   const rows: MatmulBenchRow[] = [];
   for (const c of CASES) {
     const measured = new Map<MatmulKernels, number[]>(variants.map((v) => [v, []]));
@@ -67,13 +67,13 @@ export async function runMatmulBench(opts: MatmulBenchOptions = {}): Promise<Mat
  * without it, or the stock kernels; puts the default (project kernels, native on) back after.
  */
 export async function withMatmulKernels<T>(kernels: MatmulKernels, fn: () => Promise<T>): Promise<T> {
-  nativeGemmSwitch.enabled = kernels === 'native';
+  nativeSwitch.enabled = kernels === 'native';
   if (kernels === 'stock') uninstallWasmKernels();
   try {
     return await fn();
   } finally {
     if (kernels === 'stock') installWasmKernels();
-    nativeGemmSwitch.enabled = true;
+    nativeSwitch.enabled = true;
   }
 }
 

@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '../tf.ts';
-import { configureNativeGemm, initBackend, type BackendInfo } from '../backend/index.ts';
+import { configureNative, initBackend, type BackendInfo } from '../backend/index.ts';
 import { startWebgpuBackend } from '../backend/webgpu.ts';
 import { runMatmulBench, withMatmulKernels, type MatmulKernels } from '../backend/matmul-bench.ts';
 import { activeWasmKernels, startWasmBackend } from '../backend/wasm/install.ts';
@@ -243,9 +243,9 @@ export const BENCH_WEBGPU_ENV = 'LOWRANK_BENCH_WEBGPU';
 
 function describeBackend(info: BackendInfo): string {
   const threads = info.wasmThreads ? `, ${info.wasmThreads} thread(s)` : '';
-  const blas = info.nativeGemm == null ? ''
-    : 'library' in info.nativeGemm ? `; native BLAS: ${info.nativeGemm.library}, ${info.nativeGemm.threads} thread(s)`
-      : `; native BLAS not used: ${info.nativeGemm.unavailable}`;
+  const blas = info.nativeAddon == null ? ''
+    : 'library' in info.nativeAddon ? `; native BLAS: ${info.nativeAddon.library}, ${info.nativeAddon.threads} thread(s)`
+      : `; native BLAS not used: ${info.nativeAddon.unavailable}`;
   const adapter = info.adapter ? ` (${info.adapter}${info.softwareAdapter ? ', software' : ''})` : '';
   return `${info.backend}${threads}${adapter}; kernels: ${info.kernels.join(', ') || 'stock'}${blas}`;
 }
@@ -267,7 +267,7 @@ export async function benchCommand(flags: Flags): Promise<void> {
       const wasm = await startWasmBackend();
       const info: BackendInfo = {
         backend: 'wasm', tfjsVersion: tf.version_core, wasmSimd: wasm.simd, wasmThreads: wasm.threads, kernels: wasm.kernels,
-        nativeGemm: configureNativeGemm(wasm.threads),
+        nativeAddon: configureNative(wasm.threads),
       };
       out(`\nbackend: ${describeBackend(info)}`);
       results.push({ backend: info, ...(await benchSections(flags, out)) });

@@ -25,7 +25,7 @@ export async function infoCommand(flags: Flags): Promise<void> {
     wasmSimd: backend.wasmSimd ?? null,
     wasmThreads: backend.wasmThreads ?? null,
     kernels: backend.kernels,
-    nativeGemm: backend.nativeGemm ?? null,
+    nativeAddon: backend.nativeAddon ?? null,
     skipped: backend.skipped ?? [],
     matmulGflops: Number(gflops.toFixed(2)),
     versions: {
@@ -42,10 +42,10 @@ export async function infoCommand(flags: Flags): Promise<void> {
   console.log(`backend      ${info.backend}${info.adapter ? ` (${info.adapter})` : ''}`);
   if (info.backend === 'wasm') console.log(`wasm         SIMD ${info.wasmSimd ? 'on' : 'off'}, ${info.wasmThreads ?? 1} thread(s)`);
   console.log(`kernels      ${info.kernels.length ? info.kernels.join(', ') : '(stock)'}`);
-  if (info.nativeGemm != null) {
-    console.log(`native BLAS  ${'library' in info.nativeGemm
-      ? `${info.nativeGemm.library}, ${info.nativeGemm.threads} thread(s): matmuls run there`
-      : `not used (${info.nativeGemm.unavailable}); matmuls run on the wasm kernels`}`);
+  if (info.nativeAddon != null) {
+    console.log(`native BLAS  ${'library' in info.nativeAddon
+      ? `${info.nativeAddon.library}, ${info.nativeAddon.threads} thread(s): matmuls run there`
+      : `not used (${info.nativeAddon.unavailable}); matmuls run on the wasm kernels`}`);
   }
   for (const s of info.skipped) console.log(`skipped      ${s.backend}: ${s.reason}`);
   console.log(`matmul       ${info.matmulGflops} GFLOP/s (512×512×512, float32)`);

@@ -22,7 +22,7 @@
  * Threads: XNNPACK uses the backend's threadpool by itself once the threaded-SIMD build is loaded
  * (PERFORMANCE.md §1); nothing here needs to change for that.
  *
- * Native BLAS: where the optional addon is built (core/backend/native/gemm.ts), every float32
+ * Native BLAS: where the optional addon is built (core/backend/native/addon.ts), every float32
  * product goes to the system BLAS instead, on the same heap memory: BLAS takes transposed operands
  * and leading dimensions directly, so nothing is materialised, and it runs 5-7× faster than XNNPACK
  * in wasm SIMD on the build machine. The XNNPACK path below stays the fallback.
@@ -48,7 +48,7 @@ import {
   tensorData,
   type WasmBackendInternals,
 } from './backend-internals.ts';
-import { activeNativeGemm, type NativeGemmAddon } from '../native/gemm.ts';
+import { activeNative, type NativeAddon } from '../native/addon.ts';
 import { applyFusedEpilogue, DEFAULT_LEAKYRELU_ALPHA, stockEpilogueIsExact } from './fused-epilogue.ts';
 
 const BYTES_PER_FLOAT = 4;
@@ -165,7 +165,7 @@ export interface StockMatMulKernels {
  * the same b (stacked into [batch·m, k] rows), else one BLAS product per output batch, in a single
  * addon call.
  */
-function nativeProduct(backend: WasmBackendInternals, gemm: NativeGemmAddon, plan: MatMulPlan,
+function nativeProduct(backend: WasmBackendInternals, gemm: NativeAddon, plan: MatMulPlan,
   a: TensorInfo, b: TensorInfo, transposeA: boolean, transposeB: boolean): TensorInfo {
   const { m, k, n } = plan;
   const out = backend.makeOutput(plan.outShape, 'float32');
@@ -288,7 +288,7 @@ export function createMatMulKernels(stock: StockMatMulKernels): KernelConfig[] {
       backend.typedArrayFromHeap(out).fill(0); // an empty sum; malloc'd memory is not zeroed
       return out;
     }
-    const native = fold == null ? activeNativeGemm() : null;
+    const native = fold == null ? activeNative() : null;
     if (native != null) return nativeProduct(backend, native, plan, a, b, transposeA, transposeB);
     if (fold == null && m * k * n <= matMulTuning.stockAtOrBelow && stockBroadcastIsExact(plan)) {
       // Per-call overhead (a transpose, XNNPACK operator creation) dominates tiny products, which
@@ -332,7 +332,7 @@ export function createMatMulKernels(stock: StockMatMulKernels): KernelConfig[] {
     if (a.dtype !== 'float32' || b.dtype !== 'float32') return stock.fusedMatMul.kernelFunc(args);
     const plan = planMatMul(a.shape, b.shape, transposeA, transposeB);
     // With the native BLAS the product goes there and the epilogue is one pass after it.
-    const fusable = activeNativeGemm() == null && plan.batchB === 1 && plan.k > 0 && util.sizeFromShape(plan.outShape) > 0 &&
+    const fusable = activeNative() == null && plan.batchB === 1 && plan.k > 0 && util.sizeFromShape(plan.outShape) > 0 &&
       stockEpilogueIsExact(plan.outShape, bias, activation, preluActivationWeights);
     if (fusable) {
       // XNNPACK applies bias and activation in the same pass as the product.

@@ -1,10 +1,10 @@
 /**
  * The optional native GEMM (PERFORMANCE.md §2-§3): a small Node-API addon over the system BLAS,
- * built at install by scripts/build-native.js from native/gemm.c. OpenBLAS runs the products of the
+ * built at install by scripts/build-native.js from native/kernels.c. OpenBLAS runs the products of the
  * bench model at 70-100 GFLOP/s on one core of the build machine, where XNNPACK in wasm SIMD
  * reaches ~14, and matmul is two thirds of a training step. Where the addon is absent (no BLAS or
  * compiler at install, Windows) or fails to load, the wasm kernels do the work as before; nothing
- * else changes. LOWRANK_NATIVE_GEMM=0 turns it off.
+ * else changes. LOWRANK_NATIVE=0 turns it off.
  *
  * The wasm matmul kernels call it with the wasm heap itself (core/backend/wasm/batch-matmul.ts),
  * so operands are never copied.
@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createRequire } from 'node:module';
 
-export interface NativeGemmAddon {
+export interface NativeAddon {
   /**
    * For each i: C_i = op(A_i)·op(B_i) + beta·C_i, row-major, in place in `heap`.
    * dims = [transA, transB, m, n, k, lda, ldb, ldc]; offsets are element indices into `heap`.
@@ -27,30 +27,30 @@ export interface NativeGemmAddon {
   library(): string;
 }
 
-export const NATIVE_GEMM_ENV = 'LOWRANK_NATIVE_GEMM';
-export const NATIVE_GEMM_PATH = path.resolve(import.meta.dirname, '..', '..', '..', 'build', 'native', 'lowrank_gemm.node');
+export const NATIVE_ENV = 'LOWRANK_NATIVE';
+export const NATIVE_ADDON_PATH = path.resolve(import.meta.dirname, '..', '..', '..', 'build', 'native', 'lowrank_native.node');
 
-export type NativeGemmState =
-  | { ok: true; addon: NativeGemmAddon; library: string }
+export type NativeState =
+  | { ok: true; addon: NativeAddon; library: string }
   | { ok: false; reason: string };
 
-let state: NativeGemmState | null = null;
+let state: NativeState | null = null;
 
 /** Loads the addon once per process; the reason when it is not used. */
-export function nativeGemm(): NativeGemmState {
+export function nativeAddon(): NativeState {
   state ??= load();
   return state;
 }
 
-function load(): NativeGemmState {
-  if (process.env[NATIVE_GEMM_ENV] === '0') return { ok: false, reason: `${NATIVE_GEMM_ENV}=0` };
-  if (!fs.existsSync(NATIVE_GEMM_PATH)) {
+function load(): NativeState {
+  if (process.env[NATIVE_ENV] === '0') return { ok: false, reason: `${NATIVE_ENV}=0` };
+  if (!fs.existsSync(NATIVE_ADDON_PATH)) {
     return { ok: false, reason: 'not built (needs a C compiler and OpenBLAS at install; `node scripts/build-native.js` says what is missing)' };
   }
   try {
-    const raw = createRequire(import.meta.url)(NATIVE_GEMM_PATH) as NativeGemmAddon;
+    const raw = createRequire(import.meta.url)(NATIVE_ADDON_PATH) as NativeAddon;
     // A plain object over the addon's read-only exports, so tests can observe calls.
-    const addon: NativeGemmAddon = {
+    const addon: NativeAddon = {
       sgemmBatch: raw.sgemmBatch.bind(raw),
       setThreads: raw.setThreads.bind(raw),
       threads: raw.threads.bind(raw),
@@ -59,22 +59,22 @@ function load(): NativeGemmState {
     return { ok: true, addon, library: addon.library() };
   } catch (e) {
     const why = (e instanceof Error ? e.message : String(e)).split('\n')[0];
-    return { ok: false, reason: `${path.basename(NATIVE_GEMM_PATH)} does not load: ${why}` };
+    return { ok: false, reason: `${path.basename(NATIVE_ADDON_PATH)} does not load: ${why}` };
   }
 }
 
 /** Switch for benchmarks and tests: products go to the wasm kernels while this is false. */
-export const nativeGemmSwitch = { enabled: true };
+export const nativeSwitch = { enabled: true };
 
 /** The addon when it is loaded and switched on, else null. */
-export function activeNativeGemm(): NativeGemmAddon | null {
-  if (!nativeGemmSwitch.enabled) return null;
-  const s = nativeGemm();
+export function activeNative(): NativeAddon | null {
+  if (!nativeSwitch.enabled) return null;
+  const s = nativeAddon();
   return s.ok ? s.addon : null;
 }
 
 /** BLAS threads: the engine's compute thread count (LOWRANK_THREADS or its default). */
-export function setNativeGemmThreads(threads: number): void {
-  const s = nativeGemm();
+export function setNativeThreads(threads: number): void {
+  const s = nativeAddon();
   if (s.ok) s.addon.setThreads(threads);
 }

@@ -4,9 +4,9 @@
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { nativeGemm } from './gemm.ts';
+import { nativeAddon } from './addon.ts';
 
-const state = nativeGemm();
+const state = nativeAddon();
 
 function seeded(n: number, seed: number): Float32Array {
   const out = new Float32Array(n);
@@ -116,7 +116,7 @@ describe('scripts/build-native.js', () => {
     for (const cc of ['false', '/nonexistent/cc']) {
       const run = spawnSync(process.execPath, [script], { env: { ...process.env, CC: cc }, encoding: 'utf8' });
       expect(run.status).toBe(0);
-      expect(run.stdout.trim()).toMatch(/^lowrank: native GEMM not built \(.+\); the engine uses its wasm kernels\.$/);
+      expect(run.stdout.trim()).toMatch(/^lowrank: native kernels not built \(.+\); the engine uses its wasm kernels\.$/);
       expect(run.stderr).toBe('');
     }
   });

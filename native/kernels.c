@@ -1,0 +1,380 @@
+/*
+ * lowrank_native: the wasm backend's optional native kernels (core/backend/native/addon.ts,
+ * PERFORMANCE.md §2-§3): single-precision GEMM from a system BLAS (OpenBLAS on Linux, Accelerate
+ * on macOS) for the matmul kernels, and a fused softmax cross-entropy (forward and gradient) for
+ * the causal-LM loss, the largest non-matmul cost of a training step.
+ *
+ * The operands live in the wasm heap: JS passes a Float32Array over the whole heap and element
+ * offsets into it, and BLAS reads and writes that memory in place (zero-copy; this also works on
+ * the SharedArrayBuffer heap of the threaded wasm build). Every offset and extent is checked
+ * against the view's length here, so a wrong offset is a thrown JS error, never a stray write.
+ *
+ * Built by scripts/build-native.js at install, with plain cc against Node's own headers (no
+ * node-gyp, no download). Node-API is ABI-stable, so the same file loads in Electron.
+ */
+#include <node_api.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#ifdef __APPLE__
+#include <Accelerate/Accelerate.h>
+#else
+#include <cblas.h>
+#endif
+
+#define CHECK(call)                                                                   \
+  do {                                                                                \
+    if ((call) != napi_ok) {                                                          \
+      napi_throw_error(env, NULL, "lowrank_native: bad arguments (" #call ")");         \
+      return NULL;                                                                    \
+    }                                                                                 \
+  } while (0)
+
+static napi_value throw_range(napi_env env, const char *what) {
+  char message[160];
+  snprintf(message, sizeof message, "lowrank_native: %s lies outside the heap view", what);
+  napi_throw_range_error(env, NULL, message);
+  return NULL;
+}
+
+/* Elements a row-major operand of `rows` x `cols` (stored transposed when `trans`) spans. */
+static int64_t extent(int trans, int64_t rows, int64_t cols, int64_t ld) {
+  int64_t stored_rows = trans ? cols : rows;
+  int64_t stored_cols = trans ? rows : cols;
+  if (stored_rows == 0 || stored_cols == 0) return 0;
+  return (stored_rows - 1) * ld + stored_cols;
+}
+
+static napi_status float32_view(napi_env env, napi_value value, float **data, size_t *length) {
+  napi_typedarray_type type;
+  void *raw = NULL;
+  napi_status status = napi_get_typedarray_info(env, value, &type, length, &raw, NULL, NULL);
+  if (status != napi_ok) return status;
+  if (type != napi_float32_array) return napi_invalid_arg;
+  *data = (float *)raw;
+  return napi_ok;
+}
+
+static napi_status uint32_view(napi_env env, napi_value value, uint32_t **data, size_t *length) {
+  napi_typedarray_type type;
+  void *raw = NULL;
+  napi_status status = napi_get_typedarray_info(env, value, &type, length, &raw, NULL, NULL);
+  if (status != napi_ok) return status;
+  if (type != napi_uint32_array) return napi_invalid_arg;
+  *data = (uint32_t *)raw;
+  return napi_ok;
+}
+
+/*
+ * sgemmBatch(heap: Float32Array, dims: Int32Array [transA, transB, m, n, k, lda, ldb, ldc],
+ *            aOffsets: Uint32Array, bOffsets: Uint32Array, cOffsets: Uint32Array, beta: number)
+ * For each i: C_i = op(A_i) · op(B_i) + beta · C_i, row-major, offsets in elements of `heap`.
+ */
+static napi_value SgemmBatch(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc != 6) {
+    napi_throw_type_error(env, NULL, "lowrank_native.sgemmBatch takes 6 arguments");
+    return NULL;
+  }
+  float *heap;
+  size_t heap_length;
+  CHECK(float32_view(env, argv[0], &heap, &heap_length));
+  napi_typedarray_type dims_type;
+  size_t dims_length;
+  void *dims_raw;
+  CHECK(napi_get_typedarray_info(env, argv[1], &dims_type, &dims_length, &dims_raw, NULL, NULL));
+  if (dims_type != napi_int32_array || dims_length != 8) {
+    napi_throw_type_error(env, NULL, "lowrank_native.sgemmBatch: dims must be an Int32Array of 8");
+    return NULL;
+  }
+  const int32_t *dims = (const int32_t *)dims_raw;
+  int trans_a = dims[0] != 0, trans_b = dims[1] != 0;
+  int32_t m = dims[2], n = dims[3], k = dims[4], lda = dims[5], ldb = dims[6], ldc = dims[7];
+  if (m < 0 || n < 0 || k < 0 || lda < 1 || ldb < 1 || ldc < 1) {
+    napi_throw_range_error(env, NULL, "lowrank_native.sgemmBatch: negative size or leading dimension < 1");
+    return NULL;
+  }
+  uint32_t *a_off, *b_off, *c_off;
+  size_t count, count_b, count_c;
+  CHECK(uint32_view(env, argv[2], &a_off, &count));
+  CHECK(uint32_view(env, argv[3], &b_off, &count_b));
+  CHECK(uint32_view(env, argv[4], &c_off, &count_c));
+  if (count_b != count || count_c != count) {
+    napi_throw_range_error(env, NULL, "lowrank_native.sgemmBatch: offset arrays differ in length");
+    return NULL;
+  }
+  double beta;
+  CHECK(napi_get_value_double(env, argv[5], &beta));
+
+  int64_t a_extent = extent(trans_a, m, k, lda);
+  int64_t b_extent = extent(trans_b, k, n, ldb);
+  int64_t c_extent = extent(0, m, n, ldc);
+  for (size_t i = 0; i < count; i++) {
+    if ((int64_t)a_off[i] + a_extent > (int64_t)heap_length) return throw_range(env, "an A operand");
+    if ((int64_t)b_off[i] + b_extent > (int64_t)heap_length) return throw_range(env, "a B operand");
+    if ((int64_t)c_off[i] + c_extent > (int64_t)heap_length) return throw_range(env, "an output");
+  }
+  for (size_t i = 0; i < count; i++) {
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                m, n, k, 1.0f, heap + a_off[i], lda, heap + b_off[i], ldb, (float)beta, heap + c_off[i], ldc);
+  }
+  return NULL;
+}
+
+
+/* ---- fused softmax cross-entropy ---------------------------------------------------------- */
+
+/*
+ * The row loops use GCC/Clang vector extensions (8 floats), which compile to whatever the target
+ * has: two SSE2 registers by default, one AVX2 register in the clone that x86-64 Linux builds pick
+ * at load time on CPUs that have it (target_clones). No -march=native: a packaged app must run on
+ * CPUs other than the one it was built on.
+ */
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define HOT
+#endif
+
+static inline v8f splat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
+static inline v8f load8(const float *p) { v8f v; memcpy(&v, p, sizeof v); return v; }
+static inline void store8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
+/* Lane-wise a > b ? a : b, and lower bound, with masks (C has no vector ?:). */
+static inline v8f select(v8i mask, v8f a, v8f b) { return (v8f)((mask & (v8i)a) | (~mask & (v8i)b)); }
+static inline v8f vmax(v8f a, v8f b) { return select(a > b, a, b); }
+
+/*
+ * exp(x) for x <= 0 (softmax arguments after subtracting the row max): x = n·ln2 + r with
+ * |r| <= ln2/2, exp(r) by Cephes' degree-6 polynomial (relative error ~1e-7), 2^n from the float's
+ * exponent bits. Below -87.3 the result is clamped to ~1e-38, where the true value no longer
+ * changes a float32 sum that contains at least one 1 (the row maximum).
+ */
+static inline v8f exp_nonpositive(v8f x) {
+  x = vmax(x, splat(-87.3f));
+  v8f n = x * splat(1.44269504088896341f);
+  n = (n + splat(12582912.0f)) - splat(12582912.0f); /* round to nearest (1.5·2^23 trick) */
+  v8f r = x - n * splat(0.693359375f) + n * splat(2.12194440e-4f);
+  v8f p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * r * r + r + splat(1.0f);
+  v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
+  return p * (v8f)bits;
+}
+
+static float horizontal_sum(v8f v) {
+  float sum = 0;
+  for (int l = 0; l < 8; l++) sum += v[l];
+  return sum;
+}
+
+/* A row's tail (v % 8 elements) padded into one vector: pad with `fill`. */
+static inline v8f load_tail(const float *p, int32_t count, float fill) {
+  v8f v = splat(fill);
+  for (int32_t l = 0; l < count; l++) v[l] = p[l];
+  return v;
+}
+
+HOT static float row_max(const float *z, int32_t v) {
+  v8f m = splat(-INFINITY);
+  int32_t j = 0;
+  for (; j + 8 <= v; j += 8) m = vmax(load8(z + j), m);
+  m = vmax(load_tail(z + j, v - j, -INFINITY), m);
+  float best = m[0];
+  for (int l = 1; l < 8; l++) best = m[l] > best ? m[l] : best;
+  return best;
+}
+
+HOT static float row_sum_exp(const float *z, int32_t v, float shift) {
+  v8f sum = splat(0), s = splat(shift);
+  int32_t j = 0;
+  for (; j + 8 <= v; j += 8) sum += exp_nonpositive(load8(z + j) - s);
+  float total = horizontal_sum(sum);
+  if (j < v) {
+    v8f tail = exp_nonpositive(load_tail(z + j, v - j, shift) - s);
+    for (int32_t l = 0; l < v - j; l++) total += tail[l];
+  }
+  return total;
+}
+
+/* out_j = exp(z_j − shift)·scale */
+HOT static void row_softmax_scaled(const float *z, float *out, int32_t v, float shift, float scale) {
+  v8f s = splat(shift), k = splat(scale);
+  int32_t j = 0;
+  for (; j + 8 <= v; j += 8) store8(out + j, exp_nonpositive(load8(z + j) - s) * k);
+  if (j < v) {
+    v8f tail = exp_nonpositive(load_tail(z + j, v - j, shift) - s) * k;
+    for (int32_t l = 0; l < v - j; l++) out[j + l] = tail[l];
+  }
+}
+
+static napi_status int32_args(napi_env env, napi_value value, const int32_t **data, size_t expected) {
+  napi_typedarray_type type;
+  size_t length;
+  void *raw;
+  napi_status status = napi_get_typedarray_info(env, value, &type, &length, &raw, NULL, NULL);
+  if (status != napi_ok) return status;
+  if (type != napi_int32_array || length != expected) return napi_invalid_arg;
+  *data = (const int32_t *)raw;
+  return napi_ok;
+}
+
+/*
+ * Shared argument checks: heap, then an Int32Array of [rows, vocab, logits, targets, weights, lse]
+ * offsets (elements of the heap; targets are int32 stored in the same heap).
+ */
+static int ce_args(napi_env env, napi_value *argv, float **heap, const int32_t **a, int extra) {
+  size_t heap_length;
+  if (float32_view(env, argv[0], heap, &heap_length) != napi_ok || int32_args(env, argv[1], a, 6 + extra) != napi_ok) {
+    napi_throw_type_error(env, NULL, "lowrank_native cross-entropy: bad arguments");
+    return 0;
+  }
+  int64_t n = (*a)[0], v = (*a)[1];
+  if (n < 0 || v < 1) {
+    napi_throw_range_error(env, NULL, "lowrank_native cross-entropy: need rows >= 0 and vocab >= 1");
+    return 0;
+  }
+  for (int i = 2; i < 6 + extra; i++) {
+    int64_t size = i == 2 || i == 6 ? n * v : n;
+    if ((*a)[i] < 0 || (*a)[i] + size > (int64_t)heap_length) {
+      throw_range(env, "a cross-entropy operand");
+      return 0;
+    }
+  }
+  const int32_t *targets = (const int32_t *)(*heap + (*a)[3]);
+  for (int64_t i = 0; i < n; i++) {
+    if (targets[i] < 0 || targets[i] >= v) {
+      napi_throw_range_error(env, NULL, "lowrank_native cross-entropy: a target id is outside the vocabulary");
+      return 0;
+    }
+  }
+  return 1;
+}
+
+/*
+ * crossEntropy(heap, Int32Array [rows, vocab, logits, targets, weights, lse]) -> loss
+ * For each row i: lse_i = log Σ_j exp(z_ij) (written to lse), loss = Σ_i w_i·(lse_i − z_i[t_i]).
+ */
+static napi_value CrossEntropy(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  float *heap;
+  const int32_t *a;
+  if (argc != 2 || !ce_args(env, argv, &heap, &a, 0)) return NULL;
+  int32_t n = a[0], v = a[1];
+  const float *z = heap + a[2];
+  const int32_t *t = (const int32_t *)(heap + a[3]);
+  const float *w = heap + a[4];
+  float *lse = heap + a[5];
+  double loss = 0;
+  for (int32_t i = 0; i < n; i++) {
+    const float *row = z + (int64_t)i * v;
+    float m = row_max(row, v);
+    float l = m + logf(row_sum_exp(row, v, m));
+    lse[i] = l;
+    loss += (double)w[i] * ((double)l - (double)row[t[i]]);
+  }
+  napi_value result;
+  CHECK(napi_create_double(env, loss, &result));
+  return result;
+}
+
+/*
+ * crossEntropyGrad(heap, Int32Array [rows, vocab, logits, targets, weights, lse, grad], dy)
+ * grad_ij = (exp(z_ij − lse_i) − [j = t_i]) · w_i · dy
+ */
+static napi_value CrossEntropyGrad(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  float *heap;
+  const int32_t *a;
+  if (argc != 3 || !ce_args(env, argv, &heap, &a, 1)) return NULL;
+  double dy;
+  CHECK(napi_get_value_double(env, argv[2], &dy));
+  int32_t n = a[0], v = a[1];
+  const float *z = heap + a[2];
+  const int32_t *t = (const int32_t *)(heap + a[3]);
+  const float *w = heap + a[4];
+  const float *lse = heap + a[5];
+  float *grad = heap + a[6];
+  for (int32_t i = 0; i < n; i++) {
+    const float *row = z + (int64_t)i * v;
+    float *out = grad + (int64_t)i * v;
+    float scale = (float)(w[i] * dy);
+    row_softmax_scaled(row, out, v, lse[i], scale);
+    out[t[i]] -= scale;
+  }
+  return NULL;
+}
+
+#ifdef __APPLE__
+static void set_threads(int n) { (void)n; }
+static int get_threads(void) { return 0; }
+static const char *config(void) { return "Accelerate"; }
+#else
+/* OpenBLAS-specific; declared here so the file also builds against a header that lacks them. */
+extern void openblas_set_num_threads(int);
+extern int openblas_get_num_threads(void);
+extern char *openblas_get_config(void);
+extern char *openblas_get_corename(void);
+static void set_threads(int n) { openblas_set_num_threads(n); }
+static int get_threads(void) { return openblas_get_num_threads(); }
+static const char *config(void) {
+  static char text[256];
+  snprintf(text, sizeof text, "%s, %s kernels", openblas_get_config(), openblas_get_corename());
+  return text;
+}
+#endif
+
+static napi_value SetThreads(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t n = 0;
+  if (argc != 1 || napi_get_value_int32(env, argv[0], &n) != napi_ok || n < 1) {
+    napi_throw_range_error(env, NULL, "lowrank_native.setThreads takes a thread count >= 1");
+    return NULL;
+  }
+  set_threads(n);
+  return NULL;
+}
+
+static napi_value Threads(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value result;
+  CHECK(napi_create_int32(env, get_threads(), &result));
+  return result;
+}
+
+static napi_value Library(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value result;
+  CHECK(napi_create_string_utf8(env, config(), NAPI_AUTO_LENGTH, &result));
+  return result;
+}
+
+static napi_value Init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"sgemmBatch", NULL, SgemmBatch, NULL, NULL, NULL, napi_default, NULL},
+      {"crossEntropy", NULL, CrossEntropy, NULL, NULL, NULL, napi_default, NULL},
+      {"crossEntropyGrad", NULL, CrossEntropyGrad, NULL, NULL, NULL, napi_default, NULL},
+      {"setThreads", NULL, SetThreads, NULL, NULL, NULL, napi_default, NULL},
+      {"threads", NULL, Threads, NULL, NULL, NULL, napi_default, NULL},
+      {"library", NULL, Library, NULL, NULL, NULL, napi_default, NULL},
+  };
+  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  return exports;
+}
+
+NAPI_MODULE(lowrank_native, Init)
