@@ -53,7 +53,7 @@ export function finetuneConfigFromFlags(flags: Flags): FinetuneConfig {
     data: path.resolve(requireString(flags, 'data', 'a .jsonl/.json/.csv/.txt dataset')),
     method,
     params: methodParams(method, flags),
-    targets: target === undefined ? FINETUNE_DEFAULTS.targets : target === 'all-linear' ? 'all-linear' : target.split(',').map((t) => t.trim()),
+    targets: target === undefined ? (getMethod(method).defaultTargets ?? FINETUNE_DEFAULTS.targets) : target === 'all-linear' ? 'all-linear' : target.split(',').map((t) => t.trim()),
     steps,
     epochs,
     batchSize: numberFlag(flags, 'batch-size', FINETUNE_DEFAULTS.batchSize, { integer: true, min: 1 }),

@@ -6,6 +6,8 @@ import './full.ts';
 import './lora.ts';
 import './dora.ts';
 import './pissa.ts';
+import './galore.ts';
+import './fira.ts';
 
 export { getMethod, listMethods, registerMethod, methodRegistry, MethodRegistry } from './registry.ts';
 export { resolveTargets, targetableModules, ALL_LINEAR } from './targets.ts';

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tf from '../tf.ts';
-import { AdamW } from '../optim/adamw.ts';
+import { optimizerFor } from '../optim/registry.ts';
 import { causalLmLoss, type CausalLM } from '../models/causal-lm.ts';
 import { buildModel, canonicalWeightName, loadModel } from '../models/load.ts';
 import { writeTinyCheckpoint, type TinyCheckpointKind } from '../../test/fixtures/tiny-checkpoints.ts';
@@ -59,9 +59,9 @@ export function relativeError(got: ArrayLike<number>, want: ArrayLike<number>): 
   return diff / scale;
 }
 
-/** An AdamW loop on the causal-LM loss in training mode (dropout on), with the method's lrScale. */
+/** The method's optimizer (AdamW unless it brings its own) on the causal-LM loss in training mode (dropout on), with its lrScale. */
 export function trainer(model: CausalLM, attached: AttachedMethod, ids: tf.Tensor2D, lr = 0.05): { step(): void; dispose(): void } {
-  const optimizer = new AdamW(attached.trainable, { weightDecay: 0, lrScale: (n) => attached.lrScale(n) });
+  const optimizer = optimizerFor(attached, { weightDecay: 0, lrScale: (n) => attached.lrScale(n) });
   const names = [...attached.trainable.keys()];
   const vars = names.map((n) => attached.trainable.get(n)!);
   return {
@@ -80,7 +80,7 @@ export function trainer(model: CausalLM, attached: AttachedMethod, ids: tf.Tenso
   };
 }
 
-/** `steps` AdamW steps (see trainer). */
+/** `steps` optimizer steps (see trainer). */
 export function train(model: CausalLM, attached: AttachedMethod, ids: tf.Tensor2D, steps: number, lr = 0.05): void {
   const loop = trainer(model, attached, ids, lr);
   for (let step = 0; step < steps; step++) loop.step();

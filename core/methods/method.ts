@@ -6,6 +6,8 @@
  */
 import type * as tf from '../tf.ts';
 import type { CausalLM } from '../models/causal-lm.ts';
+import type { AdamWOptions } from '../optim/adamw.ts';
+import type { Optimizer } from '../optim/registry.ts';
 
 export type MethodFamily = 'full' | 'adapter' | 'optimizer';
 export type ExportFormat = 'peft' | 'merged' | 'gguf';
@@ -36,6 +38,11 @@ export interface MethodInfo {
    */
   variantOf?: string;
   schema: SchemaField[];
+  /**
+   * The modules `--target` selects when none are given, where the paper's default differs from
+   * the adapters' `q_proj, v_proj` (GaLore projects every attention and MLP linear: `all-linear`).
+   */
+  defaultTargets?: string[] | 'all-linear';
   mergeable: boolean;
   exportFormats: ExportFormat[];
 }
@@ -67,6 +74,13 @@ export interface AttachedMethod {
   setRandomState?(state: number): void;
   /** Exact count of trainable elements. */
   trainableParameterCount(): number;
+  /**
+   * The optimizer the method trains with (GaLore, Fira), over `trainable`, taking the run's AdamW
+   * settings; absent: AdamW (core/optim/registry.ts `optimizerFor`).
+   */
+  createOptimizer?(options: AdamWOptions): Optimizer;
+  /** Exact optimizer-state bytes of that optimizer, without allocating it; absent: AdamW's 8 per trainable element. */
+  optimizerStateBytes?(): number;
   /**
    * Base weight name -> merged weight (new tensors, the base weight's stored layout), for every
    * weight the method changes. Model weights are left untouched; the caller disposes the result.

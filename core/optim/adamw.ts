@@ -6,6 +6,7 @@
  * State (m, v) is exposed through getWeights/setWeights so a checkpoint can restore it exactly.
  */
 import * as tf from '../tf.ts';
+import type { Optimizer, OptimizerState } from './registry.ts';
 
 export interface AdamWOptions {
   beta1?: number;
@@ -18,12 +19,7 @@ export interface AdamWOptions {
   lrScale?: (name: string) => number;
 }
 
-export interface OptimizerState {
-  step: number;
-  tensors: Map<string, tf.Tensor>;
-}
-
-export class AdamW {
+export class AdamW implements Optimizer {
   readonly beta1: number;
   readonly beta2: number;
   readonly epsilon: number;

@@ -5,6 +5,7 @@
 import { loadModel } from '../models/load.ts';
 import { parameterCount } from '../models/config.ts';
 import { listMethods, resolveParams, resolveTargets } from '../methods/index.ts';
+import { optimizerStateBytesFor } from '../optim/registry.ts';
 import { adapterActivationFloats, estimateTrainingMemory, type MemoryEstimate } from '../train/memory.ts';
 import { prepareRun, type FinetuneConfig } from '../train/finetune.ts';
 import { initBackend } from '../backend/index.ts';
@@ -19,19 +20,20 @@ export async function estimateMethods(dir: string, batchSize: number, seqLen: nu
     return listMethods().map((method) => {
       try {
         const params = resolveParams(method.id, method.schema, {});
-        const resolved = method.family === 'adapter' ? resolveTargets(model, targets) : [];
+        const resolved = method.family === 'full' ? [] : resolveTargets(model, targets);
         // Full fine-tuning trains every weight: count them instead of copying the model.
         const attached = method.family === 'full' ? null : method.attach(model, params, { targets: resolved, seed: 0 });
         try {
           const trainable = attached ? attached.trainableParameterCount() : parameterCount(model.config);
+          const optimizerStateBytes = attached ? optimizerStateBytesFor(attached) : 2 * 4 * trainable;
           const estimate = estimateTrainingMemory({
             config: model.config,
             batchSize,
             seqLen,
             trainableParameters: trainable,
-            optimizerStateBytes: 8 * trainable,
-            trainsBaseWeights: method.family === 'full',
-            adapterActivationFloatsPerToken: adapterActivationFloats(model, resolved, Number(params.rank ?? 0), Number(params.dropout ?? 0)),
+            optimizerStateBytes,
+            trainsBaseWeights: method.family !== 'adapter',
+            adapterActivationFloatsPerToken: method.family === 'adapter' ? adapterActivationFloats(model, resolved, Number(params.rank ?? 0), Number(params.dropout ?? 0)) : 0,
           });
           return { id: method.id, trainableParams: trainable, estimate, error: null };
         } finally {

@@ -10,7 +10,7 @@ import * as tf from '../tf.ts';
 import { LowrankError } from '../errors.ts';
 import { SafetensorsFile, syncFolder, writeSafetensors } from '../io/safetensors.ts';
 import { writeJsonFile } from '../io/model-folder.ts';
-import type { AdamW } from '../optim/adamw.ts';
+import type { Optimizer } from '../optim/registry.ts';
 
 export interface CheckpointManifest {
   step: number;
@@ -27,7 +27,7 @@ export function saveTrainingCheckpoint(
   dir: string,
   step: number,
   params: Map<string, tf.Variable>,
-  optimizer: AdamW,
+  optimizer: Optimizer,
   extra?: Record<string, unknown>,
 ): void {
   const tmp = `${dir}.tmp`;
@@ -47,8 +47,11 @@ export function saveTrainingCheckpoint(
   fs.rmSync(old, { recursive: true, force: true });
 }
 
-/** Restores params and optimizer state in place; returns the manifest. */
-export function loadTrainingCheckpoint(dir: string, params: Map<string, tf.Variable>, optimizer: AdamW): CheckpointManifest {
+/**
+ * Restores params and optimizer state in place; returns the manifest. With `optimizer` null only
+ * the params are read (export and the playground need no optimizer state).
+ */
+export function loadTrainingCheckpoint(dir: string, params: Map<string, tf.Variable>, optimizer: Optimizer | null): CheckpointManifest {
   // A kill between the two renames leaves only `<dir>.old`: it is the latest complete checkpoint.
   if (!fs.existsSync(dir) && fs.existsSync(`${dir}.old`)) fs.renameSync(`${dir}.old`, dir);
   const manifestPath = path.join(dir, 'manifest.json');
@@ -63,12 +66,17 @@ export function loadTrainingCheckpoint(dir: string, params: Map<string, tf.Varia
       }
       tf.tidy(() => v.assign(tf.tensor(trainable.readFloat32(name), v.shape)));
     }
-    const tensors = new Map<string, tf.Tensor>();
-    for (const name of optimizerFile.tensors.keys()) {
-      tensors.set(name, tf.tensor(optimizerFile.readFloat32(name), optimizerFile.tensors.get(name)!.shape));
+    if (optimizer) {
+      const tensors = new Map<string, tf.Tensor>();
+      for (const name of optimizerFile.tensors.keys()) {
+        tensors.set(name, tf.tensor(optimizerFile.readFloat32(name), optimizerFile.tensors.get(name)!.shape));
+      }
+      try {
+        optimizer.setWeights({ step: manifest.optimizerStep, tensors });
+      } finally {
+        for (const t of tensors.values()) t.dispose();
+      }
     }
-    optimizer.setWeights({ step: manifest.optimizerStep, tensors });
-    for (const t of tensors.values()) t.dispose();
   } finally {
     trainable.close();
     optimizerFile.close();

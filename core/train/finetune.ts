@@ -15,7 +15,7 @@ import type { DatasetFormat } from '../data/formats.ts';
 import { makeBatches, padTokenIdOf } from '../data/batches.ts';
 import type { Example } from '../data/tokenize-dataset.ts';
 import { getMethod, resolveTargets, resolveParams, type AttachedMethod, type MethodParams } from '../methods/index.ts';
-import { AdamW } from '../optim/adamw.ts';
+import { optimizerFor, optimizerStateBytesFor } from '../optim/registry.ts';
 import type { RunStore } from '../store/store.ts';
 import type { JsonObject, Run } from '../store/types.ts';
 import { fingerprintFile, fingerprintModel } from '../store/fingerprint.ts';
@@ -141,7 +141,7 @@ export async function prepareRun(config: FinetuneConfig): Promise<PreparedRun> {
     const { readPeftAdapter } = await import('../export/peft.ts');
     initial = new Map([...readPeftAdapter(config.adapter).tensors].map(([k, v]) => [k, v.data]));
   }
-  const targets = method.family === 'adapter' ? resolveTargets(model, config.targets) : [];
+  const targets = method.family === 'full' ? [] : resolveTargets(model, config.targets);
   const attached = method.attach(model, params, { targets, seed: config.seed, initial });
   const batchesPerEpoch = Math.ceil(dataset.train.length / config.batchSize / config.gradientAccumulation);
   const totalSteps = config.steps ?? Math.max(1, Math.round((config.epochs ?? 1) * batchesPerEpoch));
@@ -151,9 +151,9 @@ export async function prepareRun(config: FinetuneConfig): Promise<PreparedRun> {
     batchSize: config.batchSize,
     seqLen: Math.min(config.seqLen, Math.max(...dataset.train.map((e) => e.ids.length))),
     trainableParameters: trainable,
-    optimizerStateBytes: 8 * trainable,
-    trainsBaseWeights: method.family === 'full',
-    adapterActivationFloatsPerToken: adapterActivationFloats(model, targets, Number(params.rank ?? 0), Number(params.dropout ?? 0)),
+    optimizerStateBytes: optimizerStateBytesFor(attached),
+    trainsBaseWeights: method.family !== 'adapter',
+    adapterActivationFloatsPerToken: method.family === 'adapter' ? adapterActivationFloats(model, targets, Number(params.rank ?? 0), Number(params.dropout ?? 0)) : 0,
   });
   return { config: { ...config, params }, model, tokenizer, dataset, attached, totalSteps, estimate };
 }
@@ -242,7 +242,7 @@ export async function runFinetune(
       store.updateRun(runId, {
         trainableParams: attached.trainableParameterCount(),
         totalParams: parameterCount(model.config),
-        stateBytes: 4 * attached.trainableParameterCount() + 8 * attached.trainableParameterCount(),
+        stateBytes: 4 * attached.trainableParameterCount() + optimizerStateBytesFor(attached),
         estimatedPeakBytes: estimate.processBytes,
         backend: backend.backend,
         hardware: { cpus: (await import('node:os')).cpus().length, platform: process.platform, arch: process.arch, node: process.versions.node },
@@ -257,7 +257,7 @@ export async function runFinetune(
     if (control.metricBefore && metricSet.length) metricBefore = exactMatch(model, tokenizer, metricSet).accuracy;
     control.beforeTraining?.(prepared);
 
-    const optimizer = new AdamW(attached.trainable, {
+    const optimizer = optimizerFor(attached, {
       weightDecay: config.weightDecay,
       lrScale: (name) => attached.lrScale(name),
     });
@@ -400,8 +400,6 @@ export async function loadTrainedRun(store: RunStore, runId: string): Promise<Pr
   const checkpoint = store.latestCheckpoint(runId);
   if (!checkpoint) throw new LowrankError('FILE_NOT_FOUND', `run ${runId} has no checkpoint to load (it stopped before its first)`);
   const prepared = await prepareRun(run.config as unknown as FinetuneConfig);
-  const optimizer = new AdamW(prepared.attached.trainable);
-  const manifest = loadTrainingCheckpoint(checkpoint.path, prepared.attached.trainable, optimizer);
-  optimizer.dispose();
+  const manifest = loadTrainingCheckpoint(checkpoint.path, prepared.attached.trainable, null);
   return { ...prepared, run, step: manifest.step };
 }

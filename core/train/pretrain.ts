@@ -17,7 +17,7 @@ import { buildModel, loadModel } from '../models/load.ts';
 import { initialWeights } from '../models/init.ts';
 import { generate } from '../models/generate.ts';
 import { copyTokenizerFiles, writeModelFolder, writeJsonFile, type StorageDtype } from '../io/model-folder.ts';
-import { AdamW } from '../optim/adamw.ts';
+import { createOptimizer } from '../optim/registry.ts';
 import { Random } from '../random.ts';
 import { train, type Batch, type StepReport } from './trainer.ts';
 import { loadTrainingCheckpoint, saveTrainingCheckpoint } from './checkpoint.ts';
@@ -219,7 +219,7 @@ export async function pretrain(opts: PretrainOptions, events: PretrainEvents, sh
     t.dispose();
   }
   const model = buildModel(config, params as Map<string, tf.Tensor>);
-  const optimizer = new AdamW(params, {
+  const optimizer = createOptimizer('adamw', params, {
     beta1: 0.9,
     beta2: 0.95,
     weightDecay: opts.weightDecay,

@@ -5,7 +5,8 @@
  * a pure function of the step so a resumed run sees exactly the data the uninterrupted run saw.
  */
 import * as tf from '../tf.ts';
-import { clipByGlobalNorm, type AdamW } from '../optim/adamw.ts';
+import { clipByGlobalNorm } from '../optim/adamw.ts';
+import type { Optimizer } from '../optim/registry.ts';
 import { learningRate, type ScheduleOptions } from './schedule.ts';
 
 export interface Batch {
@@ -58,7 +59,7 @@ export type LossFunction = (batch: Batch) => { loss: tf.Scalar; tokens: tf.Scala
 
 export async function train(
   params: Map<string, tf.Variable>,
-  optimizer: AdamW,
+  optimizer: Optimizer,
   batchAt: (step: number, micro: number) => Batch,
   lossFn: LossFunction,
   opts: TrainerOptions,

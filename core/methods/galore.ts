@@ -1,0 +1,89 @@
+/**
+ * GaLore as a training method (family `optimizer`): the base weights are trained as `full` trains
+ * them (its attach is reused), but the targets' 2-D weights are stepped by GaLore's low-rank
+ * projected Adam and everything else (embeddings, norms, lm_head, biases) by AdamW, in one
+ * optimizer (core/optim/galore.ts). The result is a whole new set of weights: exported merged,
+ * never as a PEFT adapter. Defaults are the official C4 pre-training scripts' (ALGORITHMS.md §1).
+ */
+import type { SchemaField, Method, MethodInfo } from './method.ts';
+import { full } from './full.ts';
+import { resolveParams } from './params.ts';
+import { registerMethod } from './registry.ts';
+import { createOptimizer } from '../optim/registry.ts';
+import { lowRankStateBytes, type LowRankOptions, type ProjectionType, type SvdMethod } from '../optim/galore.ts';
+
+/** The hyper-parameters GaLore and Fira share, named as the official scripts name them. */
+export const lowRankOptimizerSchema: SchemaField[] = [
+  {
+    name: 'rank', type: 'integer', default: 128, min: 1, max: 65536,
+    description: 'rank r of the gradient projection (official C4 scripts: 128 for 60M, 256 for 130M–350M, 1024 for 1B parameters); clamped to the smaller side of each matrix, so a model narrower than r is projected at full rank',
+  },
+  {
+    name: 'update_proj_gap', type: 'integer', default: 200, min: 1,
+    description: 'T: steps between projector refreshes; the projector is recomputed from the SVD of the current gradient whenever the step count is a multiple of T',
+  },
+  {
+    name: 'scale', type: 'number', default: 0.25, min: 0, max: 100,
+    description: 'α: scale of the back-projected update (official scripts 0.25 up to 350M, 0.0625 at 1B; GLUE 4)',
+  },
+  {
+    name: 'proj_type', type: 'enum', default: 'std', choices: ['std', 'reverse_std', 'left', 'right'],
+    description: "which side of each gradient is projected: 'std' projects the smaller dimension (right singular vectors of a tall matrix, left of a wide one)",
+  },
+  {
+    name: 'svd', type: 'enum', default: 'auto', choices: ['auto', 'exact', 'randomized'],
+    description: "SVD of the gradient at each refresh: 'auto' = exact (Jacobi) for small matrices, randomized subspace iteration for large ones",
+  },
+  { name: 'svd_niter', type: 'integer', default: 4, min: 0, max: 64, description: 'subspace iterations of the randomized SVD' },
+];
+
+/**
+ * A method that trains the base weights with a low-rank projected optimizer from core/optim: `full`'s
+ * variables, the registry's optimizer over them, the targets' weights projected.
+ */
+export function defineLowRankOptimizerMethod(info: Omit<MethodInfo, 'family' | 'parameterPrefix' | 'mergeable' | 'exportFormats'>, optimizerId: 'galore' | 'fira'): Method {
+  const method: Method = {
+    ...info,
+    family: 'optimizer',
+    parameterPrefix: '',
+    defaultTargets: info.defaultTargets ?? 'all-linear',
+    mergeable: true,
+    exportFormats: ['merged'],
+    attach(model, given, ctx) {
+      const params = resolveParams(info.id, info.schema, given);
+      const projected = ctx.targets.map((path) => `${path}.weight`).filter((name) => model.weights.get(name)?.shape.length === 2);
+      const lowRank: LowRankOptions = {
+        projected,
+        rank: params.rank as number,
+        updateProjGap: params.update_proj_gap as number,
+        scale: params.scale as number,
+        projType: params.proj_type as ProjectionType,
+        svd: params.svd as SvdMethod,
+        svdNiter: params.svd_niter as number,
+        seed: ctx.seed,
+      };
+      const attached = full.attach(model, {}, ctx);
+      const shapes = new Map([...attached.trainable].map(([name, v]) => [name, v.shape]));
+      return {
+        ...attached,
+        method,
+        params,
+        createOptimizer: (adam) => createOptimizer(optimizerId, attached.trainable, { ...adam, lowRank, fira: { gamma: params.gamma as number | undefined } }),
+        optimizerStateBytes: () => lowRankStateBytes(shapes, lowRank, optimizerId === 'fira' ? 1 : 0),
+      };
+    },
+  };
+  return method;
+}
+
+export const galore = defineLowRankOptimizerMethod(
+  {
+    id: 'galore',
+    paper: { title: 'GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection', year: 2024, url: 'https://arxiv.org/abs/2403.03507' },
+    summary: 'Train every weight; Adam runs on each attention/MLP gradient projected to its top-r singular subspace (refreshed every T steps), so optimizer state shrinks to r·(m + 2n) per matrix.',
+    schema: lowRankOptimizerSchema,
+  },
+  'galore',
+);
+
+registerMethod(galore);
