@@ -93,6 +93,7 @@ export interface PeftAdapter {
 export async function writePeftAdapter(out: string, adapter: PeftAdapterToWrite, baseModelPath: string): Promise<void> {
   const tensors = new Map<string, HostTensor>();
   for (const [key, value] of adapter.tensors) tensors.set(key, toHostTensor(value, `adapter tensor "${key}"`));
+  if (adapter.config.peft_type === 'VERA') return writeFolder(out, checkVeraAdapter({ ...adapter.config, base_model_name_or_path: baseModelPath, inference_mode: true }, tensors), tensors);
   const config: Record<string, unknown> = { ...PEFT_LORA_DEFAULTS, ...adapter.config };
   config.base_model_name_or_path = baseModelPath;
   config.inference_mode = true;
@@ -105,6 +106,10 @@ export async function writePeftAdapter(out: string, adapter: PeftAdapterToWrite,
   // Validate by the same rules the reader applies, so nothing unreadable is ever written.
   buildModules('writePeftAdapter', parseSettings(config, 'writePeftAdapter'), tensors);
 
+  await writeFolder(out, config, tensors);
+}
+
+async function writeFolder(out: string, config: Record<string, unknown>, tensors: Map<string, HostTensor>): Promise<void> {
   await withFreshDestination(out, (dir) => {
     // peft's save_pretrained: json.dumps(indent=2, sort_keys=True).
     const sorted = Object.fromEntries(Object.keys(config).sort().map((k) => [k, config[k]]));
@@ -115,6 +120,39 @@ export async function writePeftAdapter(out: string, adapter: PeftAdapterToWrite,
       { format: 'pt' },
     );
   });
+}
+
+const VERA_KEY = /^base_model\.model\.(.+)\.vera_lambda_(b|d)$/;
+
+/**
+ * A VeRA adapter as peft saves it (tuners/vera, utils/save_and_load.py): per module
+ * `<path>.vera_lambda_b` [out] and `.vera_lambda_d` [r], and with save_projection the shared
+ * `base_model.vera_A` [r, in_max] and `base_model.vera_B` [out_max, r]. Only written here; the
+ * reader and `applyPeftAdapter` take LORA adapters (export VeRA merged to run it elsewhere here).
+ */
+function checkVeraAdapter(config: Record<string, unknown>, tensors: Map<string, HostTensor>): Record<string, unknown> {
+  const r = config.r;
+  const fail = (message: string): never => {
+    throw new LowrankError('BAD_ARGUMENT', `writePeftAdapter (VERA): ${message}`);
+  };
+  if (!Number.isInteger(r) || (r as number) < 1) fail(`r must be a positive integer, got ${JSON.stringify(r)}`);
+  if (config.save_projection !== true) fail('save_projection must be true: the projections are not torch-generated, so peft could not regenerate them');
+  const a = tensors.get('base_model.vera_A');
+  const b = tensors.get('base_model.vera_B');
+  if (!a || !b || a.shape.length !== 2 || b.shape.length !== 2 || a.shape[0] !== r || b.shape[1] !== r) {
+    fail(`base_model.vera_A [r, in_max] and base_model.vera_B [out_max, r] with r = ${String(r)} are required`);
+  }
+  let modules = 0;
+  for (const [key, t] of tensors) {
+    if (key === 'base_model.vera_A' || key === 'base_model.vera_B') continue;
+    const m = VERA_KEY.exec(key);
+    if (!m || t.shape.length !== 1) fail(`tensor "${key}" [${t.shape.join(', ')}] is not a vera_lambda_b/vera_lambda_d vector`);
+    if (m![2] === 'd' && t.shape[0] !== r) fail(`${key} has ${t.shape[0]} entries, expected r = ${String(r)}`);
+    if (m![2] === 'b' && t.shape[0]! > b!.shape[0]!) fail(`${key} has ${t.shape[0]} entries, more than vera_B's ${b!.shape[0]} rows`);
+    modules++;
+  }
+  if (modules === 0) fail('no vera_lambda tensors');
+  return config;
 }
 
 /** Reads and checks a PEFT LoRA/DoRA adapter folder. */

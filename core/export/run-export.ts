@@ -52,7 +52,7 @@ export async function exportRun(store: RunStore, request: ExportRequest, log: (m
       } finally {
         dispose(adapter.tensors);
       }
-      detail = `LORA r=${String(adapter.config.r)}`;
+      detail = `${String(adapter.config.peft_type)} r=${String(adapter.config.r)}`;
     } else {
       const merged = attached.mergedWeights();
       try {

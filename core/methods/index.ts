@@ -6,6 +6,7 @@ import './full.ts';
 import './lora.ts';
 import './dora.ts';
 import './pissa.ts';
+import './vera.ts';
 import './galore.ts';
 import './fira.ts';
 

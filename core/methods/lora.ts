@@ -76,10 +76,48 @@ export function deltaWeight(layer: LoraLayer): tf.Tensor2D {
 }
 
 /** The stored weight in [out, in] layout, or an [out, in] weight back in the stored layout. */
-export function toOutIn(layer: LoraLayer, weight: tf.Tensor2D): tf.Tensor2D {
+export function toOutIn(layer: { readonly transposed: boolean }, weight: tf.Tensor2D): tf.Tensor2D {
   return layer.transposed ? tf.transpose(weight) : weight;
 }
 export const fromOutIn = toOutIn;
+
+/** adapter_config.json fields of a peft LoraConfig for the wrapped `layers` (unsorted; see sortedKeys). */
+export function peftLoraConfig(
+  model: CausalLM,
+  layers: ReadonlyArray<{ readonly path: string; readonly transposed: boolean }>,
+  fields: { r: number; alpha: number; dropout: number; useRslora: boolean },
+): Record<string, unknown> {
+  return {
+    alpha_pattern: {},
+    auto_mapping: null,
+    base_model_name_or_path: null,
+    bias: 'none',
+    exclude_modules: null,
+    fan_in_fan_out: layers.some((l) => l.transposed),
+    inference_mode: true,
+    init_lora_weights: true,
+    layer_replication: null,
+    layers_pattern: null,
+    layers_to_transform: null,
+    lora_alpha: fields.alpha,
+    lora_bias: false,
+    lora_dropout: fields.dropout,
+    modules_to_save: null,
+    peft_type: 'LORA',
+    r: fields.r,
+    rank_pattern: {},
+    revision: null,
+    target_modules: peftTargetModules(model, layers.map((l) => l.path)),
+    task_type: 'CAUSAL_LM',
+    use_dora: false,
+    use_rslora: fields.useRslora,
+  };
+}
+
+/** peft writes adapter_config.json with sort_keys=True. */
+export function sortedKeys(config: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.keys(config).sort().map((k) => [k, config[k]]));
+}
 
 /** Plain LoRA; the other variants start from this object and override what differs. */
 export const plainLora: LoraVariant = {
@@ -238,35 +276,10 @@ function attachLora(
       for (const layer of layers) {
         for (const [suffix, t] of tf.tidy(() => variant.peftTensors(layer))) tensors.set(`${PEFT_KEY_PREFIX}${layer.path}.${suffix}`, t);
       }
-      const config: Record<string, unknown> = {
-        alpha_pattern: {},
-        auto_mapping: null,
-        base_model_name_or_path: null,
-        bias: 'none',
-        exclude_modules: null,
-        fan_in_fan_out: layers.some((l) => l.transposed),
-        inference_mode: true,
-        init_lora_weights: true,
-        layer_replication: null,
-        layers_pattern: null,
-        layers_to_transform: null,
-        lora_alpha: alpha,
-        lora_bias: false,
-        lora_dropout: dropoutRate,
-        modules_to_save: null,
-        peft_type: 'LORA',
-        r,
-        rank_pattern: {},
-        revision: null,
-        target_modules: peftTargetModules(model, layers.map((l) => l.path)),
-        task_type: 'CAUSAL_LM',
-        use_dora: false,
-        use_rslora: useRslora,
-        ...variant.configFields,
-      };
+      const config = peftLoraConfig(model, layers, { r, alpha, dropout: dropoutRate, useRslora });
+      Object.assign(config, variant.configFields);
       variant.peftConfig?.(config);
-      // peft writes adapter_config.json with sort_keys=True.
-      return { config: Object.fromEntries(Object.keys(config).sort().map((k) => [k, config[k]])), tensors };
+      return { config: sortedKeys(config), tensors };
     },
     detach,
   };
