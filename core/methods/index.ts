@@ -7,6 +7,7 @@ import './lora.ts';
 import './dora.ts';
 import './pissa.ts';
 import './vera.ts';
+import './loraxs.ts';
 import './galore.ts';
 import './fira.ts';
 
