@@ -8,6 +8,7 @@ import './dora.ts';
 import './pissa.ts';
 import './vera.ts';
 import './loraxs.ts';
+import './svfit.ts';
 import './galore.ts';
 import './fira.ts';
 
