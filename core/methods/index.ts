@@ -9,6 +9,7 @@ import './pissa.ts';
 import './vera.ts';
 import './loraxs.ts';
 import './svfit.ts';
+import './nola.ts';
 import './galore.ts';
 import './fira.ts';
 
