@@ -18,7 +18,7 @@ import { loadTokenizer } from './tokenize/tokenizer.ts';
 import { loadDataset, previewDataset } from './data/dataset.ts';
 import { getMethod, listMethods, resolveParams } from './methods/index.ts';
 import { FINETUNE_DEFAULTS, type FinetuneEvent, type FinetuneResult } from './train/finetune.ts';
-import { startJob, type Job } from './service/jobs.ts';
+import { startJob, type Job, type JobRunner } from './service/jobs.ts';
 import type { RunEstimateFigures } from './service/estimates.ts';
 import { AllowedPaths, DATASET_EXTENSIONS } from './service/allowed-paths.ts';
 import type { ExportResult } from './export/run-export.ts';
@@ -31,6 +31,8 @@ export interface ServiceOptions {
   fileDialog: boolean;
   /** Extra folders whose models / datasets may be listed and read (serve --allow DIR). */
   roots?: string[];
+  /** Where engine jobs run; default: forked Node processes (core/service/jobs.ts). */
+  jobRunner?: JobRunner;
 }
 
 interface LiveJob extends LiveRun {
@@ -57,9 +59,11 @@ export class StudioService {
   private readonly listeners = new Set<(e: StudioEvent) => void>();
   private readonly live = new Map<string, LiveJob>();
   private readonly handlers: Calls;
+  private readonly startJob: JobRunner;
   private closed = false;
 
   constructor(readonly options: ServiceOptions) {
+    this.startJob = options.jobRunner ?? startJob;
     this.store = openStore(options.home);
     this.paths = new AllowedPaths({
       models: [path.dirname(BUNDLED_MODEL_DIR), ...(options.roots ?? [])],
@@ -102,10 +106,8 @@ export class StudioService {
   /** Stops every job (their runs are found interrupted by the next service) and closes the store. */
   async close(): Promise<void> {
     this.closed = true;
-    const exits = [...this.live.values()].map(
-      ({ job }) => new Promise<void>((resolve) => (job.child.exitCode !== null || job.child.signalCode !== null ? resolve() : job.child.once('exit', () => resolve()))),
-    );
-    for (const l of this.live.values()) l.job.child.kill('SIGKILL');
+    const exits = [...this.live.values()].map(({ job }) => job.exited);
+    for (const l of this.live.values()) l.job.signal('SIGKILL');
     this.live.clear();
     await Promise.all(exits);
     this.store.close();
@@ -147,7 +149,7 @@ export class StudioService {
   private startTraining(config: FinetuneConfigInput, resumeRunId?: string): Promise<{ runId: string }> {
     return new Promise((resolve, reject) => {
       let live: LiveJob | undefined;
-      const job = startJob<FinetuneResult>(
+      const job = this.startJob<FinetuneResult>(
         { kind: 'train', home: this.options.home, config, resumeRunId },
         {
           onEvent: (e) => {
@@ -271,12 +273,12 @@ export class StudioService {
       'methods.estimates': async (request) => {
         this.paths.check(request.model, 'model');
         // Loading a model is heavy for a large one: a job process, so the socket stays free.
-        return startJob<MethodEstimate[]>({ kind: 'estimate-methods', home: this.options.home, ...request }).result;
+        return this.startJob<MethodEstimate[]>({ kind: 'estimate-methods', home: this.options.home, ...request }).result;
       },
       'runs.estimate': async ({ config }) => {
         this.checkConfigPaths(config);
         getMethod(config.method);
-        const r = await startJob<RunEstimateFigures>({
+        const r = await this.startJob<RunEstimateFigures>({
           kind: 'estimate-run',
           home: this.options.home,
           config,
@@ -309,7 +311,7 @@ export class StudioService {
         const live = this.liveRun(runId);
         if (process.platform === 'win32') throw new LowrankError('BAD_RUN_STATE', 'pausing is not available on Windows yet; cancel the run instead (it keeps its last checkpoint)');
         // SIGSTOP freezes the training process where it is: nothing is lost, memory stays held.
-        live.job.child.kill('SIGSTOP');
+        live.job.signal('SIGSTOP');
         live.paused = true;
         const { status } = store.pauseRun(runId);
         this.emit({ type: 'run-status', runId, status });
@@ -329,8 +331,8 @@ export class StudioService {
         }
         const live = this.liveRun(runId);
         if (!live.paused) return { status: store.getRun(runId).status };
-        const { status } = store.startRun(runId, live.job.child.pid);
-        live.job.child.kill('SIGCONT');
+        const { status } = store.startRun(runId, live.job.pid);
+        live.job.signal('SIGCONT');
         live.paused = false;
         this.emit({ type: 'run-status', runId, status });
         return { status };
@@ -339,8 +341,8 @@ export class StudioService {
         const live = this.live.get(runId);
         if (live) {
           if (live.paused) {
-            store.startRun(runId, live.job.child.pid);
-            live.job.child.kill('SIGCONT');
+            store.startRun(runId, live.job.pid);
+            live.job.signal('SIGCONT');
             live.paused = false;
           }
           live.job.stop();
@@ -386,7 +388,7 @@ export class StudioService {
         const stem = name ?? `${runId}-${format}${format === 'gguf' ? `-${quant ?? 'f16'}` : ''}`;
         let out = path.join(dir, stem);
         for (let i = 2; fs.existsSync(out); i++) out = path.join(dir, `${stem}-${i}`);
-        const job = startJob<ExportResult>(
+        const job = this.startJob<ExportResult>(
           { kind: 'export', home: this.options.home, request: { runId, format, out, quant: format === 'gguf' ? (quant ?? 'f16') : undefined } },
           { onProgress: (message) => this.emit({ type: 'export-progress', runId, message }) },
         );
@@ -397,7 +399,7 @@ export class StudioService {
       'playground.generate': async (request) => {
         const run = store.getRun(request.runId);
         if (!store.latestCheckpoint(run.id)) throw new LowrankError('BAD_RUN_STATE', `run ${run.id} has no checkpoint yet; the playground needs a trained adapter`);
-        const job = startJob<{ base: string; adapted: string; seconds: number }>({ kind: 'generate', home: this.options.home, ...request });
+        const job = this.startJob<{ base: string; adapted: string; seconds: number }>({ kind: 'generate', home: this.options.home, ...request });
         return job.result;
       },
     } satisfies { [K in CallName]: (r: Request<K>) => Promise<Replies[K]> };

@@ -4,19 +4,28 @@
  * owns the system file dialog: a path reaches the engine only after the user picked it there.
  * A crash of the engine process is reported to the window and the engine is started again;
  * training jobs run in the engine's own children, so their crash marks only their run failed.
+ * Training on the GPU runs in hidden engine windows (Electron's own WebGPU), one per job, opened
+ * here for the engine (core/service/engine-window/host.ts holds the logic).
  */
 import { app, BrowserWindow, dialog, ipcMain, session, type IpcMainInvokeEvent } from 'electron';
 import { fork, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { buildSync } from 'esbuild';
-import { CALLS, type ServerFrame, type WireError } from '../core/contract.ts';
+import { CALLS, type WireError } from '../core/contract.ts';
+import type { HostFrame } from '../core/service/engine-host.ts';
+import { EngineWindowHost, webgpuSwitches, type OpenEngineWindow } from '../core/service/engine-window/host.ts';
+import { buildEngineWindowBundle, type EngineWindowBundle } from '../core/service/engine-window/bundle.ts';
+import { ENGINE_WINDOW_CHANNEL, type WindowToMain } from '../core/service/engine-window/protocol.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const ENGINE_ENTRY = path.join(ROOT, 'core', 'service', 'engine-host.js');
 const RENDERER_INDEX = path.join(ROOT, 'renderer', 'dist', 'index.html');
 const CSP =
   "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'none'; object-src 'none'; base-uri 'none'; form-action 'none'";
+
+// Before app.ready, or Chromium ignores them.
+for (const { name, value } of webgpuSwitches(process.platform)) app.commandLine.appendSwitch(name, value);
 
 let engine: ChildProcess | null = null;
 let window: BrowserWindow | null = null;
@@ -39,10 +48,16 @@ function engineRuntime(): string {
 function startEngine(): ChildProcess {
   const child = fork(ENGINE_ENTRY, [], {
     execPath: engineRuntime(),
-    env: { ...process.env, ELECTRON_RUN_AS_NODE: '1', LOWRANK_HOME: process.env.LOWRANK_HOME ?? path.join(app.getPath('userData'), 'store') },
+    env: { ...process.env, ELECTRON_RUN_AS_NODE: '1', LOWRANK_ENGINE_WINDOW: '1', LOWRANK_HOME: process.env.LOWRANK_HOME ?? path.join(app.getPath('userData'), 'store') },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    // Job results and events cross this channel from engine windows too (NaN losses included).
+    serialization: 'advanced',
   });
-  child.on('message', (frame: ServerFrame) => {
+  child.on('message', (frame: HostFrame) => {
+    if ('engineWindow' in frame) {
+      if (engine === child) engineWindows.fromEngine(frame.engineWindow);
+      return;
+    }
     if ('event' in frame) {
       const e = frame.event;
       if (e.type === 'run-started') trainingRuns.add(e.runId);
@@ -57,6 +72,7 @@ function startEngine(): ChildProcess {
     const error = { code: 'ENGINE_CRASHED', message: `the engine process stopped (${signal ?? `exit code ${code}`}); it is being restarted` };
     for (const reply of pending.values()) reply({ ok: false, error });
     pending.clear();
+    if (engine === child) engineWindows.closeAll();
     if (engine === child && !quitting) {
       engine = startEngine();
       // The window lives on; the runs the dead engine was training are marked failed with the reason.
@@ -96,6 +112,47 @@ function buildPreload(): string {
   buildSync({ entryPoints: [path.join(ROOT, 'electron', 'preload.ts')], bundle: true, platform: 'node', format: 'cjs', external: ['electron'], outfile: out, logLevel: 'warning' });
   return out;
 }
+
+let engineBundle: Promise<EngineWindowBundle> | null = null;
+
+/** A hidden engine window: Node in the page (the job code needs files and SQLite), own session. */
+const openEngineWindow: OpenEngineWindow = (listener) => {
+  const win = new BrowserWindow({
+    show: false,
+    webPreferences: { nodeIntegration: true, contextIsolation: false, sandbox: false, backgroundThrottling: false, partition: 'lowrank-engine' },
+  });
+  const contents = win.webContents;
+  const onMessage = (event: Electron.IpcMainEvent, m: WindowToMain) => {
+    if (event.sender === contents) listener.message(m);
+  };
+  ipcMain.on(ENGINE_WINDOW_CHANNEL, onMessage);
+  win.on('closed', () => ipcMain.removeListener(ENGINE_WINDOW_CHANNEL, onMessage));
+  contents.on('render-process-gone', (_event, details) => listener.gone({ reason: details.reason, exitCode: details.exitCode }));
+  contents.on('did-fail-load', (_event, code, description) => listener.gone({ reason: `its page did not load: ${description} (${code})` }));
+  contents.setWindowOpenHandler(() => ({ action: 'deny' }));
+  contents.on('will-navigate', (event) => event.preventDefault());
+  engineBundle ??= buildEngineWindowBundle({ outDir: path.join(app.getPath('userData'), 'engine-window') });
+  engineBundle.then(
+    (bundle) => {
+      // A failed load is reported by did-fail-load above.
+      if (!win.isDestroyed()) win.loadFile(bundle.html).catch(() => undefined);
+    },
+    (e: unknown) => listener.message({ type: 'fatal', message: `building its bundle failed: ${e instanceof Error ? e.message.split('\n')[0] : String(e)}` }),
+  );
+  return {
+    send: (m) => {
+      if (!win.isDestroyed()) contents.send(ENGINE_WINDOW_CHANNEL, m);
+    },
+    close: () => {
+      if (!win.isDestroyed()) win.destroy();
+    },
+  };
+};
+
+const engineWindows = new EngineWindowHost({
+  open: openEngineWindow,
+  toEngine: (m) => engine?.send({ engineWindow: m }),
+});
 
 function fromOurWindow(event: IpcMainInvokeEvent): boolean {
   return window !== null && event.sender === window.webContents && event.senderFrame?.url.startsWith('file://') === true;

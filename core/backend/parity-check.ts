@@ -15,7 +15,7 @@ import * as tf from '../tf.ts';
 import { initBackend } from './index.ts';
 import { errorVsCpu, relativeError, seededTensor } from './cpu-parity.ts';
 import { loadModel } from '../models/load.ts';
-import { causalLmLoss } from '../models/causal-lm.ts';
+import { causalLmLoss, type CausalLM } from '../models/causal-lm.ts';
 
 export interface ParityResult {
   dir: string;
@@ -27,7 +27,11 @@ export interface ParityResult {
 
 /** Logits and every weight gradient of the causal-LM loss for a fixed batch, on the active backend. */
 export function forwardBackward(dir: string): { logits: Float32Array; grads: Map<string, Float32Array> } {
-  const model = loadModel(dir);
+  return forwardBackwardOf(loadModel(dir));
+}
+
+/** forwardBackward of a model already built (a page without files: the engine-window test); disposes it. */
+export function forwardBackwardOf(model: CausalLM): { logits: Float32Array; grads: Map<string, Float32Array> } {
   const V = model.config.vocabSize;
   const ids = Array.from({ length: 2 * 9 }, (_, i) => (i * 13 + 5) % V);
   let result: { logits: Float32Array; grads: Map<string, Float32Array> } | undefined;
@@ -82,9 +86,12 @@ export async function matmulVsCpu(): Promise<Record<string, number>> {
   return out;
 }
 
-if (process.argv[1] != null && import.meta.url === pathToFileURL(process.argv[1]).href) {
+async function main(dirs: string[]): Promise<void> {
   const info = await initBackend();
-  const results = await parityVsCpu(process.argv.slice(2));
+  const results = await parityVsCpu(dirs);
   const matmul = await matmulVsCpu();
   console.log(JSON.stringify({ info, results, matmul }));
 }
+
+// No top-level await: this module is also bundled into a classic script (the engine-window test page).
+if (process.argv[1] != null && import.meta.url === pathToFileURL(process.argv[1]).href) void main(process.argv.slice(2));

@@ -23,6 +23,12 @@
  * tensor into a MAP_READ staging buffer, calls mapAsync, and runs the ticks until it is mapped.
  * That is the async `read()` path of the backend, completed synchronously.
  *
+ * In a page (the desktop app's hidden engine window, core/service/engine-window/), navigator.gpu
+ * is the page's own WebGPU and reads go through tfjs-backend-webgpu's stock readSync (it has
+ * OffscreenCanvas there). A bundle for such a page imports tfjs-backend-webgpu itself and hands it
+ * over with `provideWebgpuModule`, since a dynamic import of a bare package name cannot resolve in
+ * a page.
+ *
  * A software adapter (llvmpipe, lavapipe, SwiftShader, WARP) is far slower than wasm, so when
  * webgpu is tried automatically (`{requireHardware: true}`) one is refused; forcing webgpu
  * (LOWRANK_BACKEND=webgpu) accepts it, which is what the CI tests do.
@@ -127,6 +133,51 @@ function linuxHasGpuDevice(): boolean {
 }
 
 let chosen: { adapter: AdapterLike; software: boolean; dawn: boolean } | null = null;
+/** tfjs-backend-webgpu as imported by a bundle (provideWebgpuModule); null: import it by name. */
+let providedModule: TfjsWebgpuModule | null = null;
+
+/**
+ * For bundles that run in a page (the engine window): the bundle's own static import of
+ * tfjs-backend-webgpu, used instead of a dynamic import by package name. It must be imported
+ * after the page's navigator.gpu exists, which it does from the start in a page.
+ */
+export function provideWebgpuModule(module: unknown): void {
+  const m = module as Partial<TfjsWebgpuModule> | null;
+  if (typeof m?.WebGPUBackend !== 'function') throw new Error('provideWebgpuModule: not @tensorflow/tfjs-backend-webgpu (no WebGPUBackend export)');
+  providedModule = m as TfjsWebgpuModule;
+}
+
+/** What the app and `lowrank info` say about a WebGPU adapter. */
+export interface WebgpuAdapterReport {
+  /** vendor, architecture, device, description: the ones the adapter fills in. */
+  adapter: string;
+  vendor: string;
+  architecture: string;
+  description: string;
+  software: boolean;
+}
+
+export function adapterReport(info: AdapterInfoLike | undefined): WebgpuAdapterReport {
+  return {
+    adapter: describeAdapter(info),
+    vendor: info?.vendor ?? '',
+    architecture: info?.architecture ?? '',
+    description: info?.description ?? '',
+    software: isSoftwareAdapter(info),
+  };
+}
+
+/**
+ * The adapter of this page's own WebGPU (navigator.gpu of a browser or an Electron renderer),
+ * without starting a backend: the engine window reports it before any job is sent to it.
+ */
+export async function builtInWebgpuAdapter(): Promise<Attempt<WebgpuAdapterReport>> {
+  const gpu = (globalThis as { navigator?: { gpu?: GpuLike } }).navigator?.gpu;
+  if (gpu == null) return { ok: false, reason: 'this page has no navigator.gpu (WebGPU is disabled or unsupported here)' };
+  const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+  if (adapter == null) return { ok: false, reason: 'navigator.gpu.requestAdapter() found no adapter' };
+  return { ok: true, value: adapterReport(adapter.info) };
+}
 
 /**
  * Dawn's pending event-processing ticks (see the header). Installed before Dawn is created;
@@ -290,6 +341,11 @@ async function makeBackend(module: TfjsWebgpuModule, adapter: AdapterLike): Prom
       gpuErrors.push(e.error?.message ?? String(e.error));
       if (gpuErrors.length <= 3) console.error(`webgpu error: ${e.error?.message ?? String(e.error)}`);
     });
+  // Nor at a lost device (driver reset, GPU process crash): every later read fails or hangs.
+  void (device as { lost?: Promise<{ reason?: string; message?: string }> }).lost?.then((info) => {
+    gpuErrors.push(`device lost (${info.reason ?? 'unknown'}): ${info.message ?? ''}`);
+    console.error(`webgpu: device lost (${info.reason ?? 'unknown'}): ${info.message ?? ''}`);
+  });
   return new module.WebGPUBackend(device, adapter.info);
 }
 
@@ -302,13 +358,13 @@ export function webgpuErrors(): readonly string[] {
 
 export async function startWebgpuBackend(opts: WebgpuStartOptions = {}): Promise<Attempt<WebgpuStart>> {
   const requireHardware = opts.requireHardware ?? false;
-  if (!packageInstalled(TFJS_WEBGPU)) {
+  if (providedModule == null && !packageInstalled(TFJS_WEBGPU)) {
     return { ok: false, reason: `${TFJS_WEBGPU} is not installed (npm install ${TFJS_WEBGPU}@${tf.version_core})` };
   }
   const picked = await chooseAdapter(requireHardware, opts.checkDeviceNodes ?? true);
   if (!picked.ok) return picked;
   chosen = picked.value;
-  const imported = await tryImport<TfjsWebgpuModule>(TFJS_WEBGPU);
+  const imported: Attempt<TfjsWebgpuModule> = providedModule != null ? { ok: true, value: providedModule } : await tryImport<TfjsWebgpuModule>(TFJS_WEBGPU);
   if (!imported.ok) return { ok: false, reason: `${TFJS_WEBGPU} failed to load: ${imported.reason}` };
   if (picked.value.dawn) installSyncRead(imported.value.WebGPUBackend);
   const kernels = installWebgpuKernels();

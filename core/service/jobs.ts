@@ -3,7 +3,7 @@
  * generation never run in the service's process, so its socket / IPC stays responsive and a crash
  * or OOM kill of a job is reported instead of taking the app down.
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork } from 'node:child_process';
 import * as path from 'node:path';
 import type { FinetuneEvent } from '../train/finetune.ts';
 import type { ExportRequest } from '../export/run-export.ts';
@@ -28,12 +28,22 @@ export interface JobHandlers {
   onProgress?(message: string): void;
 }
 
+/** Signals the service sends a job's process: pause, continue, and kill on close. */
+export type JobSignal = 'SIGSTOP' | 'SIGCONT' | 'SIGKILL';
+
 export interface Job<T> {
-  child: ChildProcess;
   result: Promise<T>;
   /** Asks the job to stop after the current step (a checkpoint is written first). */
   stop(): void;
+  /** The job's process (a forked Node process, or the engine window's renderer); undefined until it runs. */
+  readonly pid: number | undefined;
+  signal(signal: JobSignal): void;
+  /** Settles once the job's process is gone. */
+  readonly exited: Promise<void>;
 }
+
+/** Starts engine jobs: `startJob` (forked processes), or the desktop app's engine-window runner. */
+export type JobRunner = <T>(request: JobRequest, handlers?: JobHandlers) => Job<T>;
 
 const WORKER = path.join(import.meta.dirname, 'engine-worker.js');
 
@@ -67,10 +77,17 @@ export function startJob<T>(request: JobRequest, handlers: JobHandlers = {}): Jo
       if (!settled) reject(e);
     });
   });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   child.send(request);
   return {
-    child,
     result,
+    get pid() {
+      return child.pid;
+    },
+    exited,
+    signal: (signal) => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    },
     stop: () => {
       if (child.connected) child.send({ kind: 'stop' });
     },

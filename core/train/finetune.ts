@@ -3,6 +3,7 @@
  * evaluation, sample and checkpoint recorded in the run store, and `resume` continuing the same
  * curve from the last checkpoint. The CLI, the service and the demo all start runs through here.
  */
+import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tf from '../tf.ts';
 import { LowrankError, isLowrankError } from '../errors.ts';
@@ -245,13 +246,14 @@ export async function runFinetune(
         stateBytes: 4 * attached.trainableParameterCount() + optimizerStateBytesFor(attached),
         estimatedPeakBytes: estimate.processBytes,
         backend: backend.backend,
-        hardware: { cpus: (await import('node:os')).cpus().length, platform: process.platform, arch: process.arch, node: process.versions.node },
+        hardware: { cpus: os.cpus().length, platform: process.platform, arch: process.arch, node: process.versions.node, adapter: backend.adapter ?? null },
       });
       const [modelPrint, dataPrint] = await Promise.all([fingerprintModel(config.model), fingerprintFile(config.data)]);
       store.db.prepare('UPDATE runs SET base_model_fingerprint = ?, dataset_fingerprint = ? WHERE id = ?').run(modelPrint.sha256, dataPrint.sha256, runId);
     }
     store.startRun(runId);
     emit({ type: 'run-started', runId, totalSteps, trainableParams: attached.trainableParameterCount(), estimate });
+    emit({ type: 'log', runId, message: `backend: ${backend.backend}${backend.adapter ? ` (${backend.adapter})` : ''}` });
     const metricSet = dataset.validation.slice(0, config.metricExamples);
     let metricBefore: number | null = null;
     if (control.metricBefore && metricSet.length) metricBefore = exactMatch(model, tokenizer, metricSet).accuracy;

@@ -148,6 +148,10 @@ export async function train(
     });
     const done = step + 1;
     const last = done === opts.totalSteps;
+    // A step runs synchronously (dataSync), so a stop request, which arrives as a message on the
+    // job's channel (a forked process's, an engine window's IPC), is only seen once the event
+    // loop gets a turn: give it one per step.
+    await new Promise((resolve) => setTimeout(resolve, 0));
     const stopping = hooks.shouldStop?.() ?? false;
     if (opts.evalEvery && (done % opts.evalEvery === 0 || last)) await hooks.onEval?.(done);
     if (opts.checkpointEvery && (done % opts.checkpointEvery === 0 || last || stopping)) await hooks.onCheckpoint?.(done);
