@@ -217,42 +217,49 @@ HOT static void row_softmax_scaled(const float *z, float *out, int32_t v, float 
   }
 }
 
-static napi_status int32_args(napi_env env, napi_value value, const int32_t **data, size_t expected) {
+static napi_status int32_view(napi_env env, napi_value value, int32_t **data, size_t *length) {
   napi_typedarray_type type;
-  size_t length;
-  void *raw;
-  napi_status status = napi_get_typedarray_info(env, value, &type, &length, &raw, NULL, NULL);
+  void *raw = NULL;
+  napi_status status = napi_get_typedarray_info(env, value, &type, length, &raw, NULL, NULL);
   if (status != napi_ok) return status;
-  if (type != napi_int32_array || length != expected) return napi_invalid_arg;
-  *data = (const int32_t *)raw;
+  if (type != napi_int32_array) return napi_invalid_arg;
+  *data = (int32_t *)raw;
   return napi_ok;
 }
 
+/* The operands of both cross-entropy calls, checked against each other. */
+typedef struct {
+  float *logits, *weights, *lse, *grad;
+  int32_t *targets;
+  int64_t rows, vocab;
+} CrossEntropyArgs;
+
 /*
- * Shared argument checks: heap, then an Int32Array of [rows, vocab, logits, targets, weights, lse]
- * offsets (elements of the heap; targets are int32 stored in the same heap).
+ * argv: logits Float32Array [rows·vocab], targets Int32Array [rows], weights Float32Array [rows],
+ * lse Float32Array [rows] (+ grad Float32Array [rows·vocab]). Typed arrays may be views of the
+ * wasm heap: their pointers are used in place.
  */
-static int ce_args(napi_env env, napi_value *argv, float **heap, const int32_t **a, int extra) {
-  size_t heap_length;
-  if (float32_view(env, argv[0], heap, &heap_length) != napi_ok || int32_args(env, argv[1], a, 6 + extra) != napi_ok) {
-    napi_throw_type_error(env, NULL, "lowrank_native cross-entropy: bad arguments");
+static int cross_entropy_args(napi_env env, napi_value *argv, int with_grad, CrossEntropyArgs *a) {
+  size_t n_logits, n_targets, n_weights, n_lse, n_grad = 0;
+  if (float32_view(env, argv[0], &a->logits, &n_logits) != napi_ok ||
+      int32_view(env, argv[1], &a->targets, &n_targets) != napi_ok ||
+      float32_view(env, argv[2], &a->weights, &n_weights) != napi_ok ||
+      float32_view(env, argv[3], &a->lse, &n_lse) != napi_ok ||
+      (with_grad && float32_view(env, argv[4], &a->grad, &n_grad) != napi_ok)) {
+    napi_throw_type_error(env, NULL, "lowrank_native cross-entropy: expects Float32Array logits, Int32Array targets, "
+                                     "Float32Array weights and lse (and grad)");
     return 0;
   }
-  int64_t n = (*a)[0], v = (*a)[1];
-  if (n < 0 || v < 1) {
-    napi_throw_range_error(env, NULL, "lowrank_native cross-entropy: need rows >= 0 and vocab >= 1");
+  if (n_targets == 0 || n_logits % n_targets != 0 || n_logits == 0 || n_weights != n_targets || n_lse != n_targets ||
+      (with_grad && n_grad != n_logits)) {
+    napi_throw_range_error(env, NULL, "lowrank_native cross-entropy: logits must be [rows, vocab] with rows = "
+                                      "targets = weights = lse (and grad the size of logits)");
     return 0;
   }
-  for (int i = 2; i < 6 + extra; i++) {
-    int64_t size = i == 2 || i == 6 ? n * v : n;
-    if ((*a)[i] < 0 || (*a)[i] + size > (int64_t)heap_length) {
-      throw_range(env, "a cross-entropy operand");
-      return 0;
-    }
-  }
-  const int32_t *targets = (const int32_t *)(*heap + (*a)[3]);
-  for (int64_t i = 0; i < n; i++) {
-    if (targets[i] < 0 || targets[i] >= v) {
+  a->rows = (int64_t)n_targets;
+  a->vocab = (int64_t)(n_logits / n_targets);
+  for (int64_t i = 0; i < a->rows; i++) {
+    if (a->targets[i] < 0 || a->targets[i] >= a->vocab) {
       napi_throw_range_error(env, NULL, "lowrank_native cross-entropy: a target id is outside the vocabulary");
       return 0;
     }
@@ -261,28 +268,27 @@ static int ce_args(napi_env env, napi_value *argv, float **heap, const int32_t *
 }
 
 /*
- * crossEntropy(heap, Int32Array [rows, vocab, logits, targets, weights, lse]) -> loss
- * For each row i: lse_i = log Σ_j exp(z_ij) (written to lse), loss = Σ_i w_i·(lse_i − z_i[t_i]).
+ * crossEntropy(logits, targets, weights, lse) -> loss
+ * For each row i: lse_i = log Σ_j exp(z_ij) (written to lse); loss = Σ_i w_i·(lse_i − z_i[t_i]),
+ * accumulated in double.
  */
 static napi_value CrossEntropy(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 4;
+  napi_value argv[4];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  float *heap;
-  const int32_t *a;
-  if (argc != 2 || !ce_args(env, argv, &heap, &a, 0)) return NULL;
-  int32_t n = a[0], v = a[1];
-  const float *z = heap + a[2];
-  const int32_t *t = (const int32_t *)(heap + a[3]);
-  const float *w = heap + a[4];
-  float *lse = heap + a[5];
+  CrossEntropyArgs a;
+  if (argc != 4) {
+    napi_throw_type_error(env, NULL, "lowrank_native.crossEntropy takes 4 arguments");
+    return NULL;
+  }
+  if (!cross_entropy_args(env, argv, 0, &a)) return NULL;
   double loss = 0;
-  for (int32_t i = 0; i < n; i++) {
-    const float *row = z + (int64_t)i * v;
-    float m = row_max(row, v);
-    float l = m + logf(row_sum_exp(row, v, m));
-    lse[i] = l;
-    loss += (double)w[i] * ((double)l - (double)row[t[i]]);
+  for (int64_t i = 0; i < a.rows; i++) {
+    const float *row = a.logits + i * a.vocab;
+    float m = row_max(row, (int32_t)a.vocab);
+    float l = m + logf(row_sum_exp(row, (int32_t)a.vocab, m));
+    a.lse[i] = l;
+    loss += (double)a.weights[i] * ((double)l - (double)row[a.targets[i]]);
   }
   napi_value result;
   CHECK(napi_create_double(env, loss, &result));
@@ -290,30 +296,26 @@ static napi_value CrossEntropy(napi_env env, napi_callback_info info) {
 }
 
 /*
- * crossEntropyGrad(heap, Int32Array [rows, vocab, logits, targets, weights, lse, grad], dy)
+ * crossEntropyGrad(logits, targets, weights, lse, grad, dy)
  * grad_ij = (exp(z_ij − lse_i) − [j = t_i]) · w_i · dy
  */
 static napi_value CrossEntropyGrad(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 6;
+  napi_value argv[6];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  float *heap;
-  const int32_t *a;
-  if (argc != 3 || !ce_args(env, argv, &heap, &a, 1)) return NULL;
+  CrossEntropyArgs a;
+  if (argc != 6) {
+    napi_throw_type_error(env, NULL, "lowrank_native.crossEntropyGrad takes 6 arguments");
+    return NULL;
+  }
+  if (!cross_entropy_args(env, argv, 1, &a)) return NULL;
   double dy;
-  CHECK(napi_get_value_double(env, argv[2], &dy));
-  int32_t n = a[0], v = a[1];
-  const float *z = heap + a[2];
-  const int32_t *t = (const int32_t *)(heap + a[3]);
-  const float *w = heap + a[4];
-  const float *lse = heap + a[5];
-  float *grad = heap + a[6];
-  for (int32_t i = 0; i < n; i++) {
-    const float *row = z + (int64_t)i * v;
-    float *out = grad + (int64_t)i * v;
-    float scale = (float)(w[i] * dy);
-    row_softmax_scaled(row, out, v, lse[i], scale);
-    out[t[i]] -= scale;
+  CHECK(napi_get_value_double(env, argv[5], &dy));
+  for (int64_t i = 0; i < a.rows; i++) {
+    float scale = (float)(a.weights[i] * dy);
+    float *out = a.grad + i * a.vocab;
+    row_softmax_scaled(a.logits + i * a.vocab, out, (int32_t)a.vocab, a.lse[i], scale);
+    out[a.targets[i]] -= scale;
   }
   return NULL;
 }

@@ -5,6 +5,8 @@
  */
 import * as tf from '../tf.ts';
 import type { ModelConfig } from './config.ts';
+import { CROSS_ENTROPY_KERNELS } from '../backend/cross-entropy-kernels.ts';
+import { fusedOpActive } from './fused-ops.ts';
 
 /**
  * An adapter replaces how one linear module computes its output. `base` computes the frozen
@@ -128,7 +130,7 @@ export function attentionBias(
  * one-hot labels in the forward pass, one exp over the logits each way, and nothing [N, V]-sized
  * kept for the backward pass but the logits themselves. `targets` and `weights` get no gradient.
  */
-const weightedCrossEntropy = tf.customGrad(((logits: tf.Tensor2D, targets: tf.Tensor1D, weights: tf.Tensor1D, save: tf.GradSaveFunc) => {
+const compositeWeightedCrossEntropy = tf.customGrad(((logits: tf.Tensor2D, targets: tf.Tensor1D, weights: tf.Tensor1D, save: tf.GradSaveFunc) => {
   const [N, V] = logits.shape;
   const max = tf.max(logits, 1, true); // [N, 1]
   const logSumExp = tf.add(tf.log(tf.sum(tf.exp(tf.sub(logits, max)), 1, true)), max); // [N, 1]
@@ -150,6 +152,33 @@ const weightedCrossEntropy = tf.customGrad(((logits: tf.Tensor2D, targets: tf.Te
   targets: tf.Tensor1D,
   weights: tf.Tensor1D,
 ) => tf.Scalar;
+
+/**
+ * The same loss as one fused kernel each way (core/backend/cross-entropy-kernels.ts: two passes
+ * over the logits forward, one backward, natively vectorised where the addon is built), where the
+ * active backend has them (wasm with the project's kernels).
+ */
+const fusedWeightedCrossEntropy = tf.customGrad(((logits: tf.Tensor2D, targets: tf.Tensor1D, weights: tf.Tensor1D, save: tf.GradSaveFunc) => {
+  const [loss, lse] = tf.engine().runKernel(CROSS_ENTROPY_KERNELS.forward, { logits, targets, weights }) as tf.Tensor[];
+  save([logits, targets, weights, lse]);
+  return {
+    value: loss,
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      const [z, t, w, l] = saved;
+      const grad = tf.engine().runKernel(CROSS_ENTROPY_KERNELS.grad, { logits: z, targets: t, weights: w, lse: l, dy }) as tf.Tensor;
+      return [grad, tf.zerosLike(t), tf.zerosLike(w)];
+    },
+  };
+}) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as typeof compositeWeightedCrossEntropy;
+
+export function weightedCrossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D, weights: tf.Tensor1D): tf.Scalar {
+  return fusedOpActive('crossEntropy')
+    ? fusedWeightedCrossEntropy(logits, targets, weights)
+    : compositeWeightedCrossEntropy(logits, targets, weights);
+}
+
+/** The composite form on any backend: the reference the fused kernels are tested against. */
+export { compositeWeightedCrossEntropy };
 
 /**
  * Mean next-token cross-entropy: logits[:, t] predicts labels[:, t+1]; labels equal to -100

@@ -10,8 +10,9 @@
  */
 import * as tf from '../tf.ts';
 import { FUSED_KERNEL_NAMES as K, registerCpuFusedKernels } from '../backend/fused-kernels.ts';
+import { CROSS_ENTROPY_KERNELS } from '../backend/cross-entropy-kernels.ts';
 
-export const FUSED_OPS = ['rmsNorm', 'layerNorm', 'rope'] as const;
+export const FUSED_OPS = ['rmsNorm', 'layerNorm', 'rope', 'crossEntropy'] as const;
 export type FusedOp = (typeof FUSED_OPS)[number];
 
 /** Every kernel an op needs on a backend: forward and gradients. */
@@ -19,6 +20,8 @@ const KERNELS_OF: Record<FusedOp, string[]> = {
   rmsNorm: [K.rmsNorm, K.rmsNormGrad, K.rmsNormWeightGrad],
   layerNorm: [K.layerNorm, K.layerNormGrad, K.layerNormWeightGrad],
   rope: [K.rope, K.ropeGrad],
+  // wasm only (core/backend/cross-entropy-kernels.ts); used by causal-lm.ts's loss.
+  crossEntropy: [CROSS_ENTROPY_KERNELS.forward, CROSS_ENTROPY_KERNELS.grad],
 };
 
 export const FUSED_OPS_ENV = 'LOWRANK_FUSED_OPS';

@@ -1,6 +1,7 @@
 /**
- * The optional native GEMM (PERFORMANCE.md §2-§3): a small Node-API addon over the system BLAS,
- * built at install by scripts/build-native.js from native/kernels.c. OpenBLAS runs the products of the
+ * The optional native kernels (PERFORMANCE.md §2-§3): a small Node-API addon over the system BLAS,
+ * built at install by scripts/build-native.js from native/kernels.c, with a fused softmax
+ * cross-entropy beside the GEMM. OpenBLAS runs the products of the
  * bench model at 70-100 GFLOP/s on one core of the build machine, where XNNPACK in wasm SIMD
  * reaches ~14, and matmul is two thirds of a training step. Where the addon is absent (no BLAS or
  * compiler at install, Windows) or fails to load, the wasm kernels do the work as before; nothing
@@ -21,6 +22,14 @@ export interface NativeAddon {
    */
   sgemmBatch(heap: Float32Array, dims: Int32Array, aOffsets: Uint32Array, bOffsets: Uint32Array,
     cOffsets: Uint32Array, beta: number): void;
+  /**
+   * Fused softmax cross-entropy over logits [rows, vocab] (typed arrays may be views of the wasm
+   * heap): writes lse_i = log Σ_j exp(z_ij) and returns Σ_i w_i·(lse_i − z_i[t_i]).
+   */
+  crossEntropy(logits: Float32Array, targets: Int32Array, weights: Float32Array, lse: Float32Array): number;
+  /** grad_ij = (exp(z_ij − lse_i) − [j = t_i])·w_i·dy */
+  crossEntropyGrad(logits: Float32Array, targets: Int32Array, weights: Float32Array, lse: Float32Array,
+    grad: Float32Array, dy: number): void;
   setThreads(n: number): void;
   threads(): number;
   /** e.g. "OpenBLAS 0.3.21 … Haswell kernels" */
@@ -52,6 +61,8 @@ function load(): NativeState {
     // A plain object over the addon's read-only exports, so tests can observe calls.
     const addon: NativeAddon = {
       sgemmBatch: raw.sgemmBatch.bind(raw),
+      crossEntropy: raw.crossEntropy.bind(raw),
+      crossEntropyGrad: raw.crossEntropyGrad.bind(raw),
       setThreads: raw.setThreads.bind(raw),
       threads: raw.threads.bind(raw),
       library: raw.library.bind(raw),
@@ -63,7 +74,7 @@ function load(): NativeState {
   }
 }
 
-/** Switch for benchmarks and tests: products go to the wasm kernels while this is false. */
+/** Switch for benchmarks and tests: while false, every kernel runs its wasm/JS path instead. */
 export const nativeSwitch = { enabled: true };
 
 /** The addon when it is loaded and switched on, else null. */

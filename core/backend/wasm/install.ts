@@ -15,6 +15,7 @@ import type { KernelConfig } from '../../tf.ts';
 import { createMatMulKernels } from './batch-matmul.ts';
 import { unsortedSegmentSumConfig } from './unsorted-segment-sum.ts';
 import { fusedKernelConfigs } from './fused-kernels.ts';
+import { crossEntropyWasmConfigs } from '../cross-entropy-kernels.ts';
 
 /** tfjs-backend-wasm registers itself with priority 2 (above cpu's 1); the wrapper keeps that. */
 const WASM_PRIORITY = 2;
@@ -34,7 +35,7 @@ export function installWasmKernels(): string[] {
   if (batchMatMul == null || fusedMatMul == null) {
     throw new Error('tfjs-backend-wasm registered no BatchMatMul/_FusedMatMul kernels; is it 4.22?');
   }
-  const configs = [...createMatMulKernels({ batchMatMul, fusedMatMul }), unsortedSegmentSumConfig, ...fusedKernelConfigs];
+  const configs = [...createMatMulKernels({ batchMatMul, fusedMatMul }), unsortedSegmentSumConfig, ...fusedKernelConfigs, ...crossEntropyWasmConfigs];
   const stock = new Map<string, KernelConfig | undefined>();
   for (const config of configs) {
     const previous = getKernel(config.kernelName, 'wasm');
