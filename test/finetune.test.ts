@@ -11,7 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tf from '../core/tf.ts';
 import { initBackend } from '../core/backend/index.ts';
-import { FINETUNE_DEFAULTS, runFinetune, type FinetuneConfig } from '../core/train/finetune.ts';
+import { FINETUNE_DEFAULTS, runFinetune, type FinetuneConfig, type FinetuneEvent } from '../core/train/finetune.ts';
 import { openStore } from '../core/store/index.ts';
 import { buildTinyModel } from './fixtures/tiny-trained-model.ts';
 
@@ -104,6 +104,33 @@ describe('fine-tuning', () => {
     const resumedDone = resumed.stdout.trim().split('\n').map((l) => JSON.parse(l)).find((l) => l.event === 'done');
     expect(resumedDone.run_id).toBe(runId);
     expect(resumedDone.train_loss).toBe(done.train_loss);
+  });
+
+  it.each(['galore', 'fira'])('%s: a run stopped at step 4 and resumed ends exactly as the uninterrupted one', async (method) => {
+    // T = 3: the projector is refreshed before the stop (t = 3) and after the resume (t = 6), so the
+    // resumed steps 5 and 6 run on the restored projector, moments, step count and Fira's scalar.
+    const store = openStore(path.join(root, `home-${method}`));
+    const cfg = config({ method, params: { rank: 4, update_proj_gap: 3 }, targets: 'all-linear', evalEvery: 100, checkpointEvery: 100, metricExamples: 0 });
+    const record = (losses: number[]) => (e: FinetuneEvent) => {
+      if (e.type === 'step') losses.push(e.loss);
+    };
+    const uninterrupted: number[] = [];
+    await runFinetune(store, cfg, record(uninterrupted));
+    const first: number[] = [];
+    const stopped = await runFinetune(store, cfg, record(first), { shouldStop: () => first.length >= 4 });
+    expect(stopped.status).toBe('cancelled');
+    expect(first).toHaveLength(4);
+    // As if its process had been killed after the step-4 checkpoint (the SIGKILL test above covers that path).
+    store.db.prepare("UPDATE runs SET status = 'interrupted' WHERE id = ?").run(stopped.runId);
+    const rest: number[] = [];
+    const resumed = await runFinetune(store, cfg, record(rest), {}, stopped.runId);
+    expect(resumed.status).toBe('completed');
+    expect([...first, ...rest]).toEqual(uninterrupted);
+    expect(uninterrupted[7]).toBeLessThan(uninterrupted[0]);
+    // The run records GaLore's optimizer state, smaller than AdamW's 8 bytes per weight.
+    const run = store.getRun(stopped.runId);
+    expect(run.stateBytes! - 4 * run.trainableParams!).toBeLessThan(8 * run.trainableParams!);
+    store.close();
   });
 
   it('exports PEFT and merged: base + adapter logits equal the merged model logits', () => {
