@@ -9,19 +9,29 @@
  *   transpose, RoPE split/neg/concat/2 muls/add), k 7.5·Hkv, v 2·Hkv; scores 4·H·T per token
  *   (matmul, scale, mask, softmax); attended 2·Hq; o_proj + residual 2·C; MLP 5·I + 2·C.
  *   Head: logits, the shifted copy, one-hot labels and the loss internals ≈ 6·V per token.
- * Everything is float32. The backward pass roughly triples that: tfjs keeps the forward
- * intermediates on its tape until variableGrads returns, materialises a gradient of the same size
- * for each, and the op gradients (softmax, mul, matmul transposes) add temporaries of similar size.
- * Measured with tf.profile on six shapes (hidden 128–512, 2–4 layers, batch 4–8, seq 64–256, LoRA
- * and full fine-tuning) the peak was 2.9–3.2× the forward count, hence BACKWARD_FACTOR.
+ * Fused ops keep less (activationFloatsPerToken). Everything is float32. The backward pass roughly
+ * triples that: tfjs keeps the forward intermediates on its tape until variableGrads returns,
+ * materialises a gradient of the same size for each, and the op gradients (softmax, mul, matmul
+ * transposes) add temporaries of similar size (BACKWARD_FACTOR, measured).
  */
 import type { ModelConfig } from '../models/config.ts';
 import type { CausalLM } from '../models/causal-lm.ts';
 import { parameterCount } from '../models/config.ts';
+import { FUSED_OPS, fusedOpActive } from '../models/fused-ops.ts';
+
+/** The fused ops on the active backend (none before a backend has started). */
+export function activeFusedOps(): FusedActivationOps {
+  return Object.fromEntries(FUSED_OPS.map((op) => [op, fusedOpActive(op)]));
+}
 
 const FLOAT = 4;
-/** Peak activation bytes of a training step / forward intermediates (measured, see above). */
-export const BACKWARD_FACTOR = 3;
+/**
+ * Peak activation bytes of a training step / forward intermediates, measured with tf.profile on
+ * seven shapes (Llama hidden 128–512, 2–4 layers, batch 4–8, seq 96–256, LoRA and full; GPT-2
+ * 128 and 256 wide): 2.6–3.1 with the composite ops, 3.0–3.4 with the fused ones, which keep fewer
+ * forward intermediates while the backward pass's temporaries stay about the same size.
+ */
+export const BACKWARD_FACTOR = { composite: 2.75, fused: 3.25 } as const;
 /** Node, V8 and the wasm module before any tensor: measured ~150–250 MB RSS on Linux x64. */
 export const RUNTIME_BASELINE_BYTES = 200 * 1024 ** 2;
 
@@ -36,6 +46,8 @@ export interface MemoryEstimateInput {
   trainsBaseWeights: boolean;
   /** Extra forward activation floats per token from adapters (adapterActivationFloats). */
   adapterActivationFloatsPerToken?: number;
+  /** Ops that run fused where the training happens; default: those fused on the active backend now. */
+  fusedOps?: FusedActivationOps;
 }
 
 export interface MemoryEstimate {
@@ -50,18 +62,29 @@ export interface MemoryEstimate {
   processBytes: number;
 }
 
-export function activationFloatsPerToken(c: ModelConfig, seqLen: number): number {
+/**
+ * Which ops run fused (core/models/fused-ops.ts) changes what the tape keeps: a fused RMSNorm or
+ * LayerNorm keeps only its output (1·C instead of 3·C / 4·C), fused RoPE replaces split, neg,
+ * concat, two muls and an add by one output (q 7.5·Hq → 3·Hq, k 7.5·Hkv → 3·Hkv), and the fused
+ * cross-entropy keeps the logits and a per-row log-sum-exp (1·V instead of 6·V).
+ */
+export type FusedActivationOps = Partial<Record<'rmsNorm' | 'layerNorm' | 'rope' | 'crossEntropy', boolean>>;
+
+export function activationFloatsPerToken(c: ModelConfig, seqLen: number, fused: FusedActivationOps = {}): number {
   const C = c.hiddenSize;
   const I = c.intermediateSize;
   const Hq = c.numHeads * c.headDim;
   const Hkv = c.numKvHeads * c.headDim;
   // Attention keys seen per query, on average over a causal sequence the tensor is still T wide.
   const scores = 4 * c.numHeads * seqLen;
+  const rmsNorm = fused.rmsNorm ? C : 3 * C;
+  const layerNorm = fused.layerNorm ? C : 4 * C;
+  const rotated = fused.rope ? 3 : 7.5; // per q/k feature: matmul, head transpose, RoPE
   const perLayer =
     c.family === 'gpt2'
-      ? 2 * 4 * C /* two LayerNorms */ + 3 * C /* c_attn */ + 2 * 3 * C /* split + transposes */ + scores + 2 * C + 2 * C + 5 * I + 2 * C
-      : 2 * 3 * C + 7.5 * Hq + 9.5 * Hkv + scores + 2 * Hq + 2 * C + 5 * I + 2 * C;
-  const head = 6 * c.vocabSize + 4 * C;
+      ? 2 * layerNorm + 3 * C /* c_attn */ + 2 * 3 * C /* split + transposes */ + scores + 2 * C + 2 * C + 8 * I /* c_fc, gelu_new's 6 elementwise ops, c_proj in */ + 2 * C
+      : 2 * rmsNorm + rotated * Hq + (rotated + 2) * Hkv + scores + 2 * Hq + 2 * C + 5 * I + 2 * C;
+  const head = (fused.crossEntropy ? 1 : 6) * c.vocabSize + 4 * C;
   return c.numLayers * perLayer + head;
 }
 
@@ -73,7 +96,9 @@ export function estimateTrainingMemory(input: MemoryEstimateInput): MemoryEstima
   const gradientBytes = input.trainableParameters * FLOAT;
   const optimizerBytes = input.optimizerStateBytes;
   const adapterFloats = input.adapterActivationFloatsPerToken ?? 0;
-  const activationBytes = BACKWARD_FACTOR * tokens * (activationFloatsPerToken(config, seqLen) + adapterFloats) * FLOAT;
+  const fused = input.fusedOps ?? activeFusedOps();
+  const factor = fused.rmsNorm || fused.layerNorm ? BACKWARD_FACTOR.fused : BACKWARD_FACTOR.composite;
+  const activationBytes = factor * tokens * (activationFloatsPerToken(config, seqLen, fused) + adapterFloats) * FLOAT;
   const tensorBytes = weightsBytes + trainableBytes + gradientBytes + optimizerBytes + activationBytes;
   return {
     weightsBytes,
