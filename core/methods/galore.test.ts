@@ -6,11 +6,16 @@
  * PEFT form.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import * as tf from '../tf.ts';
 import { initBackend } from '../backend/index.ts';
 import { getMethod, resolveParams, resolveTargets } from './index.ts';
 import { GaLore } from '../optim/galore.ts';
 import { Fira } from '../optim/fira.ts';
+import { estimateMethods } from '../service/estimates.ts';
+import { writeTinyCheckpoint } from '../../test/fixtures/tiny-checkpoints.ts';
 import { logits, modelWithWeights, relativeError, tinyModel, tokenIds, train } from './method-test-helpers.ts';
 
 beforeAll(async () => {
@@ -71,6 +76,33 @@ describe.each([
     expect(logits(model, ids)).toEqual(before);
     ids.dispose();
     model.dispose();
+  });
+
+  it('gives the wizard\'s memory estimate its optimizer state, not AdamW\'s', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), `lowrank-${id}-estimate-`));
+    try {
+      const checkpoint = writeTinyCheckpoint(dir, 'llama-gqa-tied', 7);
+      const estimates = new Map((await estimateMethods(dir, 2, 16, 'all-linear')).map((e) => [e.id, e]));
+      const own = estimates.get(id)!;
+      const full = estimates.get('full')!;
+      expect(own.error).toBeNull();
+      expect(own.trainableParams).toBe(full.trainableParams);
+      // Default rank 128 is clamped to min(m, n) of every attention/MLP weight: min² + 2·min·max floats each.
+      let floats = 0;
+      for (const t of checkpoint.tensors) {
+        const linear = /\.(self_attn|mlp)\.\w+_proj\.weight$/.test(t.name);
+        const [m, n] = t.shape;
+        floats += linear ? Math.min(m, n) ** 2 + 2 * Math.min(m, n) * Math.max(m, n) + extraFloats : 2 * t.data.length;
+      }
+      expect(own.estimate.optimizerBytes).toBe(4 * floats);
+      expect(full.estimate.optimizerBytes).toBe(8 * full.trainableParams);
+      // Like full fine-tuning, no separate trainable copy; full-size gradients.
+      expect(own.estimate.trainableBytes).toBe(0);
+      expect(own.estimate.gradientBytes).toBe(full.estimate.gradientBytes);
+      expect(own.estimate.processBytes - full.estimate.processBytes).toBe(own.estimate.optimizerBytes - full.estimate.optimizerBytes);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('clamps the default rank 128 to each matrix\'s smaller side on a small model', () => {
