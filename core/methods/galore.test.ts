@@ -15,6 +15,7 @@ import { getMethod, resolveParams, resolveTargets } from './index.ts';
 import { GaLore } from '../optim/galore.ts';
 import { Fira } from '../optim/fira.ts';
 import { estimateMethods } from '../service/estimates.ts';
+import { finetuneConfigFromFlags } from '../cli/train-commands.ts';
 import { writeTinyCheckpoint } from '../../test/fixtures/tiny-checkpoints.ts';
 import { logits, modelWithWeights, relativeError, tinyModel, tokenIds, train } from './method-test-helpers.ts';
 
@@ -36,6 +37,12 @@ describe.each([
     expect(defaults).toMatchObject({ rank: 128, update_proj_gap: 200, scale: 0.25, proj_type: 'std' });
     if (id === 'fira') expect(defaults.gamma).toBe(1.01);
     for (const field of method.schema) expect(field.description.length).toBeGreaterThan(20);
+    // `lowrank train --method <id>` without --target projects every attention/MLP linear; --target narrows it.
+    const flags = { method: id, model: 'm', data: 'd.jsonl' };
+    expect(finetuneConfigFromFlags(flags).targets).toBe('all-linear');
+    expect(finetuneConfigFromFlags({ ...flags, target: 'q_proj,v_proj' }).targets).toEqual(['q_proj', 'v_proj']);
+    expect(finetuneConfigFromFlags({ ...flags, method: 'lora' }).targets).toEqual(['q_proj', 'v_proj']);
+    expect(finetuneConfigFromFlags({ ...flags, param: 'rank=16,update_proj_gap=50' }).params).toEqual({ rank: 16, update_proj_gap: 50 });
   });
 
   it('projects the targets\' weights, holds exactly the state it reports, trains and merges', () => {

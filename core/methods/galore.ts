@@ -80,7 +80,7 @@ export const galore = defineLowRankOptimizerMethod(
   {
     id: 'galore',
     paper: { title: 'GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection', year: 2024, url: 'https://arxiv.org/abs/2403.03507' },
-    summary: 'Train every weight; Adam runs on each attention/MLP gradient projected to its top-r singular subspace (refreshed every T steps), so optimizer state shrinks to r·(m + 2n) per matrix.',
+    summary: 'Train every weight; Adam runs on each attention/MLP gradient projected to its top-r singular subspace (refreshed every T steps), so its optimizer state is r·min(m,n) + 2r·max(m,n) floats per m×n matrix instead of 2mn.',
     schema: lowRankOptimizerSchema,
   },
   'galore',
