@@ -17,8 +17,11 @@ import { formatBytes } from '../core/train/memory.ts';
 
 const stepsFlag = process.argv.indexOf('--steps');
 const steps = stepsFlag > 0 ? Number(process.argv[stepsFlag + 1]) : 150;
-/** Learning rates per family: adapters take the demo's, full fine-tuning a smaller one. */
-const LR: Record<string, number> = { full: 3e-4 };
+/**
+ * Learning rates: adapters take the demo's, full fine-tuning a smaller one; GaLore and Fira train
+ * the same weights as full but apply α = 0.25 on back-projection, so 1e-3 gives the same α·lr scale.
+ */
+const LR: Record<string, number> = { full: 3e-4, galore: 1e-3, fira: 1e-3 };
 
 const home = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-methods-report-'));
 const store = openStore(home);
@@ -26,7 +29,7 @@ const rows: string[] = [];
 for (const method of listMethods()) {
   const base = demoConfig(steps);
   const params: FinetuneConfig['params'] = method.id === 'lora' || method.variantOf === 'lora' ? { rank: 8, dropout: 0 } : {};
-  const config: FinetuneConfig = { ...base, method: method.id, params, lr: LR[method.id] ?? base.lr };
+  const config: FinetuneConfig = { ...base, method: method.id, params, targets: method.defaultTargets ?? base.targets, lr: LR[method.id] ?? base.lr };
   process.stderr.write(`${method.id}: ${steps} steps ... `);
   const r = await runFinetune(store, config, () => {}, { metricBefore: false });
   const run = store.getRun(r.runId);
@@ -44,12 +47,13 @@ const doc = `# Methods on the bundled task
 Every method of the registry fine-tuned with the same seed (0), ${steps} steps, batch 8, sequence
 length 64, on the bundled model (\`resources/models/brown-llama\`) and the bundled review-sentiment
 dataset (\`resources/datasets/review-sentiment.jsonl\`, 15 % held out). Adapters wrap q, k, v and o
-at rank 8 with lr 3e-3 (PiSSA at its paper's α = r); full fine-tuning uses lr 3e-4. Accuracy is
+at rank 8 with lr 3e-3 (PiSSA at its paper's α = r); full fine-tuning uses lr 3e-4; GaLore and Fira
+project every attention and MLP weight at their defaults (rank 128, T = 200, α = 0.25) with lr 1e-3. Accuracy is
 exact match of the greedy answer on 120 held-out reviews; the base model scores 0 %.
 
 Regenerate with \`npx tsx scripts/methods-report.ts --steps ${steps}\` (${os.cpus().length} CPU cores, wasm backend, ${new Date().toISOString().slice(0, 10)}).
 
-| method | trainable params | state (params + AdamW) | peak tensor bytes | tokens/s | train loss | val loss | accuracy |
+| method | trainable params | state (params + optimizer) | peak tensor bytes | tokens/s | train loss | val loss | accuracy |
 |---|---|---|---|---|---|---|---|
 ${rows.join('\n')}
 `;
