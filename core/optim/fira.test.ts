@@ -8,6 +8,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import * as tf from '../tf.ts';
 import { jacobiSvd } from '../linalg/svd.ts';
 import { Random } from '../random.ts';
+import { frobenius, lowRankSettings as settings, randomMatrix } from './low-rank-test-helpers.ts';
 import { Fira, firaScaledResidual } from './fira.ts';
 import { GaLore, projectionOf, type LowRankOptions } from './galore.ts';
 
@@ -15,15 +16,7 @@ beforeAll(async () => {
   await tf.setBackend('cpu');
 });
 
-const settings = (over: Partial<LowRankOptions> = {}): LowRankOptions => ({
-  projected: ['w'], rank: 2, updateProjGap: 200, scale: 0.25, projType: 'std', svd: 'exact', ...over,
-});
 
-function randomMatrix(rng: Random, m: number, n: number, scale = 1): number[][] {
-  return Array.from({ length: m }, () => Array.from({ length: n }, () => scale * rng.normal()));
-}
-
-const frobenius = (a: ArrayLike<number>) => Math.sqrt(Array.from(a).reduce((s, x) => s + x * x, 0));
 
 describe('Fira', () => {
   it('matches a first step computed by hand', () => {

@@ -8,6 +8,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import * as tf from '../tf.ts';
 import { jacobiSvd } from '../linalg/svd.ts';
 import { Random } from '../random.ts';
+import { frobenius, lowRankSettings as settings, randomMatrix } from './low-rank-test-helpers.ts';
 import { GaLore, lowRankStateBytes, type LowRankOptions } from './galore.ts';
 import type { Optimizer } from './registry.ts';
 
@@ -15,13 +16,6 @@ beforeAll(async () => {
   await tf.setBackend('cpu');
 });
 
-const settings = (over: Partial<LowRankOptions> = {}): LowRankOptions => ({
-  projected: ['w'], rank: 2, updateProjGap: 200, scale: 0.25, projType: 'std', svd: 'exact', ...over,
-});
-
-function randomMatrix(rng: Random, m: number, n: number, scale = 1): number[][] {
-  return Array.from({ length: m }, () => Array.from({ length: n }, () => scale * rng.normal()));
-}
 
 function values(t: tf.Tensor): number[] {
   return Array.from(t.dataSync());
@@ -56,7 +50,6 @@ function transpose(a: number[], rows: number, cols: number): number[] {
   return out;
 }
 
-const frobenius = (a: number[]) => Math.sqrt(a.reduce((s, x) => s + x * x, 0));
 
 describe('GaLore', () => {
   // G has orthogonal columns 3·e0, −2·e1, e2: singular values 3, 2, 1, right singular vectors e0, e1
