@@ -320,6 +320,99 @@ static napi_value CrossEntropyGrad(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+
+/* ---- SwiGLU: silu(gate)·up ------------------------------------------------------------------ */
+
+/* Logistic sigmoid for any sign, branch-free: with e = exp(−|g|) <= 1, σ = (g >= 0 ? 1 : e)/(1 + e). */
+static inline v8f sigmoid8(v8f g) {
+  v8f magnitude = (v8f)((v8i)g & 0x7fffffff);
+  v8f e = exp_nonpositive(-magnitude);
+  return select(g >= splat(0), splat(1), e) / (splat(1) + e);
+}
+
+HOT static void swiglu_forward(const float *gate, const float *up, float *out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v8f g = load8(gate + i);
+    store8(out + i, g * sigmoid8(g) * load8(up + i));
+  }
+  if (i < n) {
+    v8f g = load_tail(gate + i, (int32_t)(n - i), 0), r = g * sigmoid8(g) * load_tail(up + i, (int32_t)(n - i), 0);
+    for (int64_t l = 0; l < n - i; l++) out[i + l] = r[l];
+  }
+}
+
+/* d gate = dy·up·σ(g)·(1 + g·(1 − σ(g))) */
+HOT static void swiglu_grad_gate(const float *gate, const float *up, const float *dy, float *out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v8f g = load8(gate + i), s = sigmoid8(g);
+    store8(out + i, load8(dy + i) * load8(up + i) * s * (splat(1) + g * (splat(1) - s)));
+  }
+  if (i < n) {
+    int32_t rest = (int32_t)(n - i);
+    v8f g = load_tail(gate + i, rest, 0), s = sigmoid8(g);
+    v8f r = load_tail(dy + i, rest, 0) * load_tail(up + i, rest, 0) * s * (splat(1) + g * (splat(1) - s));
+    for (int32_t l = 0; l < rest; l++) out[i + l] = r[l];
+  }
+}
+
+/* d up = dy·silu(g): the forward with dy in place of up. */
+static void swiglu_grad_up(const float *gate, const float *dy, float *out, int64_t n) { swiglu_forward(gate, dy, out, n); }
+
+/* Float32Array arguments argv[0..count-1], all of one length; returns it, or -1 after throwing. */
+static int64_t same_length_views(napi_env env, napi_value *argv, size_t count, float **views, const char *name) {
+  size_t length = 0;
+  for (size_t i = 0; i < count; i++) {
+    size_t n;
+    if (float32_view(env, argv[i], &views[i], &n) != napi_ok) {
+      char message[120];
+      snprintf(message, sizeof message, "lowrank_native.%s takes Float32Arrays", name);
+      napi_throw_type_error(env, NULL, message);
+      return -1;
+    }
+    if (i > 0 && n != length) {
+      char message[120];
+      snprintf(message, sizeof message, "lowrank_native.%s: the arrays differ in length", name);
+      napi_throw_range_error(env, NULL, message);
+      return -1;
+    }
+    length = n;
+  }
+  return (int64_t)length;
+}
+
+/* swiglu(gate, up, out): out = silu(gate)·up */
+static napi_value SwiGlu(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  float *v[3];
+  int64_t n = argc == 3 ? same_length_views(env, argv, 3, v, "swiglu") : -1;
+  if (argc != 3) napi_throw_type_error(env, NULL, "lowrank_native.swiglu takes 3 arguments");
+  if (n < 0) return NULL;
+  swiglu_forward(v[0], v[1], v[2], n);
+  return NULL;
+}
+
+/* swigluGrad(gate, up, dy, out, wrt): out = d gate (wrt 0) or d up (wrt 1) */
+static napi_value SwiGluGrad(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  float *v[4];
+  int32_t wrt = -1;
+  if (argc != 5 || napi_get_value_int32(env, argv[4], &wrt) != napi_ok || (wrt != 0 && wrt != 1)) {
+    napi_throw_type_error(env, NULL, "lowrank_native.swigluGrad takes (gate, up, dy, out, 0 for d gate | 1 for d up)");
+    return NULL;
+  }
+  int64_t n = same_length_views(env, argv, 4, v, "swigluGrad");
+  if (n < 0) return NULL;
+  if (wrt == 0) swiglu_grad_gate(v[0], v[1], v[2], v[3], n);
+  else swiglu_grad_up(v[0], v[2], v[3], n);
+  return NULL;
+}
+
 #ifdef __APPLE__
 static void set_threads(int n) { (void)n; }
 static int get_threads(void) { return 0; }
@@ -371,6 +464,8 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"sgemmBatch", NULL, SgemmBatch, NULL, NULL, NULL, napi_default, NULL},
       {"crossEntropy", NULL, CrossEntropy, NULL, NULL, NULL, napi_default, NULL},
       {"crossEntropyGrad", NULL, CrossEntropyGrad, NULL, NULL, NULL, napi_default, NULL},
+      {"swiglu", NULL, SwiGlu, NULL, NULL, NULL, napi_default, NULL},
+      {"swigluGrad", NULL, SwiGluGrad, NULL, NULL, NULL, napi_default, NULL},
       {"setThreads", NULL, SetThreads, NULL, NULL, NULL, napi_default, NULL},
       {"threads", NULL, Threads, NULL, NULL, NULL, napi_default, NULL},
       {"library", NULL, Library, NULL, NULL, NULL, napi_default, NULL},

@@ -238,7 +238,7 @@ describe('switching fused ops off', () => {
     expect(parseFusedOpsEnv('1')).toEqual([...FUSED_OPS]);
     expect(parseFusedOpsEnv('0')).toEqual([]);
     expect(parseFusedOpsEnv('RMSNorm, rope')).toEqual(['rmsNorm', 'rope']);
-    expect(() => parseFusedOpsEnv('swiglu')).toThrow(/'swiglu' is not one of rmsNorm, layerNorm, rope/);
+    expect(() => parseFusedOpsEnv('gelu')).toThrow(/'gelu' is not one of rmsNorm, layerNorm, rope/);
   });
 
   it('an op the kernel does not cover (weight not [C]) takes the composite path', async () => {

@@ -11,8 +11,10 @@
 import * as tf from '../tf.ts';
 import { FUSED_KERNEL_NAMES as K, registerCpuFusedKernels } from '../backend/fused-kernels.ts';
 import { CROSS_ENTROPY_KERNELS } from '../backend/cross-entropy-kernels.ts';
+import { SWIGLU_KERNELS } from '../backend/swiglu-kernels.ts';
+import { activeNative } from '../backend/native/addon.ts';
 
-export const FUSED_OPS = ['rmsNorm', 'layerNorm', 'rope', 'crossEntropy'] as const;
+export const FUSED_OPS = ['rmsNorm', 'layerNorm', 'rope', 'crossEntropy', 'swiGlu'] as const;
 export type FusedOp = (typeof FUSED_OPS)[number];
 
 /** Every kernel an op needs on a backend: forward and gradients. */
@@ -22,7 +24,12 @@ const KERNELS_OF: Record<FusedOp, string[]> = {
   rope: [K.rope, K.ropeGrad],
   // wasm only (core/backend/cross-entropy-kernels.ts); used by causal-lm.ts's loss.
   crossEntropy: [CROSS_ENTROPY_KERNELS.forward, CROSS_ENTROPY_KERNELS.grad],
+  // wasm, and only with the native addon (core/backend/swiglu-kernels.ts says why).
+  swiGlu: [SWIGLU_KERNELS.forward, SWIGLU_KERNELS.grad],
 };
+
+/** Ops whose fused kernels are worth it only natively: without the addon they run composite. */
+const NEEDS_NATIVE: ReadonlySet<FusedOp> = new Set(['swiGlu']);
 
 export const FUSED_OPS_ENV = 'LOWRANK_FUSED_OPS';
 
@@ -54,6 +61,7 @@ export function enabledFusedOps(): FusedOp[] {
 /** Whether `op` runs as a fused kernel on the active backend now. */
 export function fusedOpActive(op: FusedOp): boolean {
   if (!enabled.has(op)) return false;
+  if (NEEDS_NATIVE.has(op) && activeNative() == null) return false;
   const backend = tf.getBackend();
   return KERNELS_OF[op].every((name) => tf.getKernel(name, backend) != null);
 }
@@ -103,6 +111,18 @@ export function applyRope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): t
     return run(K.rope, { x, cos, sin });
   }
   return applyRopeComposite(x, cos, sin);
+}
+
+/** silu(gate)·up, as tfjs ops. */
+export function swiGluComposite(gate: tf.Tensor, up: tf.Tensor): tf.Tensor {
+  return tf.mul(tf.mul(gate, tf.sigmoid(gate)), up);
+}
+
+/** SwiGLU (Shazeer, arXiv:2002.05202), the Llama MLP's activation: silu(gate)·up, same shapes. */
+export function swiGlu(gate: tf.Tensor, up: tf.Tensor): tf.Tensor {
+  const fits = gate.dtype === 'float32' && up.dtype === 'float32' && tf.util.arraysEqual(gate.shape, up.shape);
+  if (fits && fusedOpActive('swiGlu')) return run(SWIGLU_KERNELS.forward, { gate, up });
+  return swiGluComposite(gate, up);
 }
 
 function isRowsAndVector(x: tf.Tensor, v: tf.Tensor): boolean {
@@ -156,3 +176,12 @@ function registerGradients(): void {
 
 registerCpuFusedKernels();
 registerGradients();
+tf.registerGradient({
+  kernelName: SWIGLU_KERNELS.forward,
+  inputsToSave: ['gate', 'up'],
+  gradFunc: (dy, saved) => {
+    const [gate, up] = saved;
+    const wrt = (which: 0 | 1) => () => run(SWIGLU_KERNELS.grad, { gate, up, dy: dy as tf.Tensor }, { wrt: which });
+    return { gate: wrt(0), up: wrt(1) };
+  },
+});

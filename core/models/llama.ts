@@ -6,7 +6,7 @@
  */
 import * as tf from '../tf.ts';
 import { CausalLM, attentionBias, type ForwardOptions, type ForwardResult, type KVCache } from './causal-lm.ts';
-import { applyRope, rmsNorm } from './fused-ops.ts';
+import { applyRope, rmsNorm, swiGlu } from './fused-ops.ts';
 import { ropeTables } from './rope.ts';
 
 export class LlamaModel extends CausalLM {
@@ -66,7 +66,7 @@ export class LlamaModel extends CausalLM {
       const h2 = rmsNorm(x, this.weight(`${p}.post_attention_layernorm.weight`), c.normEps);
       const gate = this.linear(`${p}.mlp.gate_proj`, h2);
       const up = this.linear(`${p}.mlp.up_proj`, h2);
-      x = tf.add(x, this.linear(`${p}.mlp.down_proj`, tf.mul(tf.mul(gate, tf.sigmoid(gate)), up)));
+      x = tf.add(x, this.linear(`${p}.mlp.down_proj`, swiGlu(gate, up) as tf.Tensor2D));
     }
 
     const final = rmsNorm(x, this.weight('model.norm.weight'), c.normEps);

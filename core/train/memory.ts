@@ -66,9 +66,10 @@ export interface MemoryEstimate {
  * Which ops run fused (core/models/fused-ops.ts) changes what the tape keeps: a fused RMSNorm or
  * LayerNorm keeps only its output (1·C instead of 3·C / 4·C), fused RoPE replaces split, neg,
  * concat, two muls and an add by one output (q 7.5·Hq → 3·Hq, k 7.5·Hkv → 3·Hkv), and the fused
- * cross-entropy keeps the logits and a per-row log-sum-exp (1·V instead of 6·V).
+ * cross-entropy keeps the logits and a per-row log-sum-exp (1·V instead of 6·V); fused SwiGLU
+ * keeps gate, up and its output (3·I instead of 5·I).
  */
-export type FusedActivationOps = Partial<Record<'rmsNorm' | 'layerNorm' | 'rope' | 'crossEntropy', boolean>>;
+export type FusedActivationOps = Partial<Record<'rmsNorm' | 'layerNorm' | 'rope' | 'crossEntropy' | 'swiGlu', boolean>>;
 
 export function activationFloatsPerToken(c: ModelConfig, seqLen: number, fused: FusedActivationOps = {}): number {
   const C = c.hiddenSize;
@@ -83,7 +84,7 @@ export function activationFloatsPerToken(c: ModelConfig, seqLen: number, fused: 
   const perLayer =
     c.family === 'gpt2'
       ? 2 * layerNorm + 3 * C /* c_attn */ + 2 * 3 * C /* split + transposes */ + scores + 2 * C + 2 * C + 8 * I /* c_fc, gelu_new's 6 elementwise ops, c_proj in */ + 2 * C
-      : 2 * rmsNorm + rotated * Hq + (rotated + 2) * Hkv + scores + 2 * Hq + 2 * C + 5 * I + 2 * C;
+      : 2 * rmsNorm + rotated * Hq + (rotated + 2) * Hkv + scores + 2 * Hq + 2 * C + (fused.swiGlu ? 3 : 5) * I + 2 * C;
   const head = (fused.crossEntropy ? 1 : 6) * c.vocabSize + 4 * C;
   return c.numLayers * perLayer + head;
 }

@@ -1,7 +1,7 @@
 /**
  * The optional native kernels (PERFORMANCE.md §2-§3): a small Node-API addon over the system BLAS,
  * built at install by scripts/build-native.js from native/kernels.c, with a fused softmax
- * cross-entropy beside the GEMM. OpenBLAS runs the products of the
+ * cross-entropy and SwiGLU beside the GEMM. OpenBLAS runs the products of the
  * bench model at 70-100 GFLOP/s on one core of the build machine, where XNNPACK in wasm SIMD
  * reaches ~14, and matmul is two thirds of a training step. Where the addon is absent (no BLAS or
  * compiler at install, Windows) or fails to load, the wasm kernels do the work as before; nothing
@@ -30,6 +30,10 @@ export interface NativeAddon {
   /** grad_ij = (exp(z_ij − lse_i) − [j = t_i])·w_i·dy */
   crossEntropyGrad(logits: Float32Array, targets: Int32Array, weights: Float32Array, lse: Float32Array,
     grad: Float32Array, dy: number): void;
+  /** out = silu(gate)·up, elementwise (arrays of one length). */
+  swiglu(gate: Float32Array, up: Float32Array, out: Float32Array): void;
+  /** out = d gate = dy·up·σ(g)·(1 + g·(1 − σ(g))) for wrt 0, d up = dy·g·σ(g) for wrt 1. */
+  swigluGrad(gate: Float32Array, up: Float32Array, dy: Float32Array, out: Float32Array, wrt: 0 | 1): void;
   setThreads(n: number): void;
   threads(): number;
   /** e.g. "OpenBLAS 0.3.21 … Haswell kernels" */
@@ -63,6 +67,8 @@ function load(): NativeState {
       sgemmBatch: raw.sgemmBatch.bind(raw),
       crossEntropy: raw.crossEntropy.bind(raw),
       crossEntropyGrad: raw.crossEntropyGrad.bind(raw),
+      swiglu: raw.swiglu.bind(raw),
+      swigluGrad: raw.swigluGrad.bind(raw),
       setThreads: raw.setThreads.bind(raw),
       threads: raw.threads.bind(raw),
       library: raw.library.bind(raw),

@@ -17,6 +17,7 @@ import { unsortedSegmentSumConfig } from './unsorted-segment-sum.ts';
 import { fusedKernelConfigs } from './fused-kernels.ts';
 import { crossEntropyWasmConfigs } from '../cross-entropy-kernels.ts';
 import { identityConfig } from './identity.ts';
+import { swigluWasmConfigs } from '../swiglu-kernels.ts';
 
 /** tfjs-backend-wasm registers itself with priority 2 (above cpu's 1); the wrapper keeps that. */
 const WASM_PRIORITY = 2;
@@ -36,7 +37,7 @@ export function installWasmKernels(): string[] {
   if (batchMatMul == null || fusedMatMul == null) {
     throw new Error('tfjs-backend-wasm registered no BatchMatMul/_FusedMatMul kernels; is it 4.22?');
   }
-  const configs = [...createMatMulKernels({ batchMatMul, fusedMatMul }), unsortedSegmentSumConfig, ...fusedKernelConfigs, ...crossEntropyWasmConfigs, identityConfig];
+  const configs = [...createMatMulKernels({ batchMatMul, fusedMatMul }), unsortedSegmentSumConfig, ...fusedKernelConfigs, ...crossEntropyWasmConfigs, ...swigluWasmConfigs, identityConfig];
   const stock = new Map<string, KernelConfig | undefined>();
   for (const config of configs) {
     const previous = getKernel(config.kernelName, 'wasm');
