@@ -413,6 +413,54 @@ static napi_value SwiGluGrad(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+
+/* ---- AdamW step ------------------------------------------------------------------------------ */
+
+/*
+ * One AdamW step over a parameter, in the same float32 order as core/optim/adamw.ts's tfjs ops:
+ *   m' = m·β1 + g·(1−β1);  v' = v·β2 + g²·(1−β2)
+ *   p' = p·decay − ((m'/c1) / (√(v'/c2) + ε))·rate
+ * A plain loop: GCC vectorises it (sqrt needs -fno-math-errno, which the build passes).
+ */
+HOT static void adamw_update(const float *restrict p, const float *restrict g, const float *restrict m,
+                             const float *restrict v, float *restrict p_out, float *restrict m_out, float *restrict v_out,
+                             int64_t n, const float *k) {
+  const float b1 = k[0], one_minus_b1 = k[1], b2 = k[2], one_minus_b2 = k[3], eps = k[4], rate = k[5], decay = k[6],
+              c1 = k[7], c2 = k[8];
+  for (int64_t i = 0; i < n; i++) {
+    float m1 = m[i] * b1 + g[i] * one_minus_b1;
+    float v1 = v[i] * b2 + (g[i] * g[i]) * one_minus_b2;
+    m_out[i] = m1;
+    v_out[i] = v1;
+    p_out[i] = p[i] * decay - ((m1 / c1) / (sqrtf(v1 / c2) + eps)) * rate;
+  }
+}
+
+/*
+ * adamw(p, g, m, v, pOut, mOut, vOut, Float32Array [β1, 1−β1, β2, 1−β2, ε, rate, decay, c1, c2])
+ * (the constants as float32, exactly as tfjs casts its scalars)
+ */
+static napi_value AdamW(napi_env env, napi_callback_info info) {
+  size_t argc = 8;
+  napi_value argv[8];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc != 8) {
+    napi_throw_type_error(env, NULL, "lowrank_native.adamw takes (p, g, m, v, pOut, mOut, vOut, constants)");
+    return NULL;
+  }
+  float *v[7];
+  int64_t n = same_length_views(env, argv, 7, v, "adamw");
+  if (n < 0) return NULL;
+  float *k;
+  size_t nk;
+  if (float32_view(env, argv[7], &k, &nk) != napi_ok || nk != 9) {
+    napi_throw_type_error(env, NULL, "lowrank_native.adamw: constants must be a Float32Array of 9");
+    return NULL;
+  }
+  adamw_update(v[0], v[1], v[2], v[3], v[4], v[5], v[6], n, k);
+  return NULL;
+}
+
 #ifdef __APPLE__
 static void set_threads(int n) { (void)n; }
 static int get_threads(void) { return 0; }
@@ -466,6 +514,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"crossEntropyGrad", NULL, CrossEntropyGrad, NULL, NULL, NULL, napi_default, NULL},
       {"swiglu", NULL, SwiGlu, NULL, NULL, NULL, napi_default, NULL},
       {"swigluGrad", NULL, SwiGluGrad, NULL, NULL, NULL, napi_default, NULL},
+      {"adamw", NULL, AdamW, NULL, NULL, NULL, napi_default, NULL},
       {"setThreads", NULL, SetThreads, NULL, NULL, NULL, napi_default, NULL},
       {"threads", NULL, Threads, NULL, NULL, NULL, napi_default, NULL},
       {"library", NULL, Library, NULL, NULL, NULL, napi_default, NULL},

@@ -37,7 +37,7 @@ const compiler = process.env.CC || 'cc';
 const libs = process.platform === 'darwin'
   ? ['-framework', 'Accelerate', '-undefined', 'dynamic_lookup']
   : ['-lopenblas', '-lm'];
-const args = ['-O3', '-Wno-psabi', '-shared', '-fPIC', `-I${headers[0]}`, source, '-o', `${target}.tmp`, ...libs];
+const args = ['-O3', '-fno-math-errno', '-ffp-contract=off', '-Wno-psabi', '-shared', '-fPIC', `-I${headers[0]}`, source, '-o', `${target}.tmp`, ...libs];
 
 fs.mkdirSync(outDir, { recursive: true });
 const result = spawnSync(compiler, args, { encoding: 'utf8' });

@@ -12,9 +12,10 @@ import * as tf from '../tf.ts';
 import { FUSED_KERNEL_NAMES as K, registerCpuFusedKernels } from '../backend/fused-kernels.ts';
 import { CROSS_ENTROPY_KERNELS } from '../backend/cross-entropy-kernels.ts';
 import { SWIGLU_KERNELS } from '../backend/swiglu-kernels.ts';
+import { ADAMW_KERNEL } from '../backend/adamw-kernels.ts';
 import { activeNative } from '../backend/native/addon.ts';
 
-export const FUSED_OPS = ['rmsNorm', 'layerNorm', 'rope', 'crossEntropy', 'swiGlu'] as const;
+export const FUSED_OPS = ['rmsNorm', 'layerNorm', 'rope', 'crossEntropy', 'swiGlu', 'adamW'] as const;
 export type FusedOp = (typeof FUSED_OPS)[number];
 
 /** Every kernel an op needs on a backend: forward and gradients. */
@@ -26,6 +27,8 @@ const KERNELS_OF: Record<FusedOp, string[]> = {
   crossEntropy: [CROSS_ENTROPY_KERNELS.forward, CROSS_ENTROPY_KERNELS.grad],
   // wasm, and only with the native addon (core/backend/swiglu-kernels.ts says why).
   swiGlu: [SWIGLU_KERNELS.forward, SWIGLU_KERNELS.grad],
+  // wasm; used by core/optim/adamw.ts.
+  adamW: [ADAMW_KERNEL],
 };
 
 /** Ops whose fused kernels are worth it only natively: without the addon they run composite. */

@@ -6,6 +6,8 @@
  * State (m, v) is exposed through getWeights/setWeights so a checkpoint can restore it exactly.
  */
 import * as tf from '../tf.ts';
+import { ADAMW_KERNEL } from '../backend/adamw-kernels.ts';
+import { fusedOpActive } from '../models/fused-ops.ts';
 import type { Optimizer, OptimizerState } from './registry.ts';
 
 export interface AdamWOptions {
@@ -63,6 +65,7 @@ export class AdamW implements Optimizer {
     const b2 = this.beta2;
     const correction1 = 1 - Math.pow(b1, this.t);
     const correction2 = 1 - Math.pow(b2, this.t);
+    const fused = fusedOpActive('adamW');
     tf.tidy(() => {
       for (const [name, p] of this.params) {
         const g = grads.get(name);
@@ -70,6 +73,16 @@ export class AdamW implements Optimizer {
         const m = this.m.get(name)!;
         const v = this.v.get(name)!;
         const rate = lr * this.lrScale(name);
+        if (fused) {
+          // One pass instead of ~15 ops, same float32 arithmetic (core/backend/adamw-kernels.ts).
+          const decay = this.weightDecay > 0 && !this.noDecay(name) ? 1 - rate * this.weightDecay : 1;
+          const attrs = { beta1: b1, beta2: b2, epsilon: this.epsilon, rate, decay, correction1, correction2 };
+          const [p1, m1, v1] = tf.engine().runKernel(ADAMW_KERNEL, { p, g, m, v }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor[];
+          m.assign(m1);
+          v.assign(v1);
+          p.assign(p1);
+          continue;
+        }
         const m1 = tf.add(tf.mul(m, b1), tf.mul(g, 1 - b1));
         const v1 = tf.add(tf.mul(v, b2), tf.mul(tf.square(g), 1 - b2));
         m.assign(m1);

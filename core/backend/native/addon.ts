@@ -1,7 +1,7 @@
 /**
  * The optional native kernels (PERFORMANCE.md §2-§3): a small Node-API addon over the system BLAS,
  * built at install by scripts/build-native.js from native/kernels.c, with a fused softmax
- * cross-entropy and SwiGLU beside the GEMM. OpenBLAS runs the products of the
+ * cross-entropy, SwiGLU and the AdamW step beside the GEMM. OpenBLAS runs the products of the
  * bench model at 70-100 GFLOP/s on one core of the build machine, where XNNPACK in wasm SIMD
  * reaches ~14, and matmul is two thirds of a training step. Where the addon is absent (no BLAS or
  * compiler at install, Windows) or fails to load, the wasm kernels do the work as before; nothing
@@ -34,6 +34,9 @@ export interface NativeAddon {
   swiglu(gate: Float32Array, up: Float32Array, out: Float32Array): void;
   /** out = d gate = dy·up·σ(g)·(1 + g·(1 − σ(g))) for wrt 0, d up = dy·g·σ(g) for wrt 1. */
   swigluGrad(gate: Float32Array, up: Float32Array, dy: Float32Array, out: Float32Array, wrt: 0 | 1): void;
+  /** One AdamW step into new arrays; constants as adamw-kernels.ts's adamWConstants builds them. */
+  adamw(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, pOut: Float32Array, mOut: Float32Array,
+    vOut: Float32Array, constants: Float32Array): void;
   setThreads(n: number): void;
   threads(): number;
   /** e.g. "OpenBLAS 0.3.21 … Haswell kernels" */
@@ -69,6 +72,7 @@ function load(): NativeState {
       crossEntropyGrad: raw.crossEntropyGrad.bind(raw),
       swiglu: raw.swiglu.bind(raw),
       swigluGrad: raw.swigluGrad.bind(raw),
+      adamw: raw.adamw.bind(raw),
       setThreads: raw.setThreads.bind(raw),
       threads: raw.threads.bind(raw),
       library: raw.library.bind(raw),

@@ -18,6 +18,7 @@ import { fusedKernelConfigs } from './fused-kernels.ts';
 import { crossEntropyWasmConfigs } from '../cross-entropy-kernels.ts';
 import { identityConfig } from './identity.ts';
 import { swigluWasmConfigs } from '../swiglu-kernels.ts';
+import { adamWWasmConfig } from '../adamw-kernels.ts';
 
 /** tfjs-backend-wasm registers itself with priority 2 (above cpu's 1); the wrapper keeps that. */
 const WASM_PRIORITY = 2;
@@ -37,7 +38,7 @@ export function installWasmKernels(): string[] {
   if (batchMatMul == null || fusedMatMul == null) {
     throw new Error('tfjs-backend-wasm registered no BatchMatMul/_FusedMatMul kernels; is it 4.22?');
   }
-  const configs = [...createMatMulKernels({ batchMatMul, fusedMatMul }), unsortedSegmentSumConfig, ...fusedKernelConfigs, ...crossEntropyWasmConfigs, ...swigluWasmConfigs, identityConfig];
+  const configs = [...createMatMulKernels({ batchMatMul, fusedMatMul }), unsortedSegmentSumConfig, ...fusedKernelConfigs, ...crossEntropyWasmConfigs, ...swigluWasmConfigs, adamWWasmConfig, identityConfig];
   const stock = new Map<string, KernelConfig | undefined>();
   for (const config of configs) {
     const previous = getKernel(config.kernelName, 'wasm');

@@ -1,0 +1,65 @@
+/**
+ * One AdamW step of one parameter as a single kernel on the wasm backend:
+ *   LowrankAdamW  {p, g, m, v}, attrs {beta1, beta2, epsilon, rate, decay, correction1, correction2}
+ *                 → [p', m', v']
+ * with the arithmetic of core/optim/adamw.ts in the same float32 order. The tfjs form is ~15 ops,
+ * each a pass over the parameter and a new buffer; for full fine-tuning of the bench model that
+ * was about a fifth of a step. Natively (native/kernels.c) it is one vectorised pass; without the
+ * addon a JS loop does the same pass. Outputs are new buffers (tensors are immutable: the old ones
+ * may still be shared, e.g. by tensors the tape saved).
+ */
+import { util } from '../tf.ts';
+import type { KernelConfig, KernelFunc, TensorInfo } from '../tf.ts';
+import { activeNative } from './native/addon.ts';
+import { asWasmBackend } from './wasm/backend-internals.ts';
+
+export const ADAMW_KERNEL = 'LowrankAdamW';
+
+export interface AdamWStepAttrs {
+  beta1: number;
+  beta2: number;
+  epsilon: number;
+  /** lr × the parameter's lr scale */
+  rate: number;
+  /** 1 − rate·weightDecay, or exactly 1 without decay */
+  decay: number;
+  correction1: number;
+  correction2: number;
+}
+
+/** The constants as float32, the way tfjs casts scalar operands: [β1, 1−β1, β2, 1−β2, ε, rate, decay, c1, c2]. */
+export function adamWConstants(a: AdamWStepAttrs): Float32Array {
+  return Float32Array.of(a.beta1, 1 - a.beta1, a.beta2, 1 - a.beta2, a.epsilon, a.rate, a.decay, a.correction1, a.correction2);
+}
+
+/** The same pass in JS, rounding to float32 after each operation as the tfjs ops do. */
+export function adamWStepJs(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array,
+  pOut: Float32Array, mOut: Float32Array, vOut: Float32Array, k: Float32Array): void {
+  const f = Math.fround;
+  const [b1, omb1, b2, omb2, eps, rate, decay, c1, c2] = k;
+  for (let i = 0; i < p.length; i++) {
+    const m1 = f(f(m[i] * b1) + f(g[i] * omb1));
+    const v1 = f(f(v[i] * b2) + f(f(g[i] * g[i]) * omb2));
+    mOut[i] = m1;
+    vOut[i] = v1;
+    pOut[i] = f(f(p[i] * decay) - f(f(f(m1 / c1) / f(f(Math.sqrt(f(v1 / c2))) + eps)) * rate));
+  }
+}
+
+const adamWStep: KernelFunc = ({ inputs, backend: backendArg, attrs }) => {
+  const backend = asWasmBackend(backendArg);
+  const { p, g, m, v } = inputs as Record<'p' | 'g' | 'm' | 'v', TensorInfo>;
+  util.assert([p, g, m, v].every((t) => t.dtype === 'float32' && util.arraysEqual(t.shape, p.shape)),
+    () => `${ADAMW_KERNEL}: p, g, m, v must be float32 of one shape, got ${[p, g, m, v].map((t) => `${t.dtype} [${t.shape}]`).join(', ')}`);
+  const outs = [p, m, v].map(() => backend.makeOutput(p.shape, 'float32'));
+  // Views only after every makeOutput: its malloc can grow the heap and detach earlier views.
+  const view = (t: TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
+  const k = adamWConstants(attrs as unknown as AdamWStepAttrs);
+  const native = activeNative();
+  const args = [view(p), view(g), view(m), view(v), view(outs[0]), view(outs[1]), view(outs[2]), k] as const;
+  if (native != null) native.adamw(...args);
+  else adamWStepJs(...args);
+  return outs;
+};
+
+export const adamWWasmConfig: KernelConfig = { kernelName: ADAMW_KERNEL, backendName: 'wasm', kernelFunc: adamWStep };
