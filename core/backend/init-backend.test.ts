@@ -60,7 +60,7 @@ describe('initBackend', () => {
     expect(info.tfjsVersion).toBe(tf.version_core);
     expect(typeof info.wasmSimd).toBe('boolean');
     expect(info.wasmThreads).toBeGreaterThanOrEqual(1);
-    expect(info.kernels.sort()).toEqual(['BatchMatMul', 'Identity', 'UnsortedSegmentSum', '_FusedMatMul', ...FUSED_KERNELS.map((k) => k.kernelName), ...Object.values(CROSS_ENTROPY_KERNELS), ...Object.values(SWIGLU_KERNELS), ADAMW_KERNEL].sort());
+    expect(info.kernels.sort()).toEqual(['BatchMatMul', 'Identity', 'Slice', 'UnsortedSegmentSum', '_FusedMatMul', ...FUSED_KERNELS.map((k) => k.kernelName), ...Object.values(CROSS_ENTROPY_KERNELS), ...Object.values(SWIGLU_KERNELS), ADAMW_KERNEL].sort());
     // Automatically, webgpu never takes a software adapter (llvmpipe): it is skipped, with why.
     expect(info.skipped?.map((s) => s.backend)).toEqual(['tensorflow', 'webgpu']);
     expect(info.skipped?.[1].reason).toMatch(/no GPU device|software adapter|no usable WebGPU adapter/);

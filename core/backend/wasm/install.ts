@@ -19,6 +19,7 @@ import { crossEntropyWasmConfigs } from '../cross-entropy-kernels.ts';
 import { identityConfig } from './identity.ts';
 import { swigluWasmConfigs } from '../swiglu-kernels.ts';
 import { adamWWasmConfig } from '../adamw-kernels.ts';
+import { createSliceConfig } from './slice.ts';
 
 /** tfjs-backend-wasm registers itself with priority 2 (above cpu's 1); the wrapper keeps that. */
 const WASM_PRIORITY = 2;
@@ -35,10 +36,12 @@ export function installWasmKernels(): string[] {
   if (installed != null) return installed.configs.map((c) => c.kernelName);
   const batchMatMul = getKernel('BatchMatMul', 'wasm');
   const fusedMatMul = getKernel('_FusedMatMul', 'wasm');
-  if (batchMatMul == null || fusedMatMul == null) {
-    throw new Error('tfjs-backend-wasm registered no BatchMatMul/_FusedMatMul kernels; is it 4.22?');
+  const slice = getKernel('Slice', 'wasm');
+  if (batchMatMul == null || fusedMatMul == null || slice == null) {
+    throw new Error('tfjs-backend-wasm registered no BatchMatMul/_FusedMatMul/Slice kernels; is it 4.22?');
   }
-  const configs = [...createMatMulKernels({ batchMatMul, fusedMatMul }), unsortedSegmentSumConfig, ...fusedKernelConfigs, ...crossEntropyWasmConfigs, ...swigluWasmConfigs, adamWWasmConfig, identityConfig];
+  const configs = [...createMatMulKernels({ batchMatMul, fusedMatMul }), unsortedSegmentSumConfig, ...fusedKernelConfigs, ...crossEntropyWasmConfigs, ...swigluWasmConfigs, adamWWasmConfig, identityConfig,
+    createSliceConfig(slice)];
   const stock = new Map<string, KernelConfig | undefined>();
   for (const config of configs) {
     const previous = getKernel(config.kernelName, 'wasm');
