@@ -38,6 +38,16 @@ static napi_value throw_range(napi_env env, const char *what) {
   return NULL;
 }
 
+/* Fetches exactly `count` arguments into argv; otherwise throws `usage` and returns 0. */
+static int get_args(napi_env env, napi_callback_info info, size_t count, napi_value *argv, const char *usage) {
+  size_t argc = count;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != count) {
+    napi_throw_type_error(env, NULL, usage);
+    return 0;
+  }
+  return 1;
+}
+
 /* Elements a row-major operand of `rows` x `cols` (stored transposed when `trans`) spans. */
 static int64_t extent(int trans, int64_t rows, int64_t cols, int64_t ld) {
   int64_t stored_rows = trans ? cols : rows;
@@ -72,13 +82,8 @@ static napi_status uint32_view(napi_env env, napi_value value, uint32_t **data, 
  * For each i: C_i = op(A_i) · op(B_i) + beta · C_i, row-major, offsets in elements of `heap`.
  */
 static napi_value SgemmBatch(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
   napi_value argv[6];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc != 6) {
-    napi_throw_type_error(env, NULL, "lowrank_native.sgemmBatch takes 6 arguments");
-    return NULL;
-  }
+  if (!get_args(env, info, 6, argv, "lowrank_native.sgemmBatch takes 6 arguments")) return NULL;
   float *heap;
   size_t heap_length;
   CHECK(float32_view(env, argv[0], &heap, &heap_length));
@@ -273,14 +278,9 @@ static int cross_entropy_args(napi_env env, napi_value *argv, int with_grad, Cro
  * accumulated in double.
  */
 static napi_value CrossEntropy(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value argv[4];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CrossEntropyArgs a;
-  if (argc != 4) {
-    napi_throw_type_error(env, NULL, "lowrank_native.crossEntropy takes 4 arguments");
-    return NULL;
-  }
+  if (!get_args(env, info, 4, argv, "lowrank_native.crossEntropy takes 4 arguments")) return NULL;
   if (!cross_entropy_args(env, argv, 0, &a)) return NULL;
   double loss = 0;
   for (int64_t i = 0; i < a.rows; i++) {
@@ -300,14 +300,9 @@ static napi_value CrossEntropy(napi_env env, napi_callback_info info) {
  * grad_ij = (exp(z_ij − lse_i) − [j = t_i]) · w_i · dy
  */
 static napi_value CrossEntropyGrad(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
   napi_value argv[6];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CrossEntropyArgs a;
-  if (argc != 6) {
-    napi_throw_type_error(env, NULL, "lowrank_native.crossEntropyGrad takes 6 arguments");
-    return NULL;
-  }
+  if (!get_args(env, info, 6, argv, "lowrank_native.crossEntropyGrad takes 6 arguments")) return NULL;
   if (!cross_entropy_args(env, argv, 1, &a)) return NULL;
   double dy;
   CHECK(napi_get_value_double(env, argv[5], &dy));
@@ -384,12 +379,10 @@ static int64_t same_length_views(napi_env env, napi_value *argv, size_t count, f
 
 /* swiglu(gate, up, out): out = silu(gate)·up */
 static napi_value SwiGlu(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   float *v[3];
-  int64_t n = argc == 3 ? same_length_views(env, argv, 3, v, "swiglu") : -1;
-  if (argc != 3) napi_throw_type_error(env, NULL, "lowrank_native.swiglu takes 3 arguments");
+  if (!get_args(env, info, 3, argv, "lowrank_native.swiglu takes 3 arguments")) return NULL;
+  int64_t n = same_length_views(env, argv, 3, v, "swiglu");
   if (n < 0) return NULL;
   swiglu_forward(v[0], v[1], v[2], n);
   return NULL;
@@ -397,13 +390,13 @@ static napi_value SwiGlu(napi_env env, napi_callback_info info) {
 
 /* swigluGrad(gate, up, dy, out, wrt): out = d gate (wrt 0) or d up (wrt 1) */
 static napi_value SwiGluGrad(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
+  static const char usage[] = "lowrank_native.swigluGrad takes (gate, up, dy, out, 0 for d gate | 1 for d up)";
   napi_value argv[5];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   float *v[4];
   int32_t wrt = -1;
-  if (argc != 5 || napi_get_value_int32(env, argv[4], &wrt) != napi_ok || (wrt != 0 && wrt != 1)) {
-    napi_throw_type_error(env, NULL, "lowrank_native.swigluGrad takes (gate, up, dy, out, 0 for d gate | 1 for d up)");
+  if (!get_args(env, info, 5, argv, usage)) return NULL;
+  if (napi_get_value_int32(env, argv[4], &wrt) != napi_ok || (wrt != 0 && wrt != 1)) {
+    napi_throw_type_error(env, NULL, usage);
     return NULL;
   }
   int64_t n = same_length_views(env, argv, 4, v, "swigluGrad");
@@ -441,13 +434,8 @@ HOT static void adamw_update(const float *restrict p, const float *restrict g, c
  * (the constants as float32, exactly as tfjs casts its scalars)
  */
 static napi_value AdamW(napi_env env, napi_callback_info info) {
-  size_t argc = 8;
   napi_value argv[8];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc != 8) {
-    napi_throw_type_error(env, NULL, "lowrank_native.adamw takes (p, g, m, v, pOut, mOut, vOut, constants)");
-    return NULL;
-  }
+  if (!get_args(env, info, 8, argv, "lowrank_native.adamw takes (p, g, m, v, pOut, mOut, vOut, constants)")) return NULL;
   float *v[7];
   int64_t n = same_length_views(env, argv, 7, v, "adamw");
   if (n < 0) return NULL;
@@ -481,11 +469,10 @@ static const char *config(void) {
 #endif
 
 static napi_value SetThreads(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t n = 0;
-  if (argc != 1 || napi_get_value_int32(env, argv[0], &n) != napi_ok || n < 1) {
+  if (!get_args(env, info, 1, argv, "lowrank_native.setThreads takes a thread count >= 1")) return NULL;
+  if (napi_get_value_int32(env, argv[0], &n) != napi_ok || n < 1) {
     napi_throw_range_error(env, NULL, "lowrank_native.setThreads takes a thread count >= 1");
     return NULL;
   }
