@@ -6,65 +6,32 @@
  * training step. Over logits [batch·seq, vocab] (4 M floats for the bench model) the composite
  * form (core/models/causal-lm.ts) runs max, sub, exp, sum, log and a gather forward, and sub, exp,
  * a one-hot, sub and mul backward: ten passes and two exps over the largest tensor of the step,
- * ~130 ms. Fused: two passes forward, one backward. The native addon does them with vectorised
- * exp in ~5 ms (native/kernels.c); without it, the JS loops below do the same arithmetic.
+ * ~85 ms. Fused: two passes forward, one backward, with a vectorised exp in the native addon
+ * (native/kernels.c): ~7 ms. Without the addon the models keep the composite form: a JS loop
+ * measured slower than it (~95 ms: V8's Math.exp costs twice the wasm backend's vectorised exp).
  *
  * Kernels:
  *   LowrankCrossEntropy      {logits [N,V] f32, targets [N] i32, weights [N] f32} → [loss [] f32, lse [N] f32]
  *   LowrankCrossEntropyGrad  {logits, targets, weights, lse, dy [] f32} → dlogits [N,V] f32
  * loss = Σᵢ wᵢ·(lseᵢ − zᵢ[tᵢ]),  dlogitsᵢⱼ = (exp(zᵢⱼ − lseᵢ) − [j = tᵢ])·wᵢ·dy
- * Registered for wasm only (install.ts); the cpu backend keeps the composite form, which is the
- * reference the tests hold these to.
+ * Registered for wasm only (install.ts), used only with the native addon (fused-ops.ts); the cpu
+ * backend keeps the composite form, which is the reference the tests hold these to.
  */
 import { util } from '../tf.ts';
 import type { KernelConfig, KernelFunc, TensorInfo } from '../tf.ts';
-import { activeNative } from './native/addon.ts';
+import { activeNative, type NativeAddon } from './native/addon.ts';
+
+function requireNative(): NativeAddon {
+  const native = activeNative();
+  if (native == null) throw new Error('the fused cross-entropy kernels need the native addon; fused-ops.ts runs the composite loss without it');
+  return native;
+}
 import { asWasmBackend, type WasmBackendInternals } from './wasm/backend-internals.ts';
 
 export const CROSS_ENTROPY_KERNELS = {
   forward: 'LowrankCrossEntropy',
   grad: 'LowrankCrossEntropyGrad',
 } as const;
-
-function checkTargets(targets: Int32Array, vocab: number): void {
-  for (let i = 0; i < targets.length; i++) {
-    if (!(targets[i] >= 0 && targets[i] < vocab)) {
-      throw new Error(`cross-entropy: target id ${targets[i]} at row ${i} is outside the vocabulary (0..${vocab - 1})`);
-    }
-  }
-}
-
-/** The forward pass in JS: fills `lse`, returns the weighted loss (accumulated in doubles). */
-export function crossEntropyJs(logits: Float32Array, targets: Int32Array, weights: Float32Array, lse: Float32Array): number {
-  const rows = targets.length;
-  const vocab = logits.length / rows;
-  checkTargets(targets, vocab);
-  let loss = 0;
-  for (let i = 0, base = 0; i < rows; i++, base += vocab) {
-    let max = -Infinity;
-    for (let j = base; j < base + vocab; j++) if (logits[j] > max) max = logits[j];
-    let sum = 0;
-    for (let j = base; j < base + vocab; j++) sum += Math.exp(logits[j] - max);
-    const l = max + Math.log(sum);
-    lse[i] = l;
-    loss += weights[i] * (l - logits[base + targets[i]]);
-  }
-  return loss;
-}
-
-/** The gradient in JS. */
-export function crossEntropyGradJs(logits: Float32Array, targets: Int32Array, weights: Float32Array, lse: Float32Array,
-  grad: Float32Array, dy: number): void {
-  const rows = targets.length;
-  const vocab = logits.length / rows;
-  checkTargets(targets, vocab);
-  for (let i = 0, base = 0; i < rows; i++, base += vocab) {
-    const scale = weights[i] * dy;
-    const shift = lse[i];
-    for (let j = base; j < base + vocab; j++) grad[j] = Math.exp(logits[j] - shift) * scale;
-    grad[base + targets[i]] -= scale;
-  }
-}
 
 function checkInputs(logits: TensorInfo, targets: TensorInfo, weights: TensorInfo): [number, number] {
   util.assert(logits.shape.length === 2, () => `cross-entropy takes logits [rows, vocab], got [${logits.shape}]`);
@@ -87,8 +54,7 @@ const forward: KernelFunc = ({ inputs, backend: backendArg }) => {
   const lse = backend.makeOutput([rows], 'float32');
   // Views only after every makeOutput: its malloc can grow the heap and detach earlier views.
   const args = [f32(backend, logits), i32(backend, targets), f32(backend, weights), f32(backend, lse)] as const;
-  const native = activeNative();
-  f32(backend, loss)[0] = native != null ? native.crossEntropy(...args) : crossEntropyJs(...args);
+  f32(backend, loss)[0] = requireNative().crossEntropy(...args);
   return [loss, lse];
 };
 
@@ -99,9 +65,7 @@ const gradient: KernelFunc = ({ inputs, backend: backendArg }) => {
   const grad = backend.makeOutput(logits.shape, 'float32');
   const args = [f32(backend, logits), i32(backend, targets), f32(backend, weights), f32(backend, lse), f32(backend, grad),
     f32(backend, dy)[0]] as const;
-  const native = activeNative();
-  if (native != null) native.crossEntropyGrad(...args);
-  else crossEntropyGradJs(...args);
+  requireNative().crossEntropyGrad(...args);
   return grad;
 };
 

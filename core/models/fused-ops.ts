@@ -23,16 +23,20 @@ const KERNELS_OF: Record<FusedOp, string[]> = {
   rmsNorm: [K.rmsNorm, K.rmsNormGrad, K.rmsNormWeightGrad],
   layerNorm: [K.layerNorm, K.layerNormGrad, K.layerNormWeightGrad],
   rope: [K.rope, K.ropeGrad],
-  // wasm only (core/backend/cross-entropy-kernels.ts); used by causal-lm.ts's loss.
+  // wasm with the native addon (core/backend/cross-entropy-kernels.ts); used by causal-lm.ts's loss.
   crossEntropy: [CROSS_ENTROPY_KERNELS.forward, CROSS_ENTROPY_KERNELS.grad],
   // wasm, and only with the native addon (core/backend/swiglu-kernels.ts says why).
   swiGlu: [SWIGLU_KERNELS.forward, SWIGLU_KERNELS.grad],
-  // wasm; used by core/optim/adamw.ts.
+  // wasm with the native addon; used by core/optim/adamw.ts.
   adamW: [ADAMW_KERNEL],
 };
 
-/** Ops whose fused kernels are worth it only natively: without the addon they run composite. */
-const NEEDS_NATIVE: ReadonlySet<FusedOp> = new Set(['swiGlu']);
+/**
+ * Ops whose fused kernels are worth it only natively: a JS loop measured slower than the wasm
+ * backend's vectorised ops for these (exp, sigmoid; AdamW's ~10 float32-rounded operations), so
+ * without the addon they run composite.
+ */
+const NEEDS_NATIVE: ReadonlySet<FusedOp> = new Set(['swiGlu', 'crossEntropy', 'adamW']);
 
 export const FUSED_OPS_ENV = 'LOWRANK_FUSED_OPS';
 
