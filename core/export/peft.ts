@@ -94,6 +94,7 @@ export async function writePeftAdapter(out: string, adapter: PeftAdapterToWrite,
   const tensors = new Map<string, HostTensor>();
   for (const [key, value] of adapter.tensors) tensors.set(key, toHostTensor(value, `adapter tensor "${key}"`));
   if (adapter.config.peft_type === 'VERA') return writeFolder(out, checkVeraAdapter({ ...adapter.config, base_model_name_or_path: baseModelPath, inference_mode: true }, tensors), tensors);
+  if (adapter.config.peft_type === 'RANDLORA') return writeFolder(out, checkRandloraAdapter({ ...adapter.config, base_model_name_or_path: baseModelPath, inference_mode: true }, tensors), tensors);
   const config: Record<string, unknown> = { ...PEFT_LORA_DEFAULTS, ...adapter.config };
   config.base_model_name_or_path = baseModelPath;
   config.inference_mode = true;
@@ -152,6 +153,45 @@ function checkVeraAdapter(config: Record<string, unknown>, tensors: Map<string, 
     modules++;
   }
   if (modules === 0) fail('no vera_lambda tensors');
+  return config;
+}
+
+const RANDLORA_KEY = /^base_model\.model\.(.+)\.randlora_(lambda|gamma)$/;
+
+/**
+ * A RandLoRA adapter as peft saves it (tuners/randlora; utils/save_and_load.py keeps every key with
+ * the `randlora_` prefix): the shared `base_model.randlora_A` [r, 1, d_buf] and
+ * `base_model.randlora_B` [D_buf, N_max, r], and per module `<path>.randlora_lambda` [r, N] and
+ * `.randlora_gamma` [N, d]. Only written here (export RandLoRA merged to run it elsewhere here).
+ */
+function checkRandloraAdapter(config: Record<string, unknown>, tensors: Map<string, HostTensor>): Record<string, unknown> {
+  const r = config.r as number;
+  const fail = (message: string): never => {
+    throw new LowrankError('BAD_ARGUMENT', `writePeftAdapter (RANDLORA): ${message}`);
+  };
+  if (!Number.isInteger(r) || r < 1) fail(`r must be a positive integer, got ${JSON.stringify(config.r)}`);
+  if (config.save_projection !== true) fail('save_projection must be true: the bases are not torch-generated, so peft could not regenerate them');
+  const a = tensors.get('base_model.randlora_A');
+  const b = tensors.get('base_model.randlora_B');
+  if (!a || !b || a.shape.length !== 3 || b.shape.length !== 3 || a.shape[0] !== r || a.shape[1] !== 1 || b.shape[2] !== r) {
+    fail(`base_model.randlora_A [r, 1, d] and base_model.randlora_B [D, N, r] with r = ${r} are required`);
+  }
+  const lambdas = new Map<string, number[]>();
+  const gammas = new Map<string, number[]>();
+  for (const [key, t] of tensors) {
+    if (key === 'base_model.randlora_A' || key === 'base_model.randlora_B') continue;
+    const m = RANDLORA_KEY.exec(key);
+    if (!m || t.shape.length !== 2) fail(`tensor "${key}" [${t.shape.join(', ')}] is not a randlora_lambda/randlora_gamma matrix`);
+    (m![2] === 'lambda' ? lambdas : gammas).set(m![1], t.shape);
+  }
+  if (lambdas.size === 0) fail('no randlora_lambda tensors');
+  for (const [modulePath, [rows, n]] of lambdas) {
+    const g = gammas.get(modulePath);
+    if (rows !== r || !g || g[0] !== n || n > b!.shape[1]! || g[1] > a!.shape[2]!) {
+      fail(`${modulePath}: randlora_lambda must be [r, N] and randlora_gamma [N, d] within the shared bases`);
+    }
+  }
+  if (gammas.size !== lambdas.size) fail('every module needs both randlora_lambda and randlora_gamma');
   return config;
 }
 

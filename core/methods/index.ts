@@ -7,6 +7,7 @@ import './lora.ts';
 import './dora.ts';
 import './pissa.ts';
 import './vera.ts';
+import './randlora.ts';
 import './loraxs.ts';
 import './svfit.ts';
 import './nola.ts';
