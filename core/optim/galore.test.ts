@@ -8,7 +8,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import * as tf from '../tf.ts';
 import { jacobiSvd } from '../linalg/svd.ts';
 import { Random } from '../random.ts';
-import { frobenius, lowRankSettings as settings, randomMatrix } from './low-rank-test-helpers.ts';
+import { frobenius, lowRankSettings as settings, matmul, randomMatrix, transpose } from './low-rank-test-helpers.ts';
 import { GaLore, lowRankStateBytes, type LowRankOptions } from './galore.ts';
 import type { Optimizer } from './registry.ts';
 
@@ -37,18 +37,6 @@ function run(w0: number[][], grads: number[][][], lowRank: LowRankOptions, lr = 
   return { w, p, opt, param };
 }
 
-/** Row-major [rows, cols] product a·b of flat arrays. */
-function matmul(a: number[], b: number[], rows: number, inner: number, cols: number): number[] {
-  const out = new Array(rows * cols).fill(0);
-  for (let i = 0; i < rows; i++) for (let k = 0; k < inner; k++) for (let j = 0; j < cols; j++) out[i * cols + j] += a[i * inner + k] * b[k * cols + j];
-  return out;
-}
-
-function transpose(a: number[], rows: number, cols: number): number[] {
-  const out = new Array(rows * cols);
-  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = a[i * cols + j];
-  return out;
-}
 
 
 describe('GaLore', () => {

@@ -23,12 +23,17 @@ import type { Optimizer, OptimizerState } from './registry.ts';
 /** Which side of each gradient is projected (GaLoreProjector's proj_type; the two-sided 'full' is not offered). */
 export type ProjectionType = 'std' | 'reverse_std' | 'left' | 'right';
 export type SvdMethod = 'auto' | 'exact' | 'randomized';
+/**
+ * The subspace size of each matrix: a rank r (GaLore), or FRUGAL's density ρ, r = round(ρ·k) with
+ * k the length of the projected side (n for a right projection, m for a left one).
+ */
+export type SubspaceRank = number | { density: number };
 
 export interface LowRankOptions {
   /** Names of the 2-D parameters to project (the targets' weights); every other parameter gets AdamW. */
   projected: Iterable<string>;
-  /** Rank r, clamped to min(m, n) of each matrix. */
-  rank: number;
+  /** Rank r (or FRUGAL's density), clamped to min(m, n) of each matrix. */
+  rank: SubspaceRank;
   /** T: the projector is recomputed from the gradient at every step t with t mod T = 0. */
   updateProjGap: number;
   /** α, applied on back-projection only. */
@@ -55,12 +60,22 @@ export interface Projection {
   lowRankShape: [number, number];
 }
 
-export function projectionOf(shape: number[], rank: number, projType: ProjectionType): Projection {
+/** Python's round(): halves go to the even neighbour (FRUGAL computes r = round(ρ·k) in Python). */
+export function roundHalfEven(x: number): number {
+  const floor = Math.floor(x);
+  const frac = x - floor;
+  if (frac !== 0.5) return Math.round(x);
+  return floor % 2 === 0 ? floor : floor + 1;
+}
+
+export function projectionOf(shape: number[], rank: SubspaceRank, projType: ProjectionType): Projection {
   if (shape.length !== 2) throw new LowrankError('BAD_ARGUMENT', `GaLore projects 2-D weights only, got shape [${shape.join(', ')}]`);
   const [m, n] = shape;
-  const r = Math.min(rank, m, n);
   const tall = m >= n;
   const side = projType === 'std' ? (tall ? 'right' : 'left') : projType === 'reverse_std' ? (tall ? 'left' : 'right') : projType;
+  // A density that rounds to 0 rows/columns would project nothing; at least one is kept.
+  const wanted = typeof rank === 'number' ? rank : Math.max(1, roundHalfEven(rank.density * (side === 'right' ? n : m)));
+  const r = Math.min(wanted, m, n);
   return side === 'right'
     ? { m, n, r, side, projectorShape: [r, n], lowRankShape: [m, r] }
     : { m, n, r, side, projectorShape: [m, r], lowRankShape: [r, n] };
@@ -85,12 +100,27 @@ export function lowRankStateBytes(shapes: Map<string, number[]>, opts: Pick<LowR
   return 4 * floats;
 }
 
+/**
+ * torch-style bias-corrected Adam direction (FRUGAL's and the DCT optimizer's ε placement):
+ * M / (1−β1ᵗ) / (√V / √(1−β2ᵗ) + ε). GaLore instead puts ε outside the correction.
+ */
+export function adamDirection(m: tf.Tensor, v: tf.Tensor, t: number, beta1: number, beta2: number, epsilon: number): tf.Tensor2D {
+  return tf.tidy(() => {
+    const denom = tf.add(tf.div(tf.sqrt(v), Math.sqrt(1 - Math.pow(beta2, t))), epsilon);
+    return tf.div(tf.div(m, 1 - Math.pow(beta1, t)), denom) as tf.Tensor2D;
+  });
+}
+
 /** One projected parameter and its state. */
 export interface ProjectedParameter {
   name: string;
   index: number;
   param: tf.Variable;
   projection: Projection;
+  /**
+   * The per-matrix subspace state: P (GaLore, Fira, FRUGAL: projectorShape), or the r selected
+   * DCT column indices (galore-dct: [r], stored as float32 integers so checkpoints stay float32).
+   */
   projector: tf.Variable;
   expAvg: tf.Variable;
   expAvgSq: tf.Variable;
@@ -114,9 +144,11 @@ export class GaLore implements Optimizer {
   readonly lowRank: Required<Omit<LowRankOptions, 'projected'>>;
   protected readonly layers: ProjectedParameter[] = [];
   private readonly rest: AdamW;
-  private readonly noDecay: (name: string) => boolean;
+  protected readonly noDecay: (name: string) => boolean;
   private readonly lrScale: (name: string) => number;
   private t = 0;
+  /** Name of the subspace state in checkpoints (`<param>.projector`; the DCT optimizer's `<param>.indices`). */
+  protected readonly subspaceKey: string = 'projector';
 
   constructor(params: Map<string, tf.Variable>, lowRank: LowRankOptions, adam: AdamWOptions = {}) {
     // The official class defaults: β = (0.9, 0.999), ε = 1e-6, no weight decay.
@@ -127,7 +159,8 @@ export class GaLore implements Optimizer {
     this.noDecay = adam.noDecay ?? (() => false);
     this.lrScale = adam.lrScale ?? (() => 1);
     const { rank, updateProjGap, scale, projType } = lowRank;
-    if (!(Number.isInteger(rank) && rank >= 1)) throw new LowrankError('BAD_ARGUMENT', `GaLore rank must be a positive integer, got ${rank}`);
+    if (typeof rank === 'number' && !(Number.isInteger(rank) && rank >= 1)) throw new LowrankError('BAD_ARGUMENT', `GaLore rank must be a positive integer, got ${rank}`);
+    if (typeof rank !== 'number' && !(rank.density > 0 && rank.density <= 1)) throw new LowrankError('BAD_ARGUMENT', `density must be in (0, 1], got ${rank.density}`);
     if (!(Number.isInteger(updateProjGap) && updateProjGap >= 1)) throw new LowrankError('BAD_ARGUMENT', `GaLore update_proj_gap must be a positive integer, got ${updateProjGap}`);
     this.lowRank = { rank, updateProjGap, scale, projType, svd: lowRank.svd ?? 'auto', svdNiter: lowRank.svdNiter ?? 4, seed: lowRank.seed ?? 0 };
     const projected = new Set(lowRank.projected);
@@ -148,7 +181,7 @@ export class GaLore implements Optimizer {
         index: this.layers.length,
         param,
         projection,
-        projector: zeros(projection.projectorShape),
+        projector: zeros(this.subspaceShape(projection)),
         expAvg: zeros(projection.lowRankShape),
         expAvgSq: zeros(projection.lowRankShape),
       });
@@ -170,39 +203,72 @@ export class GaLore implements Optimizer {
     return 0;
   }
 
+  /** Bytes held once for all matrices (the DCT optimizer's bases). */
+  protected sharedStateBytes(): number {
+    return 0;
+  }
+
   stateBytes(): number {
     let floats = 0;
     for (const l of this.layers) floats += l.projector.size + l.expAvg.size + l.expAvgSq.size + this.extraStateFloats();
-    return 4 * floats + this.rest.stateBytes();
+    return 4 * floats + this.sharedStateBytes() + this.rest.stateBytes();
+  }
+
+  /** Shape of the per-matrix subspace state: P's. */
+  protected subspaceShape(projection: Projection): number[] {
+    return projection.projectorShape;
+  }
+
+  /** Whether the step that follows `completed` steps recomputes the subspace (GaLore: t mod T = 0). */
+  protected refreshesAt(completed: number): boolean {
+    return completed % this.lowRank.updateProjGap === 0;
+  }
+
+  /** Called right after a subspace change, before the moments are updated (FRUGAL resets them). */
+  protected onSubspaceChange(_layer: ProjectedParameter): void {}
+
+  /** P [r, n] (right) or [m, r] (left) for this step; called inside a tidy. */
+  protected projectorOf(layer: ProjectedParameter): tf.Tensor2D {
+    return layer.projector as tf.Tensor as tf.Tensor2D;
+  }
+
+  /** Learning-rate multiplier of a parameter (the run's per-name scale). */
+  protected rateOf(name: string, lr: number): number {
+    return lr * this.lrScale(name);
   }
 
   step(grads: Map<string, tf.Tensor>, lr: number): void {
     const completed = this.t;
     this.t += 1;
     this.rest.step(grads, lr);
-    const correction1 = 1 - Math.pow(this.beta1, this.t);
-    const correction2 = 1 - Math.pow(this.beta2, this.t);
     for (const layer of this.layers) {
       const g = grads.get(layer.name) as tf.Tensor2D | undefined;
       if (!g) continue;
-      if (completed % this.lowRank.updateProjGap === 0) this.refreshProjector(layer, g, completed);
-      const rate = lr * this.lrScale(layer.name);
-      const stepSize = (rate * Math.sqrt(correction2)) / correction1;
+      if (this.refreshesAt(completed)) {
+        this.refreshProjector(layer, g, completed);
+        this.onSubspaceChange(layer);
+      }
+      const rate = this.rateOf(layer.name, lr);
       tf.tidy(() => {
-        const p = layer.projector as tf.Tensor as tf.Tensor2D;
-        const side = layer.projection.side;
-        const r = project(g, p, side);
+        const p = this.projectorOf(layer);
+        const r = project(g, p, layer.projection.side);
         const m = tf.add(tf.mul(layer.expAvg, this.beta1), tf.mul(r, 1 - this.beta1));
         const v = tf.add(tf.mul(layer.expAvgSq, this.beta2), tf.mul(tf.square(r), 1 - this.beta2));
         layer.expAvg.assign(m);
         layer.expAvgSq.assign(v);
-        const normalized = tf.div(m, tf.add(tf.sqrt(v), this.epsilon)) as tf.Tensor2D;
-        const direction = this.direction(layer, g, r, normalized);
-        let w = tf.sub(layer.param, tf.mul(direction, stepSize));
-        if (this.weightDecay > 0 && !this.noDecay(layer.name)) w = tf.sub(w, tf.mul(w, rate * this.weightDecay));
-        layer.param.assign(w);
+        layer.param.assign(this.updatedWeight(layer, g, p, r, m, v, rate));
       });
     }
+  }
+
+  /** W after this step, from the updated moments (inside the step's tidy). */
+  protected updatedWeight(layer: ProjectedParameter, g: tf.Tensor2D, _p: tf.Tensor2D, r: tf.Tensor2D, m: tf.Tensor, v: tf.Tensor, rate: number): tf.Tensor {
+    const stepSize = (rate * Math.sqrt(1 - Math.pow(this.beta2, this.t))) / (1 - Math.pow(this.beta1, this.t));
+    const normalized = tf.div(m, tf.add(tf.sqrt(v), this.epsilon)) as tf.Tensor2D;
+    const direction = this.direction(layer, g, r, normalized);
+    let w = tf.sub(layer.param, tf.mul(direction, stepSize));
+    if (this.weightDecay > 0 && !this.noDecay(layer.name)) w = tf.sub(w, tf.mul(w, rate * this.weightDecay));
+    return w;
   }
 
   /** The update before the step size: α·back(N). Fira adds its scaled residual. */
@@ -211,7 +277,7 @@ export class GaLore implements Optimizer {
   }
 
   /** P from the top-r singular vectors of G (float64 SVD on the CPU; tfjs has none). */
-  private refreshProjector(layer: ProjectedParameter, g: tf.Tensor2D, completed: number): void {
+  protected refreshProjector(layer: ProjectedParameter, g: tf.Tensor2D, completed: number): void {
     const { m, n, r, side, projectorShape } = layer.projection;
     const svd = truncatedSvd(Float64Array.from(g.dataSync()), m, n, r, {
       method: this.lowRank.svd,
@@ -229,7 +295,7 @@ export class GaLore implements Optimizer {
     for (const l of this.layers) {
       tensors.set(`${l.name}.exp_avg`, l.expAvg);
       tensors.set(`${l.name}.exp_avg_sq`, l.expAvgSq);
-      tensors.set(`${l.name}.projector`, l.projector);
+      tensors.set(`${l.name}.${this.subspaceKey}`, l.projector);
     }
     return { step: this.t, tensors };
   }
@@ -237,7 +303,7 @@ export class GaLore implements Optimizer {
   setWeights(state: OptimizerState): void {
     this.rest.setWeights(state);
     for (const l of this.layers) {
-      for (const [key, target] of [['exp_avg', l.expAvg], ['exp_avg_sq', l.expAvgSq], ['projector', l.projector]] as const) {
+      for (const [key, target] of [['exp_avg', l.expAvg], ['exp_avg_sq', l.expAvgSq], [this.subspaceKey, l.projector]] as const) {
         restore(state, `${l.name}.${key}`, target);
       }
     }

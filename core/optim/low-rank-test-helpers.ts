@@ -1,4 +1,4 @@
-/** Test support shared by galore.test.ts and fira.test.ts. */
+/** Test support shared by the GaLore-family optimizer tests (galore, fira, frugal, galore-dct). */
 import type { Random } from '../random.ts';
 import type { LowRankOptions } from './galore.ts';
 
@@ -12,3 +12,16 @@ export function randomMatrix(rng: Random, m: number, n: number, scale = 1): numb
 }
 
 export const frobenius = (a: ArrayLike<number>) => Math.sqrt(Array.from(a).reduce((s, x) => s + x * x, 0));
+
+/** Row-major [rows, cols] product a·b of flat arrays. */
+export function matmul(a: number[], b: number[], rows: number, inner: number, cols: number): number[] {
+  const out = new Array(rows * cols).fill(0);
+  for (let i = 0; i < rows; i++) for (let k = 0; k < inner; k++) for (let j = 0; j < cols; j++) out[i * cols + j] += a[i * inner + k] * b[k * cols + j];
+  return out;
+}
+
+export function transpose(a: number[], rows: number, cols: number): number[] {
+  const out = new Array(rows * cols);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = a[i * cols + j];
+  return out;
+}

@@ -5,6 +5,8 @@
  * - `adamw`: AdamW over every parameter (core/optim/adamw.ts).
  * - `galore`: GaLore on the projected 2-D weights, AdamW on the rest (core/optim/galore.ts).
  * - `fira`: GaLore + Fira's norm-scaled residual and norm-growth limiter (core/optim/fira.ts).
+ * - `frugal`: AdamW in GaLore's SVD subspace + state-free signSGD/SGD on the residual (core/optim/frugal.ts).
+ * - `galore-dct`: low-rank AdamW in a subspace of selected DCT columns, no SVD (core/optim/galore-dct.ts).
  *
  * A method that trains with its own optimizer (the `optimizer` family) builds it through
  * `AttachedMethod.createOptimizer`; every other method trains with AdamW (`optimizerFor`).
@@ -15,6 +17,8 @@ import type { AttachedMethod } from '../methods/method.ts';
 import { AdamW, type AdamWOptions } from './adamw.ts';
 import { GaLore, type LowRankOptions } from './galore.ts';
 import { Fira, type FiraOptions } from './fira.ts';
+import { Frugal, type FrugalOptions } from './frugal.ts';
+import { DctAdamW } from './galore-dct.ts';
 
 /** Optimizer state as checkpoints store it: the step count and named tensors. */
 export interface OptimizerState {
@@ -40,6 +44,7 @@ export interface Optimizer {
 export interface OptimizerOptions extends AdamWOptions {
   lowRank?: LowRankOptions;
   fira?: FiraOptions;
+  frugal?: FrugalOptions;
 }
 
 type OptimizerFactory = (params: Map<string, tf.Variable>, options: OptimizerOptions) => Optimizer;
@@ -53,6 +58,8 @@ const OPTIMIZERS = new Map<string, OptimizerFactory>([
   ['adamw', (params, options) => new AdamW(params, options)],
   ['galore', (params, options) => new GaLore(params, requireLowRank('galore', options), options)],
   ['fira', (params, options) => new Fira(params, requireLowRank('fira', options), options.fira ?? {}, options)],
+  ['frugal', (params, options) => new Frugal(params, requireLowRank('frugal', options), options.frugal ?? {}, options)],
+  ['galore-dct', (params, options) => new DctAdamW(params, requireLowRank('galore-dct', options), options)],
 ]);
 
 export function optimizerIds(): string[] {
