@@ -5,11 +5,11 @@
  * optimizer (core/optim/galore.ts). The result is a whole new set of weights: exported merged,
  * never as a PEFT adapter. Defaults are the official C4 pre-training scripts' (ALGORITHMS.md §1).
  */
-import type { SchemaField, Method, MethodInfo } from './method.ts';
+import type { SchemaField, Method, MethodInfo, MethodParams } from './method.ts';
 import { full } from './full.ts';
 import { resolveParams } from './params.ts';
 import { registerMethod } from './registry.ts';
-import { createOptimizer } from '../optim/registry.ts';
+import { createOptimizer, type OptimizerOptions } from '../optim/registry.ts';
 import { lowRankStateBytes, type LowRankOptions, type ProjectionType, type SvdMethod } from '../optim/galore.ts';
 
 /** The hyper-parameters GaLore and Fira share, named as the official scripts name them. */
@@ -37,11 +37,51 @@ export const lowRankOptimizerSchema: SchemaField[] = [
   { name: 'svd_niter', type: 'integer', default: 4, min: 0, max: 64, description: 'subspace iterations of the randomized SVD' },
 ];
 
+/** How a low-rank optimizer method turns its resolved parameters into its optimizer's settings and state bytes. */
+export interface LowRankOptimizerSpec {
+  /** Registry id of the optimizer (core/optim/registry.ts). */
+  optimizerId: string;
+  /** The optimizer's own settings (lowRank, fira, frugal); the run's AdamW settings are added at creation. */
+  options(params: MethodParams, projected: string[], seed: number): OptimizerOptions;
+  /** Which target weights are projected (default: every 2-D one); the rest take AdamW. */
+  projects?(shape: number[]): boolean;
+  /** Exact optimizer-state bytes over the trainable shapes, without allocating it. */
+  stateBytes(shapes: Map<string, number[]>, options: OptimizerOptions): number;
+}
+
+/** GaLore's low-rank settings from the shared schema (rank, update_proj_gap, scale, proj_type, svd, svd_niter). */
+export function lowRankOptionsFrom(params: MethodParams, projected: string[], seed: number): LowRankOptions {
+  return {
+    projected,
+    rank: params.rank as number,
+    updateProjGap: params.update_proj_gap as number,
+    scale: params.scale as number,
+    projType: params.proj_type as ProjectionType,
+    svd: params.svd as SvdMethod,
+    svdNiter: params.svd_niter as number,
+    seed,
+  };
+}
+
+const SPECS: Record<'galore' | 'fira', LowRankOptimizerSpec> = {
+  galore: {
+    optimizerId: 'galore',
+    options: (params, projected, seed) => ({ lowRank: lowRankOptionsFrom(params, projected, seed) }),
+    stateBytes: (shapes, options) => lowRankStateBytes(shapes, options.lowRank!),
+  },
+  fira: {
+    optimizerId: 'fira',
+    options: (params, projected, seed) => ({ lowRank: lowRankOptionsFrom(params, projected, seed), fira: { gamma: params.gamma as number } }),
+    stateBytes: (shapes, options) => lowRankStateBytes(shapes, options.lowRank!, 1),
+  },
+};
+
 /**
  * A method that trains the base weights with a low-rank projected optimizer from core/optim: `full`'s
  * variables, the registry's optimizer over them, the targets' weights projected.
  */
-export function defineLowRankOptimizerMethod(info: Omit<MethodInfo, 'family' | 'parameterPrefix' | 'mergeable' | 'exportFormats'>, optimizerId: 'galore' | 'fira'): Method {
+export function defineLowRankOptimizerMethod(info: Omit<MethodInfo, 'family' | 'parameterPrefix' | 'mergeable' | 'exportFormats'>, optimizer: 'galore' | 'fira' | LowRankOptimizerSpec): Method {
+  const spec = typeof optimizer === 'string' ? SPECS[optimizer] : optimizer;
   const method: Method = {
     ...info,
     family: 'optimizer',
@@ -51,25 +91,19 @@ export function defineLowRankOptimizerMethod(info: Omit<MethodInfo, 'family' | '
     exportFormats: ['merged'],
     attach(model, given, ctx) {
       const params = resolveParams(info.id, info.schema, given);
-      const projected = ctx.targets.map((path) => `${path}.weight`).filter((name) => model.weights.get(name)?.shape.length === 2);
-      const lowRank: LowRankOptions = {
-        projected,
-        rank: params.rank as number,
-        updateProjGap: params.update_proj_gap as number,
-        scale: params.scale as number,
-        projType: params.proj_type as ProjectionType,
-        svd: params.svd as SvdMethod,
-        svdNiter: params.svd_niter as number,
-        seed: ctx.seed,
-      };
+      const projected = ctx.targets.map((path) => `${path}.weight`).filter((name) => {
+        const shape = model.weights.get(name)?.shape;
+        return shape?.length === 2 && (spec.projects?.(shape) ?? true);
+      });
+      const options = spec.options(params, projected, ctx.seed);
       const attached = full.attach(model, {}, ctx);
       const shapes = new Map([...attached.trainable].map(([name, v]) => [name, v.shape]));
       return {
         ...attached,
         method,
         params,
-        createOptimizer: (adam) => createOptimizer(optimizerId, attached.trainable, { ...adam, lowRank, fira: { gamma: params.gamma as number | undefined } }),
-        optimizerStateBytes: () => lowRankStateBytes(shapes, lowRank, optimizerId === 'fira' ? 1 : 0),
+        createOptimizer: (adam) => createOptimizer(spec.optimizerId, attached.trainable, { ...adam, ...options }),
+        optimizerStateBytes: () => spec.stateBytes(shapes, options),
       };
     },
   };

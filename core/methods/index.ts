@@ -13,6 +13,8 @@ import './svfit.ts';
 import './nola.ts';
 import './galore.ts';
 import './fira.ts';
+import './frugal.ts';
+import './galore-dct.ts';
 
 export { getMethod, listMethods, registerMethod, methodRegistry, MethodRegistry } from './registry.ts';
 export { resolveTargets, targetableModules, ALL_LINEAR } from './targets.ts';
