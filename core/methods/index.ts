@@ -11,6 +11,8 @@ import './randlora.ts';
 import './loraxs.ts';
 import './svfit.ts';
 import './nola.ts';
+import './dylora.ts';
+import './sora.ts';
 import './galore.ts';
 import './fira.ts';
 import './frugal.ts';

@@ -59,17 +59,28 @@ export function relativeError(got: ArrayLike<number>, want: ArrayLike<number>): 
   return diff / scale;
 }
 
-/** The method's optimizer (AdamW unless it brings its own) on the causal-LM loss in training mode (dropout on), with its lrScale. */
-export function trainer(model: CausalLM, attached: AttachedMethod, ids: tf.Tensor2D, lr = 0.05): { step(): void; dispose(): void } {
+/**
+ * The method's optimizer (AdamW unless it brings its own) on the causal-LM loss in training mode
+ * (dropout on), with its lrScale and its training hooks (beforeStep, trainingPenalty, afterOptimizerStep).
+ */
+export function trainer(model: CausalLM, attached: AttachedMethod, ids: tf.Tensor2D, lr = 0.05, totalSteps = 100): { step(): void; dispose(): void } {
   const optimizer = optimizerFor(attached, { weightDecay: 0, lrScale: (n) => attached.lrScale(n) });
   const names = [...attached.trainable.keys()];
   const vars = names.map((n) => attached.trainable.get(n)!);
+  let count = 0;
   return {
     step() {
       model.training = true;
+      const at = { step: count++, totalSteps, lr };
       try {
-        const { value, grads } = tf.variableGrads(() => tf.tidy(() => causalLmLoss(model.forward(ids).logits, ids).loss), vars);
+        attached.beforeStep?.(at);
+        const loss = () => {
+          const value = causalLmLoss(model.forward(ids).logits, ids).loss;
+          return attached.trainingPenalty ? tf.add(value, attached.trainingPenalty()) : value;
+        };
+        const { value, grads } = tf.variableGrads(() => tf.tidy(loss) as tf.Scalar, vars);
         optimizer.step(new Map(names.map((n, i) => [n, grads[vars[i].name]])), lr);
+        attached.afterOptimizerStep?.(at);
         value.dispose();
         for (const g of Object.values(grads)) g.dispose();
       } finally {

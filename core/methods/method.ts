@@ -49,6 +49,13 @@ export interface MethodInfo {
 
 export type MethodParams = Record<string, number | boolean | string>;
 
+/** Where a training hook is called: `step` is 0-based, `lr` the step's scheduled learning rate. */
+export interface TrainingStep {
+  step: number;
+  totalSteps: number;
+  lr: number;
+}
+
 export interface AttachContext {
   /** Full module paths to wrap (already resolved from --target), e.g. `model.layers.0.self_attn.q_proj`. */
   targets: string[];
@@ -74,6 +81,20 @@ export interface AttachedMethod {
   setRandomState?(state: number): void;
   /** Exact count of trainable elements. */
   trainableParameterCount(): number;
+  /**
+   * Training hooks, all optional, called by the fine-tuning loop (core/train/finetune.ts) around
+   * each optimizer step; the trainer itself stays model-agnostic. State they keep must be restored
+   * on resume through setRandomState, the optimizer state or the trainable tensors, so a resumed
+   * run continues exactly.
+   *  - beforeStep: before the step's forward passes (DyLoRA samples the step's rank).
+   *  - trainingPenalty: a scalar added to the training loss inside differentiation (SoRA's
+   *    λ·Σ|g|/N); built from the method's variables, so its gradient reaches them.
+   *  - afterOptimizerStep: right after the optimizer updated the trainable tensors (SoRA's
+   *    proximal soft-threshold on its gates).
+   */
+  beforeStep?(step: TrainingStep): void;
+  trainingPenalty?(): tf.Scalar;
+  afterOptimizerStep?(step: TrainingStep): void;
   /**
    * The optimizer the method trains with (GaLore, Fira), over `trainable`, taking the run's AdamW
    * settings; absent: AdamW (core/optim/registry.ts `optimizerFor`).

@@ -183,6 +183,11 @@ function batchSchedule(prepared: PreparedRun): (step: number, micro: number) => 
   };
 }
 
+/** The training loss plus the method's penalty term, if it has one (SoRA's sparsity term on its gates). */
+function withPenalty(attached: AttachedMethod, out: { loss: tf.Scalar; tokens: tf.Scalar }): { loss: tf.Scalar; tokens: tf.Scalar } {
+  return attached.trainingPenalty ? { loss: tf.add(out.loss, attached.trainingPenalty()), tokens: out.tokens } : out;
+}
+
 /** Greedy completions of the first validation prompts: the samples shown at each evaluation. */
 export function sampleCompletions(model: CausalLM, tokenizer: Tokenizer, examples: Example[], count = 2): Array<{ prompt: string; output: string }> {
   const stops = stopTokenIds(tokenizer);
@@ -286,7 +291,7 @@ export async function runFinetune(
       attached.trainable,
       optimizer,
       batchSchedule(prepared),
-      (batch) => lmLoss(model, batch),
+      (batch) => withPenalty(attached, lmLoss(model, batch)),
       {
         totalSteps,
         startStep,
@@ -297,6 +302,8 @@ export async function runFinetune(
         checkpointEvery: config.checkpointEvery,
       },
       {
+        beforeStep: (step, lr) => attached.beforeStep?.({ step, totalSteps, lr }),
+        afterOptimizerStep: (step, lr) => attached.afterOptimizerStep?.({ step, totalSteps, lr }),
         onStep: (r) => {
           lastTrain = r.loss;
           lastReport = r;

@@ -47,6 +47,10 @@ export interface TrainerOptions {
 }
 
 export interface TrainerHooks {
+  /** Before step `step` (0-based) computes its gradients, with its learning rate (DyLoRA samples its rank here). */
+  beforeStep?(step: number, lr: number): void;
+  /** Right after the optimizer updated the parameters in step `step` (SoRA's proximal gate update). */
+  afterOptimizerStep?(step: number, lr: number): void;
   onStep?(report: StepReport): void;
   /** Called after step `step` (1-based count of finished steps) when evalEvery divides it, and at the end. */
   onEval?(step: number): void | Promise<void>;
@@ -78,6 +82,8 @@ export async function train(
     let lossSum = 0;
     let tokenSum = 0;
     let trainedSum = 0;
+    const lr = learningRate(opts.schedule, step);
+    hooks.beforeStep?.(step, lr);
     const microStep = (micro: number) => {
       const batch = batchAt(step, micro);
       const { value, grads: g, tokens } = tf.tidy(() => {
@@ -126,9 +132,9 @@ export async function train(
       grads = averaged;
     }
     const clipped = clipByGlobalNorm(grads, opts.clipNorm ?? 0);
-    const lr = learningRate(opts.schedule, step);
     optimizer.step(clipped.grads, lr);
     for (const g of clipped.grads.values()) g.dispose();
+    hooks.afterOptimizerStep?.(step, lr);
 
     stepsRun++;
     tokensSeen += tokenSum;
