@@ -106,11 +106,17 @@ describe('fine-tuning', () => {
     expect(resumedDone.train_loss).toBe(done.train_loss);
   });
 
-  it.each(['galore', 'fira'])('%s: a run stopped at step 4 and resumed ends exactly as the uninterrupted one', async (method) => {
-    // T = 3: the projector is refreshed before the stop (t = 3) and after the resume (t = 6), so the
-    // resumed steps 5 and 6 run on the restored projector, moments, step count and Fira's scalar.
+  it.each([
+    ['galore', { rank: 4, update_proj_gap: 3 }],
+    ['fira', { rank: 4, update_proj_gap: 3 }],
+    ['frugal', { density: 0.25, update_proj_gap: 3 }],
+    ['galore-dct', { rank: 4, update_proj_gap: 3 }],
+  ] as const)('%s: a run stopped at step 4 and resumed ends exactly as the uninterrupted one', async (method, params) => {
+    // T = 3: the subspace changes before the stop and after the resume (GaLore, Fira, FRUGAL at t = 3
+    // and 6 completed steps; the DCT selection at steps 3 and 6), so the resumed steps 5 and 6 run on
+    // the restored projector (DCT: indices), moments, step count and Fira's scalar.
     const store = openStore(path.join(root, `home-${method}`));
-    const cfg = config({ method, params: { rank: 4, update_proj_gap: 3 }, targets: 'all-linear', evalEvery: 100, checkpointEvery: 100, metricExamples: 0 });
+    const cfg = config({ method, params: { ...params }, targets: 'all-linear', evalEvery: 100, checkpointEvery: 100, metricExamples: 0 });
     const record = (losses: number[]) => (e: FinetuneEvent) => {
       if (e.type === 'step') losses.push(e.loss);
     };
@@ -127,7 +133,7 @@ describe('fine-tuning', () => {
     expect(resumed.status).toBe('completed');
     expect([...first, ...rest]).toEqual(uninterrupted);
     expect(uninterrupted[7]).toBeLessThan(uninterrupted[0]);
-    // The run records GaLore's optimizer state, smaller than AdamW's 8 bytes per weight.
+    // The run records the method's optimizer state, smaller than AdamW's 8 bytes per weight.
     const run = store.getRun(stopped.runId);
     expect(run.stateBytes! - 4 * run.trainableParams!).toBeLessThan(8 * run.trainableParams!);
     store.close();
