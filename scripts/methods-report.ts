@@ -20,8 +20,10 @@ const steps = stepsFlag > 0 ? Number(process.argv[stepsFlag + 1]) : 150;
 /**
  * Learning rates: adapters take the demo's, full fine-tuning a smaller one; GaLore and Fira train
  * the same weights as full but apply α = 0.25 on back-projection, so 1e-3 gives the same α·lr scale.
+ * FRUGAL takes its code's lr 1e-3 (s_p = 1, the state-free part at 0.1·lr); the DCT optimizer has no
+ * α, so it takes full fine-tuning's rate.
  */
-const LR: Record<string, number> = { full: 3e-4, galore: 1e-3, fira: 1e-3 };
+const LR: Record<string, number> = { full: 3e-4, galore: 1e-3, fira: 1e-3, frugal: 1e-3, 'galore-dct': 3e-4 };
 
 const home = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-methods-report-'));
 const store = openStore(home);
