@@ -10,6 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { initBackend } from '../core/backend/index.ts';
 import { main } from '../core/cli.ts';
+import { readPeftAdapter } from '../core/export/peft.ts';
 import { buildTinyModel } from './fixtures/tiny-trained-model.ts';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-finetune-methods-'));
@@ -84,6 +85,38 @@ describe('lowrank train --method', () => {
       return;
     }
     expect(config).toMatchObject({ peft_type: 'LORA', r: 4, lora_alpha: 4, target_modules: ['q_proj', 'v_proj'] });
+    const adapterLogits = await logitsOf(modelDir, peft);
+    expect(maxDiff(adapterLogits, mergedLogits) / Math.max(...mergedLogits.map(Math.abs))).toBeLessThanOrEqual(1e-5);
+  });
+  it.each([
+    // DyLoRA trains rank 4 and exports the rank-2 truncation: r = 2, lora_alpha = α.
+    ['dylora', ['--rank', '4', '--alpha', '8', '--param', 'export_rank=2']],
+    // SoRA with a threshold that prunes gates within 3 steps: the export has the reduced ranks.
+    ['sora', ['--rank', '4', '--alpha', '8', '--param', 'threshold=0.3,sparse_lambda=5']],
+  ])('%s trains a few steps and exports a reduced-rank PEFT LoRA equal to the merged weights', async (id, params) => {
+    const trained = await lowrank([
+      'train', '--model', modelDir, '--data', data, '--method', id, ...params, '--target', 'q_proj,v_proj', '--steps', '3',
+      '--batch-size', '4', '--seq-len', '48', '--lr', '5e-2', '--eval-every', '100', '--checkpoint-every', '3', '--metric-examples', '0', '--json',
+    ]);
+    expect(trained.code).toBe(0);
+    const runId = trained.lines.at(-1)!.run_id as string;
+    const peft = path.join(root, `${id}-peft`);
+    const merged = path.join(root, `${id}-merged`);
+    expect((await lowrank(['export', '--run', runId, '--format', 'peft', '--out', peft])).code).toBe(0);
+    expect((await lowrank(['export', '--run', runId, '--format', 'merged', '--out', merged])).code).toBe(0);
+    const config = JSON.parse(fs.readFileSync(path.join(peft, 'adapter_config.json'), 'utf8'));
+    const adapter = readPeftAdapter(peft);
+    const ranks = [...adapter.tensors].filter(([k]) => k.endsWith('.lora_A.weight')).map(([, t]) => t.shape[0]);
+    if (id === 'dylora') {
+      expect(config).toMatchObject({ peft_type: 'LORA', r: 2, lora_alpha: 8 });
+      expect(ranks.every((r) => r === 2)).toBe(true);
+    } else {
+      expect(config.peft_type).toBe('LORA');
+      expect(ranks.reduce((a, b) => a + b, 0)).toBeLessThan(4 * ranks.length); // pruned below rank 4 overall
+    }
+    const base = await logitsOf(modelDir);
+    const mergedLogits = await logitsOf(merged);
+    expect(maxDiff(mergedLogits, base)).toBeGreaterThan(1e-5);
     const adapterLogits = await logitsOf(modelDir, peft);
     expect(maxDiff(adapterLogits, mergedLogits) / Math.max(...mergedLogits.map(Math.abs))).toBeLessThanOrEqual(1e-5);
   });

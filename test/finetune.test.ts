@@ -163,6 +163,31 @@ describe('fine-tuning', () => {
     expect(again.stderr).toMatch(/already exists/);
   });
 
+  it.each([
+    // DyLoRA: the per-step rank and the dropout masks come from one generator restored on resume.
+    ['dylora', { rank: 4, alpha: 8, dropout: 0.1, export_rank: 2 }],
+    // SoRA: the gates' AdamW moments (no weight decay) and the stage of a linear ξ schedule that prunes gates.
+    ['sora', { rank: 4, alpha: 8, dropout: 0.1, sparse_lambda: 5, threshold: 0.1, threshold_schedule: 'linear', threshold_max: 0.3, threshold_stages: 4 }],
+  ] as const)('%s: a run stopped at step 4 and resumed ends exactly as the uninterrupted one', async (method, params) => {
+    const store = openStore(path.join(root, `home-${method}`));
+    const cfg = config({ method, params: { ...params }, targets: ['q_proj', 'v_proj'], evalEvery: 100, checkpointEvery: 100, metricExamples: 0 });
+    const record = (losses: number[]) => (e: FinetuneEvent) => {
+      if (e.type === 'step') losses.push(e.loss);
+    };
+    const uninterrupted: number[] = [];
+    await runFinetune(store, cfg, record(uninterrupted));
+    const first: number[] = [];
+    const stopped = await runFinetune(store, cfg, record(first), { shouldStop: () => first.length >= 4 });
+    expect(stopped.status).toBe('cancelled');
+    store.db.prepare("UPDATE runs SET status = 'interrupted' WHERE id = ?").run(stopped.runId);
+    const rest: number[] = [];
+    const resumed = await runFinetune(store, cfg, record(rest), {}, stopped.runId);
+    expect(resumed.status).toBe('completed');
+    expect(rest).toHaveLength(4);
+    expect([...first, ...rest]).toEqual(uninterrupted);
+    store.close();
+  });
+
   it('reports bad dataset records with their line numbers', () => {
     const bad = path.join(root, 'bad.jsonl');
     const good = fs.readFileSync(data, 'utf8').split('\n').slice(0, 5);
