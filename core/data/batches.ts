@@ -71,6 +71,11 @@ function epochSeed(seed: number, epoch: number): number {
   return (h ^ (h >>> 16)) >>> 0;
 }
 
+/** The order in which makeBatches(…, { seed, epoch }) visits `count` examples. */
+export function epochOrder(count: number, seed: number, epoch: number): number[] {
+  return new Random(epochSeed(seed, epoch)).shuffle(Array.from({ length: count }, (_, i) => i));
+}
+
 /**
  * Examples -> right-padded batches in the shape of core/train/trainer.ts's Batch: padding has
  * the pad id, label -100 and attention mask 0 (the mask is omitted when a batch has no padding).
@@ -78,8 +83,7 @@ function epochSeed(seed: number, epoch: number): number {
 export function makeBatches(examples: Example[], batchSize: number, seqLen: number, opts: BatchOptions): Batch[] {
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new LowrankError('BAD_ARGUMENT', `batch size must be a positive integer, got ${batchSize}`);
   if (!Number.isInteger(seqLen) || seqLen < 1) throw new LowrankError('BAD_ARGUMENT', `seqLen must be a positive integer, got ${seqLen}`);
-  const order = examples.map((_, i) => i);
-  if (opts.seed !== undefined) new Random(epochSeed(opts.seed, opts.epoch ?? 0)).shuffle(order);
+  const order = opts.seed !== undefined ? epochOrder(examples.length, opts.seed, opts.epoch ?? 0) : examples.map((_, i) => i);
   const batches: Batch[] = [];
   for (let from = 0; from < order.length; from += batchSize) {
     const rows = order.slice(from, from + batchSize).map((i) => examples[i]!);

@@ -9,6 +9,7 @@ import './pissa.ts';
 import './vera.ts';
 import './randlora.ts';
 import './loraxs.ts';
+import './lorasb.ts';
 import './svfit.ts';
 import './nola.ts';
 import './dylora.ts';

@@ -17,7 +17,7 @@ import { Random } from '../random.ts';
 import { truncatedSvd, type TruncatedSvdOptions } from '../linalg/svd.ts';
 import type { Method } from './method.ts';
 import { InitialValues } from './initial-values.ts';
-import { attachFactored, checkSvdRank, linearTargets, svdSchemaFields, weightOutIn64, type LinearTarget } from './factored-adapter.ts';
+import { attachFactored, checkSvdRank, linearTargets, svdSchemaFields, weightOutIn64, type FactoredLayer, type LinearTarget } from './factored-adapter.ts';
 import { resolveParams } from './params.ts';
 import { registerMethod } from './registry.ts';
 import { variableFrom } from './lora.ts';
@@ -26,6 +26,25 @@ import { variableFrom } from './lora.ts';
 export function loraxsFactors(w: Float64Array, m: number, n: number, r: number, opts: TruncatedSvdOptions): { b: Float32Array; a: Float32Array } {
   const svd = truncatedSvd(w, m, n, r, opts);
   return { b: Float32Array.from(svd.U), a: Float32Array.from(svd.Vt, (v, k) => svd.S[Math.floor(k / n)] * v) };
+}
+
+/**
+ * One wrapped module: frozen B [out, r] and A [r, in], trainable R [r, r] (`<path>.loraxs_R`) from
+ * `rInit`; h = W₀x + s·B·R·A·x. Shared with LoRA-SB (lorasb.ts), which only initialises differently.
+ */
+export function loraxsLayer(target: LinearTarget, b: Float32Array, a: Float32Array, rInit: Float32Array, r: number, s: number): FactoredLayer {
+  const { outFeatures: m, inFeatures: n } = target;
+  const B = tf.tensor2d(b, [m, r]);
+  const A = tf.tensor2d(a, [r, n]);
+  const R = variableFrom(tf.tensor2d(rInit, [r, r]));
+  return {
+    target,
+    trainable: [['loraxs_R', R]],
+    frozen: [B, A],
+    // s·x·Aᵀ·Rᵀ·Bᵀ: three thin products, never the [out, in] ΔW.
+    update: (x) => tf.mul(tf.matMul(tf.matMul(tf.matMul(x, A, false, true), R, false, true), B, false, true), s),
+    factors: () => ({ B: tf.mul(tf.matMul(B, R), s) as tf.Tensor2D, A: tf.clone(A) }),
+  };
 }
 
 /** R from a saved plain-LoRA export: R = Bᵀ·lora_B / s; lora_A must be this model's A. */
@@ -97,17 +116,7 @@ export const loraxs: Method = {
           : initial
             ? recoverR(target, initial, b, a, r, s)
             : gaussian();
-        const B = tf.tensor2d(b, [m, r]);
-        const A = tf.tensor2d(a, [r, n]);
-        const R = variableFrom(tf.tensor2d(rInit, [r, r]));
-        return {
-          target,
-          trainable: [['loraxs_R', R]],
-          frozen: [B, A],
-          // s·x·Aᵀ·Rᵀ·Bᵀ: three thin products, never the [out, in] ΔW.
-          update: (x) => tf.mul(tf.matMul(tf.matMul(tf.matMul(x, A, false, true), R, false, true), B, false, true), s),
-          factors: () => ({ B: tf.mul(tf.matMul(B, R), s) as tf.Tensor2D, A: tf.clone(A) }),
-        };
+        return loraxsLayer(target, b, a, rInit, r, s);
       },
     });
   },

@@ -66,6 +66,26 @@ export interface AttachContext {
    * float32 in the exported shapes. Missing keys or wrong sizes are errors.
    */
   initial?: Map<string, Float32Array>;
+  /**
+   * Gradients of the run's training loss on its first samples, with respect to frozen base weights,
+   * for methods initialised from an estimated first full-fine-tuning step (LoRA-SB). Given by
+   * fine-tuning runs (core/train/finetune.ts); absent elsewhere, where such a method refuses to attach.
+   */
+  baseGradients?: BaseGradientSource;
+}
+
+/** What a fine-tuning run offers a method at attach time about its first optimizer step. */
+export interface BaseGradientSource {
+  /**
+   * G = Σ_b ∇_W (loss_b / n_b) for each named base weight (as stored, row-major), over the first
+   * `samples` training examples in the order training sees them, in batches of `batchSize` (the last
+   * may be smaller); loss_b is batch b's mean token loss and n_b its example count (lora-sb
+   * utils/gradient_utils.py `estimate_and_process_grads_torch_3`). Taken on the model as it is when
+   * called, so call it before wrapping any module.
+   */
+  gradients(weightNames: string[], samples: number, batchSize: number): Map<string, Float32Array>;
+  /** The scheduled learning rate of the run's first optimizer step (lr / warmup steps under warm-up, else lr). */
+  firstStepLearningRate: number;
 }
 
 /** A method attached to one model instance. */

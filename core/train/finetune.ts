@@ -13,9 +13,11 @@ import type { CausalLM } from '../models/causal-lm.ts';
 import { loadTokenizer, type Tokenizer } from '../tokenize/tokenizer.ts';
 import { loadDataset, type LoadedDataset, type OnBadLine } from '../data/dataset.ts';
 import type { DatasetFormat } from '../data/formats.ts';
-import { makeBatches, padTokenIdOf } from '../data/batches.ts';
+import { epochOrder, makeBatches, padTokenIdOf } from '../data/batches.ts';
 import type { Example } from '../data/tokenize-dataset.ts';
 import { getMethod, resolveTargets, resolveParams, type AttachedMethod, type MethodParams } from '../methods/index.ts';
+import type { BaseGradientSource } from '../methods/method.ts';
+import { accumulateBaseGradients } from './base-gradients.ts';
 import { optimizerFor, optimizerStateBytesFor } from '../optim/registry.ts';
 import type { RunStore } from '../store/store.ts';
 import type { JsonObject, Run } from '../store/types.ts';
@@ -23,7 +25,7 @@ import { fingerprintFile, fingerprintModel } from '../store/fingerprint.ts';
 import { initBackend } from '../backend/index.ts';
 import { adapterActivationFloats, estimateTrainingMemory, PeakMemory, type MemoryEstimate } from './memory.ts';
 import { train, type Batch, type StepReport } from './trainer.ts';
-import type { ScheduleKind } from './schedule.ts';
+import { learningRate, type ScheduleKind } from './schedule.ts';
 import { loadTrainingCheckpoint, saveTrainingCheckpoint } from './checkpoint.ts';
 import { exactMatch, splitPrompt, stopTokenIds, validationLoss } from './evaluate.ts';
 import { lmLoss } from './pretrain.ts';
@@ -143,9 +145,19 @@ export async function prepareRun(config: FinetuneConfig): Promise<PreparedRun> {
     initial = new Map([...readPeftAdapter(config.adapter).tensors].map(([k, v]) => [k, v.data]));
   }
   const targets = method.family === 'full' ? [] : resolveTargets(model, config.targets);
-  const attached = method.attach(model, params, { targets, seed: config.seed, initial });
   const batchesPerEpoch = Math.ceil(dataset.train.length / config.batchSize / config.gradientAccumulation);
   const totalSteps = config.steps ?? Math.max(1, Math.round((config.epochs ?? 1) * batchesPerEpoch));
+  // For methods initialised from an estimated first full-fine-tuning step (LoRA-SB): gradients of
+  // the base weights over the first training examples, in the order the run will visit them.
+  const baseGradients: BaseGradientSource = {
+    firstStepLearningRate: learningRate({ kind: config.schedule, lr: config.lr, totalSteps, warmupSteps: config.warmupSteps }, 0),
+    gradients(weightNames, samples, batchSize) {
+      const first = epochOrder(dataset.train.length, config.seed, 0).slice(0, samples).map((i) => dataset.train[i]);
+      const batches = makeBatches(first, batchSize, config.seqLen, { padTokenId: padTokenIdOf(tokenizer), padToLongest: true });
+      return accumulateBaseGradients(model, weightNames, batches);
+    },
+  };
+  const attached = method.attach(model, params, { targets, seed: config.seed, initial, baseGradients });
   const trainable = attached.trainableParameterCount();
   const estimate = estimateTrainingMemory({
     config: model.config,
