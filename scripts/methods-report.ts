@@ -49,9 +49,16 @@ const doc = `# Methods on the bundled task
 Every method of the registry fine-tuned with the same seed (0), ${steps} steps, batch 8, sequence
 length 64, on the bundled model (\`resources/models/brown-llama\`) and the bundled review-sentiment
 dataset (\`resources/datasets/review-sentiment.jsonl\`, 15 % held out). Adapters wrap q, k, v and o
-at rank 8 with lr 3e-3 (PiSSA at its paper's α = r); full fine-tuning uses lr 3e-4; GaLore and Fira
-project every attention and MLP weight at their defaults (rank 128, T = 200, α = 0.25) with lr 1e-3. Accuracy is
-exact match of the greedy answer on 120 held-out reviews; the base model scores 0 %.
+with lr 3e-3: the LoRA family at rank 8 (PiSSA at its paper's α = r), the others at their schema
+defaults (VeRA r = 256, LoRA-XS, SVFit, NOLA k = 512). Full fine-tuning uses lr 3e-4; the optimizer
+methods (GaLore, Fira, FRUGAL, DCT) train every attention and MLP weight at their defaults with the
+lr in scripts/methods-report.ts. Accuracy is exact match of the greedy answer on 120 held-out
+reviews; the base model scores 0 %.
+
+One shared adapter lr is not every method's best: methods with very few trainable parameters
+(SVFit: r scalars per matrix; VeRA: two vectors; NOLA: 2k coefficients) move little at lr 3e-3 in
+${steps} steps; their papers use higher rates or many more steps. The table compares methods under the same
+budget; it does not tune each one.
 
 Regenerate with \`npx tsx scripts/methods-report.ts --steps ${steps}\` (${os.cpus().length} CPU cores, wasm backend, ${new Date().toISOString().slice(0, 10)}).
 
