@@ -127,8 +127,8 @@ const COMMANDS: Record<string, Command> = {
   },
   export: {
     summary: 'export a run as a PEFT adapter, a merged Hugging Face folder or GGUF',
-    usage: 'lowrank export --run RUN_ID --format peft|merged|gguf [--quant f32|f16|q8_0] [--dtype float32|base] --out DIR [--json]',
-    options: { ...strings('run', 'format', 'quant', 'dtype', 'out'), ...json },
+    usage: 'lowrank export --run RUN_ID --format peft|merged|gguf [--quant f32|f16|q8_0] [--dtype float32|base] [--param name=value] --out DIR [--json]',
+    options: { ...strings('run', 'format', 'quant', 'dtype', 'out', 'param'), ...json },
     run: exportCommand,
   },
   methods: {

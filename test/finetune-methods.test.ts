@@ -119,5 +119,24 @@ describe('lowrank train --method', () => {
     expect(maxDiff(mergedLogits, base)).toBeGreaterThan(1e-5);
     const adapterLogits = await logitsOf(modelDir, peft);
     expect(maxDiff(adapterLogits, mergedLogits) / Math.max(...mergedLogits.map(Math.abs))).toBeLessThanOrEqual(1e-5);
+    if (id !== 'dylora') return;
+    // The same training exported at rank 3 without retraining: A's first 3 rows, and again exact.
+    const peft3 = path.join(root, 'dylora-peft-3');
+    const merged3 = path.join(root, 'dylora-merged-3');
+    expect((await lowrank(['export', '--run', runId, '--format', 'peft', '--param', 'export_rank=3', '--out', peft3])).code).toBe(0);
+    expect((await lowrank(['export', '--run', runId, '--format', 'merged', '--param', 'export_rank=3', '--out', merged3])).code).toBe(0);
+    expect(JSON.parse(fs.readFileSync(path.join(peft3, 'adapter_config.json'), 'utf8'))).toMatchObject({ r: 3, lora_alpha: 8 });
+    const adapter3 = readPeftAdapter(peft3);
+    for (const [key, t] of adapter.tensors) {
+      if (!key.endsWith('.lora_A.weight')) continue;
+      expect([...adapter3.tensors.get(key)!.data].slice(0, t.data.length)).toEqual([...t.data]);
+    }
+    const merged3Logits = await logitsOf(merged3);
+    expect(maxDiff(merged3Logits, mergedLogits)).toBeGreaterThan(1e-6); // a different rank, a different model
+    const adapter3Logits = await logitsOf(modelDir, peft3);
+    expect(maxDiff(adapter3Logits, merged3Logits) / Math.max(...merged3Logits.map(Math.abs))).toBeLessThanOrEqual(1e-5);
+    // Parameters the trained tensors depend on cannot change at export.
+    const refused = await lowrank(['export', '--run', runId, '--format', 'peft', '--param', 'rank=2', '--out', path.join(root, 'dylora-rank-2')]);
+    expect(refused.code).toBe(2);
   });
 });

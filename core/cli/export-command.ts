@@ -6,6 +6,7 @@ import { openStore } from '../store/index.ts';
 import { exportRun, type ExportRequest } from '../export/run-export.ts';
 import type { Flags } from '../cli.ts';
 import { printJson, requireString } from './flags.ts';
+import { methodParams } from './train-commands.ts';
 
 export async function exportCommand(flags: Flags): Promise<void> {
   const format = requireString(flags, 'format', 'peft, merged or gguf');
@@ -22,6 +23,8 @@ export async function exportCommand(flags: Flags): Promise<void> {
   };
   const store = openStore();
   try {
+    // --param name=value: the method's export-time parameters (DyLoRA's export_rank), typed by its schema.
+    if (flags.param !== undefined) request.params = methodParams(store.getRun(request.runId).method, { param: flags.param });
     const result = await exportRun(store, request, (message) => !flags.json && console.error(message));
     if (flags.json) return printJson(result);
     console.log(`exported run ${request.runId} as ${format} to ${result.path}`);

@@ -15,7 +15,7 @@ import type { Flags } from '../cli.ts';
 import { numberFlag, printJson, requireString } from './flags.ts';
 
 /** --rank/--alpha/--dropout and --param name=value pairs, typed by the method's schema. */
-function methodParams(methodId: string, flags: Flags): MethodParams {
+export function methodParams(methodId: string, flags: Flags): MethodParams {
   const schema: SchemaField[] = getMethod(methodId).schema;
   const params: MethodParams = {};
   const set = (name: string, raw: string, flag: string) => {

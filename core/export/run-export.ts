@@ -12,6 +12,7 @@ import { writePeftAdapter } from './peft.ts';
 import { exportMerged } from './merged.ts';
 import { exportGguf, type GgufQuant } from './gguf.ts';
 import type * as tf from '../tf.ts';
+import type { MethodParams } from '../methods/method.ts';
 
 export interface ExportRequest {
   runId: string;
@@ -19,6 +20,8 @@ export interface ExportRequest {
   out: string;
   quant?: GgufQuant;
   dtype?: 'float32' | 'base';
+  /** Export-time method parameters (MethodInfo.exportParams, e.g. DyLoRA's export_rank); the run's own otherwise. */
+  params?: MethodParams;
 }
 
 export interface ExportResult {
@@ -37,7 +40,7 @@ export async function exportRun(store: RunStore, request: ExportRequest, log: (m
   // Refuse a bad destination before the (slow) rebuild of the run.
   if (fs.existsSync(request.out)) throw new LowrankError('BAD_ARGUMENT', `${request.out} already exists; choose another --out or delete it`);
   log(`loading run ${request.runId}`);
-  const prepared = await loadTrainedRun(store, request.runId);
+  const prepared = await loadTrainedRun(store, request.runId, request.params);
   const { attached, config, model } = prepared;
   const dispose = (m: Map<string, tf.Tensor>) => m.forEach((t) => t.dispose());
   try {

@@ -90,6 +90,7 @@ export const dylora: Method = {
       description: 'rank ρ ≤ r used for evaluation, merging and the PEFT export (B[:, :ρ], A[:ρ], scaling α/ρ), 0 for r; any ρ works after one training',
     },
   ],
+  exportParams: ['export_rank'],
   mergeable: true,
   exportFormats: ['peft', 'merged'],
 

@@ -37,6 +37,11 @@ export interface MethodInfo {
    * parameter prefix and PEFT type, as peft's LoraVariant strategies share `lora_`.
    */
   variantOf?: string;
+  /**
+   * Schema fields that change only how the trained tensors are evaluated, merged and exported
+   * (DyLoRA's export_rank), so an export may override them without retraining.
+   */
+  exportParams?: string[];
   schema: SchemaField[];
   /**
    * The modules `--target` selects when none are given, where the paper's default differs from

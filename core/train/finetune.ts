@@ -414,13 +414,27 @@ export async function runFinetune(
   }
 }
 
-/** The model of a finished (or checkpointed) run with its trained method attached: for export and the playground. */
-export async function loadTrainedRun(store: RunStore, runId: string): Promise<PreparedRun & { run: Run; step: number }> {
+/**
+ * The model of a finished (or checkpointed) run with its trained method attached: for export and the
+ * playground. `overrides` may change the method's export-time parameters (MethodInfo.exportParams,
+ * e.g. DyLoRA's export_rank); the trained tensors do not depend on them.
+ */
+export async function loadTrainedRun(store: RunStore, runId: string, overrides: MethodParams = {}): Promise<PreparedRun & { run: Run; step: number }> {
   const run = store.getRun(runId);
   if (run.kind !== 'finetune') throw new LowrankError('BAD_ARGUMENT', `run ${runId} is a ${run.kind} run, not a fine-tuning run`);
   const checkpoint = store.latestCheckpoint(runId);
   if (!checkpoint) throw new LowrankError('FILE_NOT_FOUND', `run ${runId} has no checkpoint to load (it stopped before its first)`);
-  const prepared = await prepareRun(run.config as unknown as FinetuneConfig);
+  const config = run.config as unknown as FinetuneConfig;
+  const allowed = getMethod(config.method).exportParams ?? [];
+  for (const name of Object.keys(overrides)) {
+    if (!allowed.includes(name)) {
+      throw new LowrankError(
+        'BAD_ARGUMENT',
+        `method ${config.method}: parameter "${name}" cannot change after training (the trained tensors depend on it); ${allowed.length ? `an export may set ${allowed.join(', ')}` : 'this method has no export-time parameters'}`,
+      );
+    }
+  }
+  const prepared = await prepareRun({ ...config, params: { ...config.params, ...overrides } });
   const manifest = loadTrainingCheckpoint(checkpoint.path, prepared.attached.trainable, null);
   return { ...prepared, run, step: manifest.step };
 }
