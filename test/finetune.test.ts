@@ -13,6 +13,7 @@ import * as tf from '../core/tf.ts';
 import { initBackend } from '../core/backend/index.ts';
 import { FINETUNE_DEFAULTS, runFinetune, type FinetuneConfig, type FinetuneEvent } from '../core/train/finetune.ts';
 import { openStore } from '../core/store/index.ts';
+import { SafetensorsFile } from '../core/io/safetensors.ts';
 import { buildTinyModel } from './fixtures/tiny-trained-model.ts';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-finetune-'));
@@ -175,7 +176,15 @@ describe('fine-tuning', () => {
       if (e.type === 'step') losses.push(e.loss);
     };
     const uninterrupted: number[] = [];
-    await runFinetune(store, cfg, record(uninterrupted));
+    const full = await runFinetune(store, cfg, record(uninterrupted));
+    if (method === 'sora') {
+      // The threshold did prune: some gate entries of the final checkpoint are exactly 0.
+      const file = SafetensorsFile.open(path.join(store.runDir(full.runId), 'checkpoint', 'trainable.safetensors'));
+      const gates = [...file.tensors.keys()].filter((k) => k.endsWith('.lora_gate')).flatMap((k) => [...file.readFloat32(k)]);
+      file.close();
+      expect(gates).toHaveLength(4 * 4); // 2 layers × (q, v) × r
+      expect(gates.filter((g) => g === 0).length).toBeGreaterThan(0);
+    }
     const first: number[] = [];
     const stopped = await runFinetune(store, cfg, record(first), { shouldStop: () => first.length >= 4 });
     expect(stopped.status).toBe('cancelled');
