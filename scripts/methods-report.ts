@@ -50,7 +50,7 @@ Every method of the registry fine-tuned with the same seed (0), ${steps} steps, 
 length 64, on the bundled model (\`resources/models/brown-llama\`) and the bundled review-sentiment
 dataset (\`resources/datasets/review-sentiment.jsonl\`, 15 % held out). Adapters wrap q, k, v and o
 with lr 3e-3: the LoRA family at rank 8 (PiSSA at its paper's α = r), the others at their schema
-defaults (VeRA r = 256, LoRA-XS, SVFit, NOLA k = 512). Full fine-tuning uses lr 3e-4; the optimizer
+defaults (VeRA r = 256, RandLoRA r = 32 with α = 640, LoRA-XS, LoRA-SB r = 96, SVFit, NOLA k = 512). Full fine-tuning uses lr 3e-4; the optimizer
 methods (GaLore, Fira, FRUGAL, DCT) train every attention and MLP weight at their defaults with the
 lr in scripts/methods-report.ts. Accuracy is exact match of the greedy answer on 120 held-out
 reviews; the base model scores 0 %.
