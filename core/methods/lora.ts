@@ -164,6 +164,19 @@ export interface LoraMethodSpec extends Omit<MethodInfo, 'parameterPrefix' | 'me
   variant: LoraVariant;
   /** Learning-rate multiplier per trainable name, from the resolved params (LoRA+). */
   lrScale?: (name: string, params: MethodParams, trainable: Map<string, tf.Variable>) => number;
+  /** Method.countTrainable, for variants whose attach is slow (PiSSA's SVD). */
+  countTrainable?: Method['countTrainable'];
+}
+
+/** A and B of every target: r·(in + out) each (what plain LoRA and PiSSA train). */
+export function loraTrainableCount(model: CausalLM, params: MethodParams, targets: string[]): number {
+  const r = params.rank as number;
+  let count = 0;
+  for (const path of targets) {
+    const [rows, cols] = model.weight(`${path}.weight`).shape as [number, number];
+    count += r * (rows + cols);
+  }
+  return count;
 }
 
 /** A registry entry for a LoRA-family method: shared attach, one variant. */

@@ -111,6 +111,13 @@ export const lorasb: Method = {
   mergeable: true,
   exportFormats: ['peft', 'merged'],
 
+  countTrainable(model, given, paths) {
+    const r = resolveParams('lorasb', lorasb.schema, given).rank as number;
+    const targets = linearTargets(model, 'lorasb', paths);
+    checkSvdRank('lorasb', targets, r);
+    return targets.length * r * r;
+  },
+
   attach(model, given, ctx) {
     const params = resolveParams('lorasb', lorasb.schema, given);
     const r = params.rank as number;

@@ -87,6 +87,13 @@ export const loraxs: Method = {
   mergeable: true,
   exportFormats: ['peft', 'merged'],
 
+  countTrainable(model, given, paths) {
+    const r = resolveParams('loraxs', loraxs.schema, given).rank as number;
+    const targets = linearTargets(model, 'loraxs', paths);
+    checkSvdRank('loraxs', targets, r);
+    return targets.length * r * r;
+  },
+
   attach(model, given, ctx) {
     const params = resolveParams('loraxs', loraxs.schema, given);
     const r = params.rank as number;

@@ -53,6 +53,11 @@ export const nola: Method = {
   mergeable: true,
   exportFormats: ['peft', 'merged'],
 
+  countTrainable(model, given, paths) {
+    const k = resolveParams('nola', nola.schema, given).num_basis as number;
+    return linearTargets(model, 'nola', paths).length * 2 * k;
+  },
+
   attach(model, given, ctx) {
     const params = resolveParams('nola', nola.schema, given);
     const r = params.rank as number;

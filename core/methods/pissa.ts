@@ -14,7 +14,8 @@
 import * as tf from '../tf.ts';
 import { LowrankError } from '../errors.ts';
 import { truncatedSvd } from '../linalg/svd.ts';
-import { assignValues, defineLoraMethod, loraSchema, plainLora, type LoraLayer, type LoraVariant } from './lora.ts';
+import { assignValues, defineLoraMethod, loraSchema, loraTrainableCount, plainLora, type LoraLayer, type LoraVariant } from './lora.ts';
+import { resolveParams } from './params.ts';
 import { registerMethod } from './registry.ts';
 
 const A0 = 'pissa_A0';
@@ -119,6 +120,7 @@ export const pissaVariant: LoraVariant = {
 };
 
 export const pissa = defineLoraMethod({
+  countTrainable: (model, params, targets) => loraTrainableCount(model, resolveParams('pissa', pissa.schema, params), targets),
   id: 'pissa',
   variantOf: 'lora',
   family: 'adapter',

@@ -128,3 +128,31 @@ describe('resolveTargets', () => {
     untied.dispose();
   });
 });
+
+describe('countTrainable (the wizard counts without attaching where attach is slow)', () => {
+  const counted = listMethods().filter((m) => m.countTrainable != null);
+  it('is offered by the SVD-initialised and random-basis adapters', () => {
+    expect(counted.map((m) => m.id)).toEqual(expect.arrayContaining(['pissa', 'loraxs', 'lorasb', 'svfit', 'nola']));
+  });
+  for (const kind of ['llama-gqa-tied', 'gpt2'] as const) {
+    for (const method of counted) {
+      it(`${method.id} on ${kind}: equals what attach trains, at two ranks`, () => {
+        const { model } = tinyModel(kind);
+        const targets = resolveTargets(model, 'all-linear');
+        // LoRA-SB takes its start from gradients a run provides: random ones stand in here.
+        const baseGradients = {
+          firstStepLearningRate: 1e-3,
+          gradients: (names: string[]) => new Map(names.map((n, i) => [n, Float32Array.from({ length: model.weight(n).size }, (_, j) => Math.sin(i * 31 + j))])),
+        };
+        for (const rank of [1, 2]) {
+          const params = resolveParams(method.id, method.schema, method.schema.some((f) => f.name === 'num_basis') ? { rank, num_basis: 3 + rank } : { rank });
+          const count = method.countTrainable!(model, params, targets);
+          const attached = method.attach(model, params, { targets, seed: 1, baseGradients });
+          expect(count).toBe(attached.trainableParameterCount());
+          attached.detach();
+        }
+        model.dispose();
+      });
+    }
+  }
+});

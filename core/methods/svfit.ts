@@ -51,6 +51,13 @@ export const svfit: Method = {
   mergeable: true,
   exportFormats: ['peft', 'merged'],
 
+  countTrainable(model, given, paths) {
+    const r = resolveParams('svfit', svfit.schema, given).rank as number;
+    const targets = linearTargets(model, 'svfit', paths);
+    checkSvdRank('svfit', targets, r);
+    return targets.length * r;
+  },
+
   attach(model, given, ctx) {
     const params = resolveParams('svfit', svfit.schema, given);
     const r = params.rank as number;

@@ -21,10 +21,13 @@ export async function estimateMethods(dir: string, batchSize: number, seqLen: nu
       try {
         const params = resolveParams(method.id, method.schema, {});
         const resolved = method.family === 'full' ? [] : resolveTargets(model, targets);
-        // Full fine-tuning trains every weight: count them instead of copying the model.
-        const attached = method.family === 'full' ? null : method.attach(model, params, { targets: resolved, seed: 0 });
+        // Full fine-tuning trains every weight: count them instead of copying the model. Methods
+        // with a slow attach (SVD, random bases) or one that needs data count without attaching;
+        // adapters train with AdamW, two moments per trainable value.
+        const counted = method.family === 'adapter' ? method.countTrainable?.(model, params, resolved) : undefined;
+        const attached = method.family === 'full' || counted != null ? null : method.attach(model, params, { targets: resolved, seed: 0 });
         try {
-          const trainable = attached ? attached.trainableParameterCount() : parameterCount(model.config);
+          const trainable = counted ?? (attached ? attached.trainableParameterCount() : parameterCount(model.config));
           const optimizerStateBytes = attached ? optimizerStateBytesFor(attached) : 2 * 4 * trainable;
           const estimate = estimateTrainingMemory({
             config: model.config,
