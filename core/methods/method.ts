@@ -113,7 +113,8 @@ export interface AttachedMethod {
    * run continues exactly.
    *  - beforeStep: before the step's forward passes (DyLoRA samples the step's rank).
    *  - trainingPenalty: a scalar added to the training loss inside differentiation (SoRA's
-   *    λ·Σ|g|/N); built from the method's variables, so its gradient reaches them.
+   *    λ·Σ|g|/N); built from the method's variables, so its gradient reaches them. The reported
+   *    loss leaves it out.
    *  - afterOptimizerStep: right after the optimizer updated the trainable tensors (SoRA's
    *    proximal soft-threshold on its gates).
    */

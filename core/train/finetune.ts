@@ -24,7 +24,7 @@ import type { JsonObject, Run } from '../store/types.ts';
 import { fingerprintFile, fingerprintModel } from '../store/fingerprint.ts';
 import { initBackend } from '../backend/index.ts';
 import { adapterActivationFloats, estimateTrainingMemory, PeakMemory, type MemoryEstimate } from './memory.ts';
-import { train, type Batch, type StepReport } from './trainer.ts';
+import { train, type Batch, type LossFunction, type StepReport } from './trainer.ts';
 import { learningRate, type ScheduleKind } from './schedule.ts';
 import { loadTrainingCheckpoint, saveTrainingCheckpoint } from './checkpoint.ts';
 import { exactMatch, splitPrompt, stopTokenIds, validationLoss } from './evaluate.ts';
@@ -195,9 +195,9 @@ function batchSchedule(prepared: PreparedRun): (step: number, micro: number) => 
   };
 }
 
-/** The training loss plus the method's penalty term, if it has one (SoRA's sparsity term on its gates). */
-function withPenalty(attached: AttachedMethod, out: { loss: tf.Scalar; tokens: tf.Scalar }): { loss: tf.Scalar; tokens: tf.Scalar } {
-  return attached.trainingPenalty ? { loss: tf.add(out.loss, attached.trainingPenalty()), tokens: out.tokens } : out;
+/** The training loss with the method's penalty term, if it has one (SoRA's sparsity term on its gates): trained on, not reported. */
+function withPenalty(attached: AttachedMethod, out: { loss: tf.Scalar; tokens: tf.Scalar }): ReturnType<LossFunction> {
+  return attached.trainingPenalty ? { ...out, penalty: attached.trainingPenalty() } : out;
 }
 
 /** Greedy completions of the first validation prompts: the samples shown at each evaluation. */

@@ -59,7 +59,11 @@ export interface TrainerHooks {
   shouldStop?(): boolean;
 }
 
-export type LossFunction = (batch: Batch) => { loss: tf.Scalar; tokens: tf.Scalar };
+/**
+ * A batch's loss and the token count it was taken on; `penalty`, when given, is differentiated with
+ * the loss but left out of the reported loss (SoRA's sparsity term would otherwise dominate the curve).
+ */
+export type LossFunction = (batch: Batch) => { loss: tf.Scalar; tokens: tf.Scalar; penalty?: tf.Scalar };
 
 export async function train(
   params: Map<string, tf.Variable>,
@@ -88,12 +92,15 @@ export async function train(
       const batch = batchAt(step, micro);
       const { value, grads: g, tokens } = tf.tidy(() => {
         let tokenCount: tf.Scalar | undefined;
+        let reported: tf.Scalar | undefined;
         const result = tf.variableGrads(() => {
           const out = lossFn(batch);
           tokenCount = tf.keep(out.tokens);
-          return out.loss;
+          if (!out.penalty) return out.loss;
+          reported = tf.keep(out.loss);
+          return tf.add(out.loss, out.penalty) as tf.Scalar;
         }, vars);
-        return { value: result.value, grads: result.grads, tokens: tokenCount! };
+        return { value: reported ?? result.value, grads: result.grads, tokens: tokenCount! };
       });
       lossSum += value.dataSync()[0];
       trainedSum += tokens.dataSync()[0];
