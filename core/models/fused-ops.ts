@@ -68,9 +68,11 @@ export function enabledFusedOps(): FusedOp[] {
 /** Whether `op` runs as a fused kernel on the active backend now. */
 export function fusedOpActive(op: FusedOp): boolean {
   if (!enabled.has(op)) return false;
-  if (NEEDS_NATIVE.has(op) && activeNative() == null) return false;
   const backend = tf.getBackend();
-  return KERNELS_OF[op].every((name) => tf.getKernel(name, backend) != null);
+  if (!KERNELS_OF[op].every((name) => tf.getKernel(name, backend) != null)) return false;
+  // Only where the kernels exist (wasm): elsewhere, e.g. the engine window's webgpu page, the
+  // native addon is never looked for.
+  return !NEEDS_NATIVE.has(op) || activeNative() != null;
 }
 
 const run = <T extends tf.Tensor>(name: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap = {}): T =>

@@ -59,11 +59,11 @@ export function nativeAddon(): NativeState {
 }
 
 function load(): NativeState {
-  if (process.env[NATIVE_ENV] === '0') return { ok: false, reason: `${NATIVE_ENV}=0` };
-  if (!fs.existsSync(NATIVE_ADDON_PATH)) {
-    return { ok: false, reason: 'not built (needs a C compiler and OpenBLAS at install; `node scripts/build-native.js` says what is missing)' };
-  }
   try {
+    if (process.env[NATIVE_ENV] === '0') return { ok: false, reason: `${NATIVE_ENV}=0` };
+    if (!fs.existsSync(NATIVE_ADDON_PATH)) {
+      return { ok: false, reason: 'not built (needs a C compiler and OpenBLAS at install; `node scripts/build-native.js` says what is missing)' };
+    }
     const raw = createRequire(import.meta.url)(NATIVE_ADDON_PATH) as NativeAddon;
     // A plain object over the addon's read-only exports, so tests can observe calls.
     const addon: NativeAddon = {
