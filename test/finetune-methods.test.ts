@@ -4,56 +4,13 @@
  * steps on a tiny pre-trained checkpoint, then `lowrank export` as PEFT and merged. Where the PEFT
  * export is a plain LoRA, base + adapter logits equal the merged model's; VeRA's is peft's VERA form.
  */
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { initBackend } from '../core/backend/index.ts';
-import { main } from '../core/cli.ts';
 import { readPeftAdapter } from '../core/export/peft.ts';
-import { buildTinyModel } from './fixtures/tiny-trained-model.ts';
+import { cliWorkspace, logitsOf, lowrank, maxDiff } from './fixtures/cli-in-process.ts';
 
-const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-finetune-methods-'));
-const modelDir = path.join(root, 'model');
-const data = path.join(root, 'reviews.jsonl');
-const previousHome = process.env.LOWRANK_HOME;
-
-beforeAll(async () => {
-  process.env.LOWRANK_HOME = path.join(root, 'home');
-  await initBackend();
-  const records = await buildTinyModel(modelDir, 40);
-  fs.writeFileSync(data, records.map((r) => JSON.stringify(r)).join('\n') + '\n');
-});
-afterAll(() => {
-  if (previousHome === undefined) delete process.env.LOWRANK_HOME;
-  else process.env.LOWRANK_HOME = previousHome;
-  fs.rmSync(root, { recursive: true, force: true });
-});
-
-/** Runs the CLI in-process; returns its exit code and the JSON lines it printed. */
-async function lowrank(args: string[]): Promise<{ code: number; lines: Array<Record<string, unknown>> }> {
-  const printed: string[] = [];
-  const write = vi.spyOn(process.stdout, 'write').mockImplementation((chunk) => (printed.push(String(chunk)), true));
-  const log = vi.spyOn(console, 'log').mockImplementation(() => {});
-  const error = vi.spyOn(console, "error").mockImplementation((...a) => void process.stderr.write(`${a.join(" ")}\n`));
-  try {
-    const code = await main(args);
-    const lines = printed.join('').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
-    return { code, lines };
-  } finally {
-    write.mockRestore();
-    log.mockRestore();
-    error.mockRestore();
-  }
-}
-
-async function logitsOf(model: string, adapter?: string): Promise<number[]> {
-  const r = await lowrank(['logits', '--model', model, ...(adapter ? ['--adapter', adapter] : []), '--ids', '5,60,7,99,120,3', '--json']);
-  expect(r.code).toBe(0);
-  return (r.lines[0].logits as number[][]).flat();
-}
-
-const maxDiff = (a: number[], b: number[]) => Math.max(...a.map((v, i) => Math.abs(v - b[i])));
+const { root, modelDir, data } = cliWorkspace('lowrank-finetune-methods-');
 
 const METHODS: Array<[string, string[]]> = [
   ['vera', ['--rank', '8']],
