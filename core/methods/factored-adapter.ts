@@ -16,6 +16,7 @@ import type { CausalLM } from '../models/causal-lm.ts';
 import type { AttachContext, AttachedMethod, MethodInfo, MethodParams, SchemaField } from './method.ts';
 import { InitialValues, PEFT_KEY_PREFIX } from './initial-values.ts';
 import { fromOutIn, peftLoraConfig, sortedKeys, toOutIn } from './lora.ts';
+import { peftTargetModules } from './targets.ts';
 
 /** One module to wrap, in peft's Linear view: W [out, in]. */
 export interface LinearTarget {
@@ -95,6 +96,38 @@ export interface FactoredAttach {
   layer(target: LinearTarget, index: number): FactoredLayer;
   /** Replaces the plain-LoRA PEFT export (VeRA writes peft's VERA format). */
   peftAdapter?(layers: FactoredLayer[]): { config: Record<string, unknown>; tensors: Map<string, tf.Tensor> };
+}
+
+/**
+ * The PEFT form of an adapter with frozen projections shared by every layer (VeRA, RandLoRA), as
+ * peft's save_pretrained writes it with save_projection: the projections under their own keys
+ * (`base_model.vera_A`, …), each layer's trainable tensors under `base_model.model.<path>.<name>`,
+ * and a config with every field of the method's peft config (sort_keys=True): the fields these
+ * adapters share plus the method's own `fields`.
+ */
+export function sharedProjectionPeftAdapter(model: CausalLM, layers: FactoredLayer[], projections: Array<[string, tf.Tensor]>,
+  fields: Record<string, unknown>): { config: Record<string, unknown>; tensors: Map<string, tf.Tensor> } {
+  const tensors = new Map<string, tf.Tensor>(projections.map(([key, t]) => [key, tf.clone(t)]));
+  for (const l of layers) {
+    for (const [suffix, v] of l.trainable) tensors.set(`${PEFT_KEY_PREFIX}${l.target.path}.${suffix}`, tf.clone(v));
+  }
+  const config = sortedKeys({
+    auto_mapping: null,
+    base_model_name_or_path: null,
+    bias: 'none',
+    fan_in_fan_out: layers.some((l) => l.target.transposed),
+    inference_mode: true,
+    init_weights: true,
+    layers_pattern: null,
+    layers_to_transform: null,
+    modules_to_save: null,
+    revision: null,
+    save_projection: true,
+    target_modules: peftTargetModules(model, layers.map((l) => l.target.path)),
+    task_type: 'CAUSAL_LM',
+    ...fields,
+  });
+  return { config, tensors };
 }
 
 /** Attaches a factored adapter; on any error nothing is left attached or allocated. */

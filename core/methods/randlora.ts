@@ -29,12 +29,11 @@ import * as tf from '../tf.ts';
 import { LowrankError } from '../errors.ts';
 import { Random } from '../random.ts';
 import type { Method } from './method.ts';
-import { InitialValues, PEFT_KEY_PREFIX } from './initial-values.ts';
-import { attachFactored, linearTargets, type FactoredLayer, type LinearTarget } from './factored-adapter.ts';
+import { InitialValues } from './initial-values.ts';
+import { attachFactored, linearTargets, sharedProjectionPeftAdapter, type FactoredLayer, type LinearTarget } from './factored-adapter.ts';
 import { resolveParams } from './params.ts';
 import { registerMethod } from './registry.ts';
-import { sortedKeys, variableFrom } from './lora.ts';
-import { peftTargetModules } from './targets.ts';
+import { variableFrom } from './lora.ts';
 
 export const RANDLORA_A_KEY = 'base_model.randlora_A';
 export const RANDLORA_B_KEY = 'base_model.randlora_B';
@@ -196,39 +195,16 @@ export const randlora: Method = {
       dropout: params.dropout as number,
       shared: [A0, B],
       layer,
-      peftAdapter(layers) {
-        const tensors = new Map<string, tf.Tensor>([
-          [RANDLORA_A_KEY, tf.clone(A0)],
-          [RANDLORA_B_KEY, tf.clone(B)],
-        ]);
-        for (const l of layers) {
-          for (const [suffix, v] of l.trainable) tensors.set(`${PEFT_KEY_PREFIX}${l.target.path}.${suffix}`, tf.clone(v));
-        }
-        // Every field of peft's RandLoraConfig (save_pretrained writes them all, sort_keys=True).
-        const config = sortedKeys({
-          auto_mapping: null,
-          base_model_name_or_path: null,
-          bias: 'none',
-          fan_in_fan_out: layers.some((l) => l.target.transposed),
-          inference_mode: true,
-          init_weights: true,
-          layers_pattern: null,
-          layers_to_transform: null,
-          modules_to_save: null,
-          peft_type: 'RANDLORA',
-          projection_prng_key: key,
-          r,
-          randlora_alpha: alpha,
-          randlora_dropout: params.dropout,
-          revision: null,
-          save_projection: true,
-          sparse: params.sparse,
-          target_modules: peftTargetModules(model, layers.map((l) => l.target.path)),
-          task_type: 'CAUSAL_LM',
-          very_sparse: params.very_sparse,
-        });
-        return { config, tensors };
-      },
+      peftAdapter: (layers) => sharedProjectionPeftAdapter(model, layers, [[RANDLORA_A_KEY, A0], [RANDLORA_B_KEY, B]], {
+        // RandLoraConfig's own fields.
+        peft_type: 'RANDLORA',
+        projection_prng_key: key,
+        r,
+        randlora_alpha: alpha,
+        randlora_dropout: params.dropout,
+        sparse: params.sparse,
+        very_sparse: params.very_sparse,
+      }),
     });
   },
 };

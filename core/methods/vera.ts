@@ -16,12 +16,11 @@
 import * as tf from '../tf.ts';
 import { Random } from '../random.ts';
 import type { Method } from './method.ts';
-import { InitialValues, PEFT_KEY_PREFIX } from './initial-values.ts';
-import { attachFactored, linearTargets, type FactoredLayer } from './factored-adapter.ts';
+import { InitialValues } from './initial-values.ts';
+import { attachFactored, linearTargets, sharedProjectionPeftAdapter, type FactoredLayer } from './factored-adapter.ts';
 import { resolveParams } from './params.ts';
 import { registerMethod } from './registry.ts';
-import { sortedKeys, variableFrom } from './lora.ts';
-import { peftTargetModules } from './targets.ts';
+import { variableFrom } from './lora.ts';
 
 export const VERA_A_KEY = 'base_model.vera_A';
 export const VERA_B_KEY = 'base_model.vera_B';
@@ -121,37 +120,14 @@ export const vera: Method = {
       dropout: params.dropout as number,
       shared: [A, B],
       layer,
-      peftAdapter(layers) {
-        const tensors = new Map<string, tf.Tensor>([
-          [VERA_A_KEY, tf.clone(A)],
-          [VERA_B_KEY, tf.clone(B)],
-        ]);
-        for (const l of layers) {
-          for (const [suffix, v] of l.trainable) tensors.set(`${PEFT_KEY_PREFIX}${l.target.path}.${suffix}`, tf.clone(v));
-        }
-        // Every field of peft's VeraConfig (save_pretrained writes them all, sort_keys=True).
-        const config = sortedKeys({
-          auto_mapping: null,
-          base_model_name_or_path: null,
-          bias: 'none',
-          d_initial: dInitial,
-          fan_in_fan_out: layers.some((l) => l.target.transposed),
-          inference_mode: true,
-          init_weights: true,
-          layers_pattern: null,
-          layers_to_transform: null,
-          modules_to_save: null,
-          peft_type: 'VERA',
-          projection_prng_key: key,
-          r,
-          revision: null,
-          save_projection: true,
-          target_modules: peftTargetModules(model, layers.map((l) => l.target.path)),
-          task_type: 'CAUSAL_LM',
-          vera_dropout: params.dropout,
-        });
-        return { config, tensors };
-      },
+      peftAdapter: (layers) => sharedProjectionPeftAdapter(model, layers, [[VERA_A_KEY, A], [VERA_B_KEY, B]], {
+        // VeraConfig's own fields.
+        d_initial: dInitial,
+        peft_type: 'VERA',
+        projection_prng_key: key,
+        r,
+        vera_dropout: params.dropout,
+      }),
     });
   },
 };
