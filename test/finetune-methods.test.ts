@@ -8,9 +8,10 @@ import { describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { readPeftAdapter } from '../core/export/peft.ts';
-import { cliWorkspace, logitsOf, lowrank, maxDiff } from './fixtures/cli-in-process.ts';
+import { cliWorkspace, logitsOf, lowrank, maxDiff, trainAndExport } from './fixtures/cli-in-process.ts';
 
-const { root, modelDir, data } = cliWorkspace('lowrank-finetune-methods-');
+const ws = cliWorkspace('lowrank-finetune-methods-');
+const { root, modelDir } = ws;
 
 const METHODS: Array<[string, string[]]> = [
   ['vera', ['--rank', '8']],
@@ -21,22 +22,7 @@ const METHODS: Array<[string, string[]]> = [
 
 describe('lowrank train --method', () => {
   it.each(METHODS)('%s trains a few steps and exports PEFT and merged weights', async (id, params) => {
-    const trained = await lowrank([
-      'train', '--model', modelDir, '--data', data, '--method', id, ...params, '--target', 'q_proj,v_proj', '--steps', '3',
-      '--batch-size', '4', '--seq-len', '48', '--lr', '5e-2', '--eval-every', '100', '--checkpoint-every', '3', '--metric-examples', '0', '--json',
-    ]);
-    expect(trained.code).toBe(0);
-    const done = trained.lines.at(-1)!;
-    expect(Number.isFinite(done.train_loss)).toBe(true);
-    const runId = done.run_id as string;
-    const peft = path.join(root, `${id}-peft`);
-    const merged = path.join(root, `${id}-merged`);
-    expect((await lowrank(['export', '--run', runId, '--format', 'peft', '--out', peft])).code).toBe(0);
-    expect((await lowrank(['export', '--run', runId, '--format', 'merged', '--out', merged])).code).toBe(0);
-    const config = JSON.parse(fs.readFileSync(path.join(peft, 'adapter_config.json'), 'utf8'));
-    const base = await logitsOf(modelDir);
-    const mergedLogits = await logitsOf(merged);
-    expect(maxDiff(mergedLogits, base)).toBeGreaterThan(1e-5); // training changed the model
+    const { runId, peft, config, mergedLogits } = await trainAndExport(ws, id, params);
     if (id === 'vera') {
       expect(config).toMatchObject({ peft_type: 'VERA', r: 8, save_projection: true, target_modules: ['q_proj', 'v_proj'] });
       return;
@@ -51,17 +37,7 @@ describe('lowrank train --method', () => {
     // SoRA with a threshold that prunes gates within 3 steps: the export has the reduced ranks.
     ['sora', ['--rank', '4', '--alpha', '8', '--param', 'threshold=0.3,sparse_lambda=5']],
   ])('%s trains a few steps and exports a reduced-rank PEFT LoRA equal to the merged weights', async (id, params) => {
-    const trained = await lowrank([
-      'train', '--model', modelDir, '--data', data, '--method', id, ...params, '--target', 'q_proj,v_proj', '--steps', '3',
-      '--batch-size', '4', '--seq-len', '48', '--lr', '5e-2', '--eval-every', '100', '--checkpoint-every', '3', '--metric-examples', '0', '--json',
-    ]);
-    expect(trained.code).toBe(0);
-    const runId = trained.lines.at(-1)!.run_id as string;
-    const peft = path.join(root, `${id}-peft`);
-    const merged = path.join(root, `${id}-merged`);
-    expect((await lowrank(['export', '--run', runId, '--format', 'peft', '--out', peft])).code).toBe(0);
-    expect((await lowrank(['export', '--run', runId, '--format', 'merged', '--out', merged])).code).toBe(0);
-    const config = JSON.parse(fs.readFileSync(path.join(peft, 'adapter_config.json'), 'utf8'));
+    const { runId, peft, config, mergedLogits } = await trainAndExport(ws, id, params);
     const adapter = readPeftAdapter(peft);
     const ranks = [...adapter.tensors].filter(([k]) => k.endsWith('.lora_A.weight')).map(([, t]) => t.shape[0]);
     if (id === 'dylora') {
@@ -71,9 +47,6 @@ describe('lowrank train --method', () => {
       expect(config.peft_type).toBe('LORA');
       expect(ranks.reduce((a, b) => a + b, 0)).toBeLessThan(4 * ranks.length); // pruned below rank 4 overall
     }
-    const base = await logitsOf(modelDir);
-    const mergedLogits = await logitsOf(merged);
-    expect(maxDiff(mergedLogits, base)).toBeGreaterThan(1e-5);
     const adapterLogits = await logitsOf(modelDir, peft);
     expect(maxDiff(adapterLogits, mergedLogits) / Math.max(...mergedLogits.map(Math.abs))).toBeLessThanOrEqual(1e-5);
     if (id !== 'dylora') return;

@@ -11,9 +11,10 @@ import { SafetensorsFile } from '../core/io/safetensors.ts';
 import { openStore } from '../core/store/index.ts';
 import { loadTrainedRun } from '../core/train/finetune.ts';
 import { validationLoss } from '../core/train/evaluate.ts';
-import { cliWorkspace, logitsOf, lowrank, maxDiff } from './fixtures/cli-in-process.ts';
+import { cliWorkspace, logitsOf, lowrank, maxDiff, trainAndExport } from './fixtures/cli-in-process.ts';
 
-const { root, modelDir, data } = cliWorkspace('lowrank-finetune-randlora-lorasb-');
+const ws = cliWorkspace('lowrank-finetune-randlora-lorasb-');
+const { modelDir } = ws;
 
 const METHODS: Array<[string, string[]]> = [
   ['randlora', ['--rank', '4', '--alpha', '8']],
@@ -22,22 +23,7 @@ const METHODS: Array<[string, string[]]> = [
 
 describe('lowrank train --method', () => {
   it.each(METHODS)('%s trains a few steps and exports PEFT and merged weights', async (id, params) => {
-    const trained = await lowrank([
-      'train', '--model', modelDir, '--data', data, '--method', id, ...params, '--target', 'q_proj,v_proj', '--steps', '3',
-      '--batch-size', '4', '--seq-len', '48', '--lr', '5e-2', '--eval-every', '100', '--checkpoint-every', '3', '--metric-examples', '0', '--json',
-    ]);
-    expect(trained.code).toBe(0);
-    const done = trained.lines.at(-1)!;
-    expect(Number.isFinite(done.train_loss)).toBe(true);
-    const runId = done.run_id as string;
-    const peft = path.join(root, `${id}-peft`);
-    const merged = path.join(root, `${id}-merged`);
-    expect((await lowrank(['export', '--run', runId, '--format', 'peft', '--out', peft])).code).toBe(0);
-    expect((await lowrank(['export', '--run', runId, '--format', 'merged', '--out', merged])).code).toBe(0);
-    const config = JSON.parse(fs.readFileSync(path.join(peft, 'adapter_config.json'), 'utf8'));
-    const base = await logitsOf(modelDir);
-    const mergedLogits = await logitsOf(merged);
-    expect(maxDiff(mergedLogits, base)).toBeGreaterThan(1e-5); // training changed the model
+    const { runId, peft, config, mergedLogits } = await trainAndExport(ws, id, params);
     if (id === 'randlora') {
       expect(config).toMatchObject({ peft_type: 'RANDLORA', r: 4, randlora_alpha: 8, save_projection: true, target_modules: ['q_proj', 'v_proj'] });
       const file = SafetensorsFile.open(path.join(peft, 'adapter_model.safetensors'));
