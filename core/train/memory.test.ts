@@ -12,6 +12,7 @@ import { getMethod, resolveParams, resolveTargets } from '../methods/index.ts';
 import { lmLoss } from './pretrain.ts';
 import { adapterActivationFloats, estimateTrainingMemory } from './memory.ts';
 import { setFusedOps } from '../models/fused-ops.ts';
+import { nativeSwitch } from '../backend/native/addon.ts';
 
 beforeAll(async () => {
   await initBackend();
@@ -23,17 +24,21 @@ const llama = {
 };
 const gpt2 = { architectures: ['GPT2LMHeadModel'], n_embd: 128, n_head: 4, n_layer: 2, n_positions: 256, vocab_size: 1024 };
 
-// Fused ops (the default on wasm) and the composite ones (webgpu, tfjs-node) keep different
-// intermediates; the estimate follows whichever is active.
+// Which ops run fused changes the intermediates the tape keeps, and the estimate follows whichever
+// are active: all of them (wasm with the native addon, the default), the JS-fused norms and RoPE
+// only (wasm without the addon), or none (webgpu, tfjs-node).
 describe.each([
-  ['llama', llama, 'lora', true],
-  ['llama', llama, 'full', true],
-  ['gpt2', gpt2, 'lora', true],
-  ['llama', llama, 'lora', false],
-  ['gpt2', gpt2, 'full', false],
-] as const)('%s %s, fused ops %s', (_name, raw, mode, fused) => {
+  ['llama', llama, 'lora', 'native'],
+  ['llama', llama, 'full', 'native'],
+  ['gpt2', gpt2, 'lora', 'native'],
+  ['llama', llama, 'lora', 'no addon'],
+  ['gpt2', gpt2, 'full', 'no addon'],
+  ['llama', llama, 'lora', 'composite'],
+  ['gpt2', gpt2, 'full', 'composite'],
+] as const)('%s %s, fused ops: %s', (_name, raw, mode, fused) => {
   it('estimated peak tensor bytes are within 20 % of the measured peak', async () => {
-    setFusedOps(fused);
+    setFusedOps(fused !== 'composite');
+    nativeSwitch.enabled = fused === 'native';
     const config = parseModelConfig(raw as Record<string, unknown>);
     const model = buildModel(config, initialWeights(config, 0));
     const method = getMethod(mode);
@@ -59,5 +64,6 @@ describe.each([
     attached.detach();
     model.dispose();
     setFusedOps(true);
+    nativeSwitch.enabled = true;
   });
 });

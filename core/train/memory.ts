@@ -28,8 +28,9 @@ const FLOAT = 4;
 /**
  * Peak activation bytes of a training step / forward intermediates, measured with tf.profile on
  * seven shapes (Llama hidden 128–512, 2–4 layers, batch 4–8, seq 96–256, LoRA and full; GPT-2
- * 128 and 256 wide): 2.6–3.1 with the composite ops, 3.0–3.4 with the fused ones, which keep fewer
- * forward intermediates while the backward pass's temporaries stay about the same size.
+ * 128 and 256 wide): 2.6–3.1 with the composite loss (whether or not the norms and RoPE are fused),
+ * 3.0–3.4 with the fused cross-entropy, which keeps far fewer V-wide forward intermediates while
+ * the backward pass's temporaries (its V-wide gradient) stay the same size.
  */
 export const BACKWARD_FACTOR = { composite: 2.75, fused: 3.25 } as const;
 /** Node, V8 and the wasm module before any tensor: measured ~150–250 MB RSS on Linux x64. */
@@ -98,7 +99,8 @@ export function estimateTrainingMemory(input: MemoryEstimateInput): MemoryEstima
   const optimizerBytes = input.optimizerStateBytes;
   const adapterFloats = input.adapterActivationFloatsPerToken ?? 0;
   const fused = input.fusedOps ?? activeFusedOps();
-  const factor = fused.rmsNorm || fused.layerNorm ? BACKWARD_FACTOR.fused : BACKWARD_FACTOR.composite;
+  // The fused loss removes most of the V-wide forward intermediates while its gradient stays V wide.
+  const factor = fused.crossEntropy ? BACKWARD_FACTOR.fused : BACKWARD_FACTOR.composite;
   const activationBytes = factor * tokens * (activationFloatsPerToken(config, seqLen, fused) + adapterFloats) * FLOAT;
   const tensorBytes = weightsBytes + trainableBytes + gradientBytes + optimizerBytes + activationBytes;
   return {
