@@ -58,7 +58,9 @@ reviews; the base model scores 0 %.
 One shared adapter lr is not every method's best: methods with very few trainable parameters
 (SVFit: r scalars per matrix; VeRA: two vectors; NOLA: 2k coefficients) move little at lr 3e-3 in
 ${steps} steps; their papers use higher rates or many more steps. The table compares methods under the same
-budget; it does not tune each one.
+budget; it does not tune each one. DyLoRA's row is at rank r (export_rank = r): each step trains one
+sampled component, so each of the 8 gets about 1 step in 8, far less training than plain LoRA's (the
+official runs train 30 epochs). SoRA's train loss leaves its sparsity term out, as every row's does.
 
 Regenerate with \`npx tsx scripts/methods-report.ts --steps ${steps}\` (${os.cpus().length} CPU cores, wasm backend, ${new Date().toISOString().slice(0, 10)}).
 
