@@ -11,7 +11,7 @@ import * as tf from '../tf.ts';
 import { initBackend } from '../backend/index.ts';
 import { getMethod } from './index.ts';
 import { resolveTargets } from './targets.ts';
-import { logits, modelWithWeights, randomize, referenceMerge, relativeError, tinyModel, tokenIds, train, trainer } from './method-test-helpers.ts';
+import { expectNeutralAttachAndCleanDetach, logits, modelWithWeights, randomize, referenceMerge, relativeError, tinyModel, tokenIds, train, trainer } from './method-test-helpers.ts';
 import type { TinyCheckpointKind } from '../../test/fixtures/tiny-checkpoints.ts';
 
 beforeAll(async () => {
@@ -25,18 +25,7 @@ const RANK = 4;
 describe.each(KINDS)('%s', (kind) => {
   describe.each(METHODS)('%s', (id) => {
     it('leaves the output unchanged at step 0, and detach restores the model with no tensor left behind', () => {
-      const { model } = tinyModel(kind);
-      const ids = tokenIds(model.config.vocabSize, 2, 7, 1);
-      const before = logits(model, ids);
-      const tensorsBefore = tf.memory().numTensors;
-      const attached = getMethod(id).attach(model, { rank: RANK }, { targets: resolveTargets(model, 'all-linear'), seed: 3 });
-      expect(relativeError(logits(model, ids), before)).toBeLessThanOrEqual(1e-5);
-      attached.detach();
-      expect(model.adapters.size).toBe(0);
-      expect(tf.memory().numTensors).toBe(tensorsBefore);
-      expect(logits(model, ids)).toEqual(before);
-      ids.dispose();
-      model.dispose();
+      expectNeutralAttachAndCleanDetach(kind, id, { rank: RANK }, 1e-5);
     });
 
     it('after training, merged weights give the adapter logits, and the PEFT export merged on the original base gives the merged weights', () => {

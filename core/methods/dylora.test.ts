@@ -14,7 +14,7 @@ import { causalLmLoss, type CausalLM } from '../models/causal-lm.ts';
 import { getMethod } from './index.ts';
 import { resolveTargets } from './targets.ts';
 import type { DyLoraAttached } from './dylora.ts';
-import { disposeAll, logits, modelWithWeights, randomize, referenceMerge, relativeError, tinyModel, tokenIds, trainer } from './method-test-helpers.ts';
+import { disposeAll, expectNeutralAttachAndCleanDetach, logits, modelWithWeights, randomize, referenceMerge, relativeError, tinyModel, tokenIds, trainer } from './method-test-helpers.ts';
 import type { TinyCheckpointKind } from '../../test/fixtures/tiny-checkpoints.ts';
 
 beforeAll(async () => {
@@ -30,19 +30,8 @@ function evalLoss(model: CausalLM, ids: tf.Tensor2D): number {
 }
 
 describe.each(KINDS)('%s', (kind) => {
-  it('leaves the output unchanged at step 0, and detach restores the model with no tensor left behind', () => {
-    const { model } = tinyModel(kind);
-    const ids = tokenIds(model.config.vocabSize, 2, 7, 1);
-    const before = logits(model, ids);
-    const tensorsBefore = tf.memory().numTensors;
-    const attached = getMethod('dylora').attach(model, { rank: RANK, export_rank: RANK }, { targets: resolveTargets(model, 'all-linear'), seed: 3 });
-    expect(logits(model, ids)).toEqual(before); // B = 0
-    attached.detach();
-    expect(model.adapters.size).toBe(0);
-    expect(tf.memory().numTensors).toBe(tensorsBefore);
-    expect(logits(model, ids)).toEqual(before);
-    ids.dispose();
-    model.dispose();
+  it('leaves the output unchanged at step 0 (B = 0), and detach restores the model with no tensor left behind', () => {
+    expectNeutralAttachAndCleanDetach(kind, 'dylora', { rank: RANK, export_rank: RANK });
   });
 
   it('one training gives an adapter at every rank ≤ r whose loss is below the untrained loss', () => {

@@ -14,7 +14,7 @@ import { getMethod } from './index.ts';
 import { nolaCompactAdapter } from './nola.ts';
 import { resolveTargets } from './targets.ts';
 import type { AttachedMethod, MethodParams } from './method.ts';
-import { disposeAll, logits, modelWithWeights, randomize, referenceMerge, relativeError, tinyModel, tokenIds, train, trainer, type TinyModel } from './method-test-helpers.ts';
+import { disposeAll, expectNeutralAttachAndCleanDetach, logits, modelWithWeights, randomize, referenceMerge, relativeError, tinyModel, tokenIds, train, trainer, type TinyModel } from './method-test-helpers.ts';
 import type { TinyCheckpointKind } from '../../test/fixtures/tiny-checkpoints.ts';
 
 beforeAll(async () => {
@@ -85,20 +85,8 @@ describe.each(KINDS)('%s', (kind) => {
     const { params, count, names } = CASES[id];
 
     it('leaves the output unchanged at step 0, and detach restores the model with no tensor left behind', () => {
-      const { model } = tinyModel(kind);
-      const ids = tokenIds(model.config.vocabSize, 2, 7, 1);
-      const before = logits(model, ids);
-      const tensorsBefore = tf.memory().numTensors;
-      const attached = getMethod(id).attach(model, params, { targets: resolveTargets(model, 'all-linear'), seed: 3 });
       // ΔW = 0 exactly (λ_b = 0, s − σ = 0, β = 0); LoRA-XS starts R ~ N(0, 1e-5²), so only nearly.
-      if (id === 'loraxs') expect(relativeError(logits(model, ids), before)).toBeLessThan(1e-3);
-      else expect(logits(model, ids)).toEqual(before);
-      attached.detach();
-      expect(model.adapters.size).toBe(0);
-      expect(tf.memory().numTensors).toBe(tensorsBefore);
-      expect(logits(model, ids)).toEqual(before);
-      ids.dispose();
-      model.dispose();
+      expectNeutralAttachAndCleanDetach(kind, id, params, id === 'loraxs' ? 1e-3 : 0);
     });
 
     it('after training: merged == adapter logits, the export merged on the original base == merged weights, and re-attaching the saved adapter continues', () => {

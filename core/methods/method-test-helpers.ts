@@ -11,7 +11,10 @@ import { optimizerFor } from '../optim/registry.ts';
 import { causalLmLoss, type CausalLM } from '../models/causal-lm.ts';
 import { buildModel, canonicalWeightName, loadModel } from '../models/load.ts';
 import { writeTinyCheckpoint, type TinyCheckpointKind } from '../../test/fixtures/tiny-checkpoints.ts';
-import type { AttachedMethod } from './method.ts';
+import type { AttachedMethod, MethodParams } from './method.ts';
+import { expect } from 'vitest';
+import { getMethod } from './registry.ts';
+import { resolveTargets } from './targets.ts';
 
 export interface TinyModel {
   model: CausalLM;
@@ -162,4 +165,25 @@ export function randomize(attached: AttachedMethod, seed: number, std = 0.1): vo
 
 export function disposeAll(tensors: Iterable<tf.Tensor>): void {
   for (const t of tensors) t.dispose();
+}
+
+/**
+ * Attaches `id` to a fresh tiny model on every linear layer: the output at step 0 is within
+ * `tolerance` (relative) of the base's, exactly equal when 0; detach then restores the model with no
+ * adapter and no tensor left behind.
+ */
+export function expectNeutralAttachAndCleanDetach(kind: TinyCheckpointKind, id: string, params: MethodParams, tolerance = 0): void {
+  const { model } = tinyModel(kind);
+  const ids = tokenIds(model.config.vocabSize, 2, 7, 1);
+  const before = logits(model, ids);
+  const tensorsBefore = tf.memory().numTensors;
+  const attached = getMethod(id).attach(model, params, { targets: resolveTargets(model, 'all-linear'), seed: 3 });
+  if (tolerance === 0) expect(logits(model, ids)).toEqual(before);
+  else expect(relativeError(logits(model, ids), before)).toBeLessThanOrEqual(tolerance);
+  attached.detach();
+  expect(model.adapters.size).toBe(0);
+  expect(tf.memory().numTensors).toBe(tensorsBefore);
+  expect(logits(model, ids)).toEqual(before);
+  ids.dispose();
+  model.dispose();
 }
