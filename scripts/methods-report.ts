@@ -61,6 +61,7 @@ ${steps} steps; their papers use higher rates or many more steps. The table comp
 budget; it does not tune each one. DyLoRA's row is at rank r (export_rank = r): each step trains one
 sampled component, so each of the 8 gets about 1 step in 8, far less training than plain LoRA's (the
 official runs train 30 epochs). SoRA's train loss leaves its sparsity term out, as every row's does.
+The tokens/s column is as measured here, possibly beside other work; \`npm run bench\` has the speed figures.
 
 Regenerate with \`npx tsx scripts/methods-report.ts --steps ${steps}\` (${os.cpus().length} CPU cores, wasm backend, ${new Date().toISOString().slice(0, 10)}).
 
