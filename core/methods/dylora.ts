@@ -20,7 +20,7 @@ import type { AttachedMethod, Method, TrainingStep } from './method.ts';
 import { InitialValues, PEFT_KEY_PREFIX } from './initial-values.ts';
 import { linearTargets, type LinearTarget } from './factored-adapter.ts';
 import { assignValues, fromOutIn, peftLoraConfig, sortedKeys, toOutIn, variableFrom } from './lora.ts';
-import { resolveParams } from './params.ts';
+import { dropoutField, resolveParams } from './params.ts';
 import { registerMethod } from './registry.ts';
 
 /** An attached DyLoRA: the rank it runs at outside training can be changed after training. */
@@ -80,7 +80,7 @@ export const dylora: Method = {
   schema: [
     { name: 'rank', type: 'integer', default: 8, min: 1, max: 4096, description: 'r, the largest rank; each step trains the truncated adapter of a rank drawn uniformly from 1..r' },
     { name: 'alpha', type: 'number', default: 16, min: 0, description: 'α; an adapter truncated to rank ρ is scaled by α/ρ' },
-    { name: 'dropout', type: 'number', default: 0, min: 0, max: 0.95, description: 'dropout on the adapter input while training' },
+    dropoutField(),
     {
       name: 'export_rank',
       type: 'integer',

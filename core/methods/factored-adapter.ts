@@ -13,10 +13,11 @@ import * as tf from '../tf.ts';
 import { LowrankError } from '../errors.ts';
 import { Random } from '../random.ts';
 import type { CausalLM } from '../models/causal-lm.ts';
-import type { AttachContext, AttachedMethod, MethodInfo, MethodParams, SchemaField } from './method.ts';
+import type { AttachContext, AttachedMethod, Method, MethodInfo, MethodParams, SchemaField } from './method.ts';
 import { InitialValues, PEFT_KEY_PREFIX } from './initial-values.ts';
 import { fromOutIn, peftLoraConfig, sortedKeys, toOutIn } from './lora.ts';
 import { peftTargetModules } from './targets.ts';
+import { resolveParams } from './params.ts';
 
 /** One module to wrap, in peft's Linear view: W [out, in]. */
 export interface LinearTarget {
@@ -66,6 +67,20 @@ export function checkSvdRank(methodId: string, targets: LinearTarget[], r: numbe
     const most = Math.min(t.inFeatures, t.outFeatures);
     if (r > most) throw new LowrankError('BAD_ARGUMENT', `method ${methodId}: rank ${r} exceeds min(out, in) = ${most} of ${t.path}; choose rank ≤ ${most}`);
   }
+}
+
+/**
+ * Method.countTrainable for an SVD-initialised factored adapter: `perModule(r)` values per target,
+ * with the rank checked as attach checks it, and no SVD. `schema` is a thunk because a method's
+ * object literal cannot name itself while it is being built.
+ */
+export function countWithoutSvd(methodId: string, schema: () => SchemaField[], perModule: (r: number) => number): NonNullable<Method['countTrainable']> {
+  return (model, given, paths) => {
+    const r = resolveParams(methodId, schema(), given).rank as number;
+    const targets = linearTargets(model, methodId, paths);
+    checkSvdRank(methodId, targets, r);
+    return targets.length * perModule(r);
+  };
 }
 
 /** The SVD choice of the SVD-initialised methods (as pissa's). */

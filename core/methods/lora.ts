@@ -15,7 +15,7 @@ import { Random } from '../random.ts';
 import type { CausalLM } from '../models/causal-lm.ts';
 import type { AttachContext, AttachedMethod, Method, MethodInfo, MethodParams, SchemaField } from './method.ts';
 import { InitialValues, PEFT_KEY_PREFIX } from './initial-values.ts';
-import { resolveParams } from './params.ts';
+import { dropoutField, resolveParams } from './params.ts';
 import { registerMethod } from './registry.ts';
 import { peftTargetModules } from './targets.ts';
 
@@ -155,7 +155,7 @@ export function loraSchema(overrides: { alpha?: number; dropout?: number; useRsl
   return [
     { name: 'rank', type: 'integer', default: 8, min: 1, max: 4096, description: 'r, the rank of B·A' },
     { name: 'alpha', type: 'number', default: overrides.alpha ?? 16, min: 0, description: 'α; the update is scaled by α/r (α/√r with rsLoRA)' },
-    { name: 'dropout', type: 'number', default: overrides.dropout ?? 0.05, min: 0, max: 0.95, description: 'dropout on the adapter input while training' },
+    dropoutField(overrides.dropout ?? 0.05),
     { name: 'use_rslora', type: 'boolean', default: overrides.useRslora ?? false, description: 'rank-stabilised scaling α/√r (rsLoRA)' },
   ];
 }

@@ -23,9 +23,9 @@ import { LowrankError } from '../errors.ts';
 import { truncatedSvd, type TruncatedSvdOptions } from '../linalg/svd.ts';
 import type { Method } from './method.ts';
 import { InitialValues } from './initial-values.ts';
-import { attachFactored, checkSvdRank, linearTargets, svdSchemaFields, type LinearTarget } from './factored-adapter.ts';
+import { attachFactored, checkSvdRank, countWithoutSvd, type LinearTarget, linearTargets, svdSchemaFields } from './factored-adapter.ts';
 import { loraxsLayer } from './loraxs.ts';
-import { resolveParams } from './params.ts';
+import { dropoutField, resolveParams } from './params.ts';
 import { registerMethod } from './registry.ts';
 
 /** A stored weight (row-major, [in, out] when transposed) as [out, in] float64. */
@@ -105,18 +105,13 @@ export const lorasb: Method = {
       min: 0,
       description: 'η_eff in ΔŴ = −η_eff·sign(G); 0 = the run\'s first-step learning rate (lr / warm-up steps, as the code\'s lr / (warmup_ratio·T))',
     },
-    { name: 'dropout', type: 'number', default: 0, min: 0, max: 0.95, description: 'dropout on the adapter input while training' },
+    dropoutField(),
     ...svdSchemaFields(10, 'the code\'s torch.svd_lowrank niter'),
   ],
   mergeable: true,
   exportFormats: ['peft', 'merged'],
 
-  countTrainable(model, given, paths) {
-    const r = resolveParams('lorasb', lorasb.schema, given).rank as number;
-    const targets = linearTargets(model, 'lorasb', paths);
-    checkSvdRank('lorasb', targets, r);
-    return targets.length * r * r;
-  },
+  countTrainable: countWithoutSvd('lorasb', () => lorasb.schema, (r) => r * r),
 
   attach(model, given, ctx) {
     const params = resolveParams('lorasb', lorasb.schema, given);

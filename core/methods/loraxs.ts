@@ -17,8 +17,8 @@ import { Random } from '../random.ts';
 import { truncatedSvd, type TruncatedSvdOptions } from '../linalg/svd.ts';
 import type { Method } from './method.ts';
 import { InitialValues } from './initial-values.ts';
-import { attachFactored, checkSvdRank, linearTargets, svdSchemaFields, weightOutIn64, type FactoredLayer, type LinearTarget } from './factored-adapter.ts';
-import { resolveParams } from './params.ts';
+import { attachFactored, checkSvdRank, countWithoutSvd, type FactoredLayer, type LinearTarget, linearTargets, svdSchemaFields, weightOutIn64 } from './factored-adapter.ts';
+import { dropoutField, resolveParams } from './params.ts';
 import { registerMethod } from './registry.ts';
 import { variableFrom } from './lora.ts';
 
@@ -81,18 +81,13 @@ export const loraxs: Method = {
   schema: [
     { name: 'rank', type: 'integer', default: 64, min: 1, max: 4096, description: 'r; each module trains an r×r matrix (the paper\'s math runs use 64, GLUE 4–25)' },
     { name: 'alpha', type: 'number', default: 0, min: 0, description: 'α; the update is scaled by α/r. 0 means α = r (s = 1), the paper\'s setting' },
-    { name: 'dropout', type: 'number', default: 0, min: 0, max: 0.95, description: 'dropout on the adapter input while training' },
+    dropoutField(),
     ...svdSchemaFields(10, 'the paper\'s TruncatedSVD uses n_iter = 10'),
   ],
   mergeable: true,
   exportFormats: ['peft', 'merged'],
 
-  countTrainable(model, given, paths) {
-    const r = resolveParams('loraxs', loraxs.schema, given).rank as number;
-    const targets = linearTargets(model, 'loraxs', paths);
-    checkSvdRank('loraxs', targets, r);
-    return targets.length * r * r;
-  },
+  countTrainable: countWithoutSvd('loraxs', () => loraxs.schema, (r) => r * r),
 
   attach(model, given, ctx) {
     const params = resolveParams('loraxs', loraxs.schema, given);

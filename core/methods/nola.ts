@@ -18,7 +18,7 @@ import { Random } from '../random.ts';
 import type { AttachedMethod, Method, MethodParams } from './method.ts';
 import { InitialValues } from './initial-values.ts';
 import { attachFactored, linearTargets } from './factored-adapter.ts';
-import { resolveParams } from './params.ts';
+import { dropoutField, resolveParams } from './params.ts';
 import { registerMethod } from './registry.ts';
 import { variableFrom } from './lora.ts';
 
@@ -48,7 +48,7 @@ export const nola: Method = {
     { name: 'rank', type: 'integer', default: 16, min: 1, max: 4096, description: 'r of the generated A [r, in] and B [out, r]; does not change the trainable count' },
     { name: 'alpha', type: 'number', default: 4, min: 0, description: 'α; the update is scaled by α/r' },
     { name: 'num_basis', type: 'integer', default: 512, min: 1, max: 65536, description: 'k, random bases per factor; each module trains 2k coefficients' },
-    { name: 'dropout', type: 'number', default: 0, min: 0, max: 0.95, description: 'dropout on the adapter input while training' },
+    dropoutField(),
   ],
   mergeable: true,
   exportFormats: ['peft', 'merged'],

@@ -52,3 +52,20 @@ function checkField(methodId: string, field: SchemaField, value: number | boolea
       return value;
   }
 }
+
+/** The adapters' input-dropout field (peft's lora_dropout and its kin). */
+export function dropoutField(rate = 0): SchemaField {
+  return { name: 'dropout', type: 'number', default: rate, min: 0, max: 0.95, description: 'dropout on the adapter input while training' };
+}
+
+/** peft's projection_prng_key: the seed the shared random projections of VeRA and RandLoRA come from. */
+export function projectionKeyField(what: string): SchemaField {
+  return {
+    name: 'projection_prng_key',
+    type: 'integer',
+    default: 0,
+    min: 0,
+    max: 2 ** 32 - 1,
+    description: `seed of the shared random ${what}; the same key always regenerates the same bits`,
+  };
+}

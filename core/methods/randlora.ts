@@ -31,7 +31,7 @@ import { Random } from '../random.ts';
 import type { Method } from './method.ts';
 import { InitialValues } from './initial-values.ts';
 import { attachFactored, linearTargets, sharedProjectionPeftAdapter, type FactoredLayer, type LinearTarget } from './factored-adapter.ts';
-import { resolveParams } from './params.ts';
+import { dropoutField, projectionKeyField, resolveParams } from './params.ts';
 import { registerMethod } from './registry.ts';
 import { variableFrom } from './lora.ts';
 
@@ -110,15 +110,8 @@ export const randlora: Method = {
       description: 'r, the rank of each random basis; a module uses N = ⌈min(in, out)/r⌉ bases and trains N·(r + min(in, out)) numbers, so a SMALLER r trains more',
     },
     { name: 'alpha', type: 'number', default: 640, min: 0, description: 'α; ΔW is scaled by α/r (peft; typically 20·r). The official code scales by α/(r·√N) with α = 2r' },
-    { name: 'dropout', type: 'number', default: 0, min: 0, max: 0.95, description: 'dropout on the adapter input while training' },
-    {
-      name: 'projection_prng_key',
-      type: 'integer',
-      default: 0,
-      min: 0,
-      max: 2 ** 32 - 1,
-      description: 'seed of the shared random bases; the same key always regenerates the same A₀ and B',
-    },
+    dropoutField(),
+    projectionKeyField('bases (A₀ and B)'),
     { name: 'sparse', type: 'boolean', default: false, description: 'ternary bases: ±1 each with probability 1/6, else 0 (then divided by the std)' },
     { name: 'very_sparse', type: 'boolean', default: false, description: 'ternary bases with ±1 probability 1/(2√d) each; overrides sparse' },
   ],

@@ -29,7 +29,7 @@ import type { AttachedMethod, Method, TrainingStep } from './method.ts';
 import { InitialValues, PEFT_KEY_PREFIX } from './initial-values.ts';
 import { linearTargets, type LinearTarget } from './factored-adapter.ts';
 import { assignValues, fromOutIn, peftLoraConfig, sortedKeys, toOutIn, variableFrom } from './lora.ts';
-import { resolveParams } from './params.ts';
+import { dropoutField, resolveParams } from './params.ts';
 import { registerMethod } from './registry.ts';
 
 export type ThresholdMode = 'as-run' | 'as-run-lr' | 'prox';
@@ -86,7 +86,7 @@ export const sora: Method = {
   schema: [
     { name: 'rank', type: 'integer', default: 8, min: 1, max: 4096, description: 'r_max, the rank before pruning (gate entries per module)' },
     { name: 'alpha', type: 'number', default: 16, min: 0, description: 'α; the update is scaled by α/r_max' },
-    { name: 'dropout', type: 'number', default: 0, min: 0, max: 0.95, description: 'dropout on the adapter input while training' },
+    dropoutField(),
     { name: 'sparse_lambda', type: 'number', default: 10, min: 0, description: 'λ, weight of the sparsity term λ·Σ|g|/N added to the training loss (N = number of gate entries; trained on, left out of the reported loss)' },
     {
       name: 'threshold',

@@ -16,7 +16,7 @@ import { LowrankError } from '../errors.ts';
 import { truncatedSvd } from '../linalg/svd.ts';
 import type { Method } from './method.ts';
 import { InitialValues } from './initial-values.ts';
-import { attachFactored, checkSvdRank, linearTargets, svdSchemaFields, weightOutIn64, type LinearTarget } from './factored-adapter.ts';
+import { attachFactored, checkSvdRank, countWithoutSvd, type LinearTarget, linearTargets, svdSchemaFields, weightOutIn64 } from './factored-adapter.ts';
 import { resolveParams } from './params.ts';
 import { registerMethod } from './registry.ts';
 import { variableFrom } from './lora.ts';
@@ -51,12 +51,7 @@ export const svfit: Method = {
   mergeable: true,
   exportFormats: ['peft', 'merged'],
 
-  countTrainable(model, given, paths) {
-    const r = resolveParams('svfit', svfit.schema, given).rank as number;
-    const targets = linearTargets(model, 'svfit', paths);
-    checkSvdRank('svfit', targets, r);
-    return targets.length * r;
-  },
+  countTrainable: countWithoutSvd('svfit', () => svfit.schema, (r) => r),
 
   attach(model, given, ctx) {
     const params = resolveParams('svfit', svfit.schema, given);

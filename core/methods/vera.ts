@@ -18,7 +18,7 @@ import { Random } from '../random.ts';
 import type { Method } from './method.ts';
 import { InitialValues } from './initial-values.ts';
 import { attachFactored, linearTargets, sharedProjectionPeftAdapter, type FactoredLayer } from './factored-adapter.ts';
-import { resolveParams } from './params.ts';
+import { dropoutField, projectionKeyField, resolveParams } from './params.ts';
 import { registerMethod } from './registry.ts';
 import { variableFrom } from './lora.ts';
 
@@ -54,15 +54,8 @@ export const vera: Method = {
       description: 'r, the rows of the shared random A (and columns of B); VeRA uses far larger r than LoRA, as only r + out numbers per layer train',
     },
     { name: 'd_initial', type: 'number', default: 0.1, min: 0, description: 'starting value of every λ_d entry (the paper recommends ≤ 0.1, Table 6c)' },
-    { name: 'dropout', type: 'number', default: 0, min: 0, max: 0.95, description: 'dropout on the adapter input while training' },
-    {
-      name: 'projection_prng_key',
-      type: 'integer',
-      default: 0,
-      min: 0,
-      max: 2 ** 32 - 1,
-      description: 'seed of the shared random projections; the same key always regenerates the same A and B',
-    },
+    dropoutField(),
+    projectionKeyField('projections (A and B)'),
   ],
   mergeable: true,
   exportFormats: ['peft', 'merged'],
