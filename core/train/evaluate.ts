@@ -50,6 +50,27 @@ export function splitPrompt(example: TokenizedExample): { prompt: number[]; refe
   return { prompt: Array.from(example.ids.subarray(0, first)), reference };
 }
 
+/** True when the example has a prompt to complete and a reference to compare with (not plain text trained from its first token). */
+export function hasCompletionTask(example: TokenizedExample): boolean {
+  const { prompt, reference } = splitPrompt(example);
+  return prompt.length > 0 && reference.length > 0;
+}
+
+/** Longest prefix of a plain-text example used as a sample prompt. */
+const TEXT_SAMPLE_PROMPT_TOKENS = 16;
+
+/**
+ * The prompt a sample continues: the example's prompt, or, for text trained from its first token
+ * (plain-text data with a tokenizer that adds no BOS: Qwen, Llama 3's byte-level BPE without
+ * add_bos), its first quarter, at most 16 tokens and at least one.
+ */
+export function samplePrompt(example: TokenizedExample): number[] {
+  const { prompt } = splitPrompt(example);
+  if (prompt.length > 0 || example.ids.length === 0) return prompt;
+  const length = Math.max(1, Math.min(TEXT_SAMPLE_PROMPT_TOKENS, Math.ceil(example.ids.length / 4)));
+  return Array.from(example.ids.subarray(0, length));
+}
+
 /** Token ids that end a completion: eos and chat end-of-turn markers the vocabulary has. */
 export function stopTokenIds(tokenizer: Tokenizer): number[] {
   const ids = new Set<number>();
@@ -68,13 +89,14 @@ export interface CompletionResult {
   correct: boolean;
 }
 
-/** Greedy completions of each example's prompt, compared (trimmed) with its reference. */
+/** Greedy completions of each example's prompt, compared (trimmed) with its reference; examples without a prompt or a reference are not scored. */
 export function exactMatch(
   model: CausalLM,
   tokenizer: Tokenizer,
   examples: TokenizedExample[],
   opts: { maxNewTokens?: number } = {},
 ): { accuracy: number; results: CompletionResult[] } {
+  examples = examples.filter(hasCompletionTask);
   const stops = stopTokenIds(tokenizer);
   const clean = (ids: number[]) => tokenizer.decode(ids.filter((id) => !stops.includes(id)), { skipSpecialTokens: true }).trim();
   const results: CompletionResult[] = examples.map((example) => {

@@ -27,7 +27,7 @@ import { adapterActivationFloats, estimateTrainingMemory, PeakMemory, type Memor
 import { train, type Batch, type LossFunction, type StepReport } from './trainer.ts';
 import { learningRate, type ScheduleKind } from './schedule.ts';
 import { loadTrainingCheckpoint, saveTrainingCheckpoint } from './checkpoint.ts';
-import { exactMatch, splitPrompt, stopTokenIds, validationLoss } from './evaluate.ts';
+import { exactMatch, hasCompletionTask, samplePrompt, stopTokenIds, validationLoss } from './evaluate.ts';
 import { lmLoss } from './pretrain.ts';
 import { generate } from '../models/generate.ts';
 
@@ -203,14 +203,32 @@ function withPenalty(attached: AttachedMethod, out: { loss: tf.Scalar; tokens: t
 /** Greedy completions of the first validation prompts: the samples shown at each evaluation. */
 export function sampleCompletions(model: CausalLM, tokenizer: Tokenizer, examples: Example[], count = 2): Array<{ prompt: string; output: string }> {
   const stops = stopTokenIds(tokenizer);
-  return examples.slice(0, count).map((e) => {
-    const { prompt } = splitPrompt(e);
-    const out = generate(model, prompt, { maxNewTokens: 32, temperature: 0, stopTokenIds: stops });
-    return {
-      prompt: tokenizer.decode(prompt, { skipSpecialTokens: true }),
-      output: tokenizer.decode(out.filter((id) => !stops.includes(id)), { skipSpecialTokens: true }),
-    };
-  });
+  return examples
+    .map(samplePrompt)
+    .filter((prompt) => prompt.length > 0)
+    .slice(0, count)
+    .map((prompt) => {
+      const out = generate(model, prompt, { maxNewTokens: 32, temperature: 0, stopTokenIds: stops });
+      return {
+        prompt: tokenizer.decode(prompt, { skipSpecialTokens: true }),
+        output: tokenizer.decode(out.filter((id) => !stops.includes(id)), { skipSpecialTokens: true }),
+      };
+    });
+}
+
+/** Samples are for looking at: one that cannot be made is logged, and never fails the run. */
+function recordSamples(store: RunStore, runId: string, step: number, samples: () => Array<{ prompt: string; output: string }>, emit: (e: FinetuneEvent) => void): void {
+  let made: Array<{ prompt: string; output: string }>;
+  try {
+    made = samples();
+  } catch (e) {
+    emit({ type: 'log', runId, message: `step ${step}: no samples (${e instanceof Error ? e.message : String(e)})` });
+    return;
+  }
+  for (const s of made) {
+    store.addSample(runId, { step, prompt: s.prompt, output: s.output, seed: null });
+    emit({ type: 'sample', runId, step, ...s });
+  }
 }
 
 export interface RunControl {
@@ -252,6 +270,7 @@ export async function runFinetune(
     });
   }
   const runId = run.id;
+  let lastTrain = NaN;
   try {
     prepared = await prepareRun(config);
     const { model, tokenizer, dataset, attached, totalSteps, estimate } = prepared;
@@ -271,7 +290,8 @@ export async function runFinetune(
     store.startRun(runId);
     emit({ type: 'run-started', runId, totalSteps, trainableParams: attached.trainableParameterCount(), estimate });
     emit({ type: 'log', runId, message: `backend: ${backend.backend}${backend.adapter ? ` (${backend.adapter})` : ''}` });
-    const metricSet = dataset.validation.slice(0, config.metricExamples);
+    // Exact match needs a prompt to complete: plain text (trained from its first token) has no task metric.
+    const metricSet = dataset.validation.filter(hasCompletionTask).slice(0, config.metricExamples);
     let metricBefore: number | null = null;
     if (control.metricBefore && metricSet.length) metricBefore = exactMatch(model, tokenizer, metricSet).accuracy;
     control.beforeTraining?.(prepared);
@@ -290,7 +310,6 @@ export async function runFinetune(
       emit({ type: 'log', runId, message: `resuming from step ${startStep}` });
     }
     const peak = new PeakMemory();
-    let lastTrain = NaN;
     let lastVal = NaN;
     let bestVal = Infinity;
     let evalsWithoutImprovement = 0;
@@ -338,10 +357,7 @@ export async function runFinetune(
           lastVal = validationLoss(model, dataset.validation.slice(0, 256), config.batchSize);
           store.appendMetrics(runId, [{ step, split: 'val', name: 'loss', value: lastVal }]);
           emit({ type: 'eval', runId, step, valLoss: lastVal });
-          for (const s of sampleCompletions(model, tokenizer, dataset.validation)) {
-            store.addSample(runId, { step, prompt: s.prompt, output: s.output, seed: null });
-            emit({ type: 'sample', runId, step, ...s });
-          }
+          recordSamples(store, runId, step, () => sampleCompletions(model, tokenizer, dataset.validation), emit);
           model.training = true;
           if (lastVal < bestVal - 1e-4) {
             bestVal = lastVal;
@@ -402,6 +418,8 @@ export async function runFinetune(
     const code = isLowrankError(e) ? e.code : 'INTERNAL';
     const message = e instanceof Error ? e.message : String(e);
     try {
+      // A failure after some steps keeps their last loss beside the checkpoint they wrote.
+      if (!Number.isNaN(lastTrain)) store.updateRun(runId, { finalTrainLoss: lastTrain });
       store.failRun(runId, { code, message });
     } catch {
       /* the run may never have started; the original error matters */

@@ -52,8 +52,9 @@ export interface TrainerHooks {
   /** Right after the optimizer updated the parameters in step `step` (SoRA's proximal gate update). */
   afterOptimizerStep?(step: number, lr: number): void;
   onStep?(report: StepReport): void;
-  /** Called after step `step` (1-based count of finished steps) when evalEvery divides it, and at the end. */
+  /** Called after step `step` (1-based count of finished steps) when evalEvery divides it, and at the end; after that step's checkpoint. */
   onEval?(step: number): void | Promise<void>;
+  /** Called when checkpointEvery divides the step, at the end and when stopping; before that step's evaluation. */
   onCheckpoint?(step: number): void | Promise<void>;
   /** Polled between steps; true stops the loop after the current step (cancel, early stop). */
   shouldStop?(): boolean;
@@ -166,8 +167,10 @@ export async function train(
     // loop gets a turn: give it one per step.
     await new Promise((resolve) => setTimeout(resolve, 0));
     const stopping = hooks.shouldStop?.() ?? false;
-    if (opts.evalEvery && (done % opts.evalEvery === 0 || last)) await hooks.onEval?.(done);
+    // The checkpoint comes before the evaluation: whatever follows the trained weights (evaluation,
+    // samples, and after the last step the final metrics and exports) cannot lose them.
     if (opts.checkpointEvery && (done % opts.checkpointEvery === 0 || last || stopping)) await hooks.onCheckpoint?.(done);
+    if (opts.evalEvery && (done % opts.evalEvery === 0 || last)) await hooks.onEval?.(done);
     if (stopping) break;
   }
   return { stepsRun, lastLoss };
