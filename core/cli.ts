@@ -96,12 +96,13 @@ const COMMANDS: Record<string, Command> = {
       'lowrank train --model DIR --data FILE --method ID [--rank R --alpha A --dropout D --target LIST|all-linear --param k=v,...] ' +
       '(--steps N | --epochs E) [--batch-size B --seq-len L --lr X --schedule cosine|linear|constant --warmup N --seed S] ' +
       '[--grad-accum N --clip-norm X --weight-decay X --eval-every N --checkpoint-every N --early-stopping N --validation F] ' +
-      '[--format auto|chat|alpaca|... --on-bad-line fail|skip --train-on-prompt --adapter PEFT_DIR --name NAME] [--resume RUN_ID] [--json]',
+      '[--format auto|chat|alpaca|... --on-bad-line fail|skip --train-on-prompt --adapter PEFT_DIR --name NAME] ' +
+      '[--base-dtype auto|bf16|f16|f32|int8|nf4 --gradient-checkpointing auto|on|off] [--resume RUN_ID] [--json]',
     options: {
       ...strings(
         'model', 'data', 'method', 'rank', 'alpha', 'dropout', 'target', 'param', 'steps', 'epochs', 'batch-size', 'seq-len', 'lr',
         'schedule', 'warmup', 'seed', 'grad-accum', 'clip-norm', 'weight-decay', 'eval-every', 'checkpoint-every', 'early-stopping',
-        'validation', 'format', 'on-bad-line', 'adapter', 'name', 'resume', 'metric-examples',
+        'validation', 'format', 'on-bad-line', 'adapter', 'name', 'resume', 'metric-examples', 'base-dtype', 'gradient-checkpointing',
       ),
       'train-on-prompt': { type: 'boolean' },
       ...json,

@@ -51,6 +51,8 @@ const finetuneConfigObject = z
     adapter: path.nullable(),
     metricExamples: z.number().int().min(0),
     name: z.string().max(200).optional(),
+    baseDtype: z.enum(['auto', 'f32', 'f16', 'bf16', 'int8', 'nf4']).optional(),
+    gradientCheckpointing: z.enum(['auto', 'on', 'off']).optional(),
   })
   .strict();
 export const finetuneConfigSchema = finetuneConfigObject.refine((c) => (c.steps === null) !== (c.epochs === null), { message: 'give steps or epochs, not both', path: ['steps'] });

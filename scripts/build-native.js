@@ -14,7 +14,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 const root = path.resolve(import.meta.dirname, '..');
-const source = path.join(root, 'native', 'kernels.c');
+const sources = ['kernels.c', 'frozen.c'].map((f) => path.join(root, 'native', f));
 const outDir = path.join(root, 'build', 'native');
 const target = path.join(outDir, 'lowrank_native.node');
 
@@ -25,7 +25,7 @@ function skip(reason) {
 
 if (process.env.LOWRANK_SKIP_NATIVE === '1') skip('LOWRANK_SKIP_NATIVE=1');
 if (process.platform !== 'linux' && process.platform !== 'darwin') skip(`no build recipe for ${process.platform}`);
-if (!fs.existsSync(source)) skip(`${path.relative(root, source)} is missing`);
+for (const file of sources) if (!fs.existsSync(file)) skip(`${path.relative(root, file)} is missing`);
 
 const headers = [
   process.env.LOWRANK_NODE_HEADERS,
@@ -37,7 +37,7 @@ const compiler = process.env.CC || 'cc';
 const libs = process.platform === 'darwin'
   ? ['-framework', 'Accelerate', '-undefined', 'dynamic_lookup']
   : ['-lopenblas', '-lm'];
-const args = ['-O3', '-fno-math-errno', '-ffp-contract=off', '-Wno-psabi', '-shared', '-fPIC', `-I${headers[0]}`, source, '-o', `${target}.tmp`, ...libs];
+const args = ['-O3', '-fno-math-errno', '-ffp-contract=off', '-Wno-psabi', '-shared', '-fPIC', `-I${headers[0]}`, ...sources, '-o', `${target}.tmp`, ...libs];
 
 fs.mkdirSync(outDir, { recursive: true });
 const result = spawnSync(compiler, args, { encoding: 'utf8' });

@@ -21,6 +21,16 @@ export function numberFlag(flags: Flags, name: string, fallback: number, opts: {
   return v;
 }
 
+/** A flag whose value is one of `choices`. */
+export function choiceFlag<T extends string>(flags: Flags, name: string, choices: readonly T[], fallback: T): T {
+  const raw = flags[name];
+  if (raw === undefined) return fallback;
+  if (typeof raw !== 'string' || !choices.includes(raw as T)) {
+    throw new LowrankError('BAD_ARGUMENT', `--${name} must be one of ${choices.join(', ')}, got "${String(raw)}"`);
+  }
+  return raw as T;
+}
+
 export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value)}\n`);
 }

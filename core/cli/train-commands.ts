@@ -12,7 +12,8 @@ import { loadTokenizer } from '../tokenize/tokenizer.ts';
 import { ProgressBar, formatDuration } from '../progress.ts';
 import type { MethodParams, SchemaField } from '../methods/method.ts';
 import type { Flags } from '../cli.ts';
-import { numberFlag, printJson, requireString } from './flags.ts';
+import { choiceFlag, numberFlag, printJson, requireString } from './flags.ts';
+import { BASE_DTYPES } from '../models/frozen-weight.ts';
 
 /** --rank/--alpha/--dropout and --param name=value pairs, typed by the method's schema. */
 export function methodParams(methodId: string, flags: Flags): MethodParams {
@@ -75,6 +76,8 @@ export function finetuneConfigFromFlags(flags: Flags): FinetuneConfig {
     adapter: typeof flags.adapter === 'string' ? path.resolve(flags.adapter) : null,
     metricExamples: numberFlag(flags, 'metric-examples', FINETUNE_DEFAULTS.metricExamples, { integer: true, min: 0 }),
     name: typeof flags.name === 'string' ? flags.name : undefined,
+    baseDtype: choiceFlag(flags, 'base-dtype', BASE_DTYPES, FINETUNE_DEFAULTS.baseDtype),
+    gradientCheckpointing: choiceFlag(flags, 'gradient-checkpointing', ['auto', 'on', 'off'] as const, FINETUNE_DEFAULTS.gradientCheckpointing),
   };
 }
 

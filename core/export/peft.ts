@@ -349,8 +349,8 @@ export function applyPeftAdapter(model: CausalLM, adapter: PeftAdapter): Applied
         `${adapter.dir}: the adapter targets module ${modulePath}, which this ${model.config.architecture} model does not have as a linear layer; was it trained on another base model?`,
       );
     }
-    const w = model.weight(`${modulePath}.weight`);
-    const [out, inFeatures] = model.isTransposedLinear(modulePath) ? [w.shape[1], w.shape[0]] : [w.shape[0], w.shape[1]];
+    const shape = model.weightShape(`${modulePath}.weight`);
+    const [out, inFeatures] = model.isTransposedLinear(modulePath) ? [shape[1], shape[0]] : [shape[0], shape[1]];
     if (m.A.shape[1] !== inFeatures || m.B.shape[0] !== out) {
       throw new LowrankError(
         'SHAPE_MISMATCH',
@@ -368,9 +368,9 @@ export function applyPeftAdapter(model: CausalLM, adapter: PeftAdapter): Applied
     const bTScaled = keep(tf.tidy(() => tf.mul(tf.transpose(tf.tensor2d(m.B.data, m.B.shape as [number, number])), m.scaling))); // [r, out]
     let rowScale: tf.Tensor | null = null; // DoRA: m / ‖W + s·B·A‖ per output row, [out]
     if (m.magnitude) {
-      const weight = model.weight(`${modulePath}.weight`);
       rowScale = keep(
         tf.tidy(() => {
+          const weight = model.weight(`${modulePath}.weight`);
           const w = transposed ? tf.transpose(weight) : weight; // [out, in]
           const merged = tf.add(w, tf.transpose(tf.matMul(aT, bTScaled))); // W + s·B·A
           return tf.div(tf.tensor1d(m.magnitude!.data), tf.sqrt(tf.sum(tf.square(merged), 1)));
@@ -383,7 +383,7 @@ export function applyPeftAdapter(model: CausalLM, adapter: PeftAdapter): Applied
         const update = tf.matMul(tf.matMul(x, aT), bTScaled); // s·x·Aᵀ·Bᵀ, [N, out]
         if (!rowScale || !rowScaleMinusOne) return tf.add(base(x), update);
         // peft's DoRA forward: base(x) + (scale - 1)·x·Wᵀ + scale·s·x·Aᵀ·Bᵀ; the bias stays unscaled.
-        const plain = tf.matMul(x, weight, false, !transposed);
+        const plain = tf.matMul(x, weight(), false, !transposed);
         return tf.add(tf.add(base(x), tf.mul(plain, rowScaleMinusOne)), tf.mul(update, rowScale));
       },
     };

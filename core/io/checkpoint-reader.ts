@@ -138,6 +138,10 @@ export class CheckpointReader {
     return this.shardFor(name).readInt32(name);
   }
 
+  readRaw16(name: string): Uint16Array {
+    return this.shardFor(name).readRaw16(name);
+  }
+
   close(): void {
     for (const file of this.opened.values()) file.close();
     this.opened.clear();

@@ -149,6 +149,17 @@ export class SafetensorsFile {
     return out;
   }
 
+  /** An F16 or BF16 tensor's raw 16-bit values, unconverted (for weights kept in their stored precision). */
+  readRaw16(name: string): Uint16Array {
+    const info = this.info(name);
+    if (info.dtype !== 'F16' && info.dtype !== 'BF16') {
+      throw new LowrankError('SHAPE_MISMATCH', `${this.path}: tensor ${quote(name)} is ${info.dtype}, expected F16 or BF16`);
+    }
+    const out = new Uint16Array(elementCount(info.shape));
+    this.readBytes(info.begin, new Uint8Array(out.buffer));
+    return out;
+  }
+
   /** The tensor as int32: I32 as is, I64 narrowed (an out-of-range value is an error, never a silent wrap). */
   readInt32(name: string): Int32Array {
     const info = this.info(name);

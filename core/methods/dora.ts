@@ -57,7 +57,8 @@ export const doraVariant: LoraVariant = {
   trainable: (layer) => [[MAGNITUDE, magnitude(layer)]],
 
   forward(layer, x, base, weight, dropout) {
-    const w = layer.transposed ? tf.transpose(weight) : weight; // [out, in]
+    const stored = weight();
+    const w = layer.transposed ? tf.transpose(stored) : stored; // [out, in]
     const norm = detachedColumnWeightNorm(layer, w); // [out], constant in the backward (§4.3)
     const scale = tf.div(magnitude(layer), norm); // m / ‖W₀ + s·B·A‖_c   [out]
     const input = dropout ? dropout(x) : x;

@@ -176,10 +176,10 @@ export const dylora: Method = {
         const merged = new Map<string, tf.Tensor>();
         for (const layer of layers) {
           const name = `${layer.target.path}.weight`;
-          const stored = model.weight(name) as tf.Tensor2D;
           merged.set(
             name,
             tf.tidy(() => {
+              const stored = model.weight(name) as tf.Tensor2D;
               const { A, B } = truncated(layer, evalRank);
               return fromOutIn(layer.target, tf.add(toOutIn(layer.target, stored), tf.mul(tf.matMul(B, A), alpha / evalRank)));
             }),

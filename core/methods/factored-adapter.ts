@@ -46,7 +46,7 @@ export function linearTargets(model: CausalLM, methodId: string, paths: string[]
   if (paths.length === 0) throw new LowrankError('BAD_ARGUMENT', `method ${methodId} needs at least one target module`);
   return paths.map((path) => {
     if (model.adapters.has(path)) throw new LowrankError('BAD_ARGUMENT', `module ${path} already has an adapter; detach it first`);
-    const [rows, cols] = model.weight(`${path}.weight`).shape;
+    const [rows, cols] = model.weightShape(`${path}.weight`);
     const transposed = model.isTransposedLinear(path);
     return { path, transposed, inFeatures: transposed ? rows : cols, outFeatures: transposed ? cols : rows };
   });
@@ -54,7 +54,7 @@ export function linearTargets(model: CausalLM, methodId: string, paths: string[]
 
 /** The frozen weight W [out, in] in float64, row-major (for the SVD-based methods). */
 export function weightOutIn64(model: CausalLM, target: LinearTarget): Float64Array {
-  const stored = model.weight(`${target.path}.weight`).dataSync();
+  const stored = tf.tidy(() => model.weight(`${target.path}.weight`).dataSync());
   const { outFeatures: m, inFeatures: n, transposed } = target;
   const w = new Float64Array(m * n);
   for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) w[i * n + j] = transposed ? stored[j * m + i] : stored[i * n + j];
@@ -193,10 +193,10 @@ export function attachFactored(spec: FactoredAttach): AttachedMethod {
       const merged = new Map<string, tf.Tensor>();
       for (const layer of layers) {
         const name = `${layer.target.path}.weight`;
-        const stored = model.weight(name) as tf.Tensor2D;
         merged.set(
           name,
           tf.tidy(() => {
+            const stored = model.weight(name) as tf.Tensor2D;
             const { B, A } = layer.factors();
             return fromOutIn(layer.target, tf.add(toOutIn(layer.target, stored), tf.matMul(B, A)));
           }),

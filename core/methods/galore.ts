@@ -92,7 +92,7 @@ export function defineLowRankOptimizerMethod(info: Omit<MethodInfo, 'family' | '
     attach(model, given, ctx) {
       const params = resolveParams(info.id, info.schema, given);
       const projected = ctx.targets.map((path) => `${path}.weight`).filter((name) => {
-        const shape = model.weights.get(name)?.shape;
+        const shape = model.hasWeight(name) ? model.weightShape(name) : undefined;
         return shape?.length === 2 && (spec.projects?.(shape) ?? true);
       });
       const options = spec.options(params, projected, ctx.seed);

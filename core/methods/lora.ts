@@ -35,6 +35,8 @@ export interface LoraLayer {
   readonly extra: Map<string, tf.Tensor>;
   /** The frozen weight a variant replaced in model.weights (PiSSA's residual); restored on detach. */
   replacedWeight?: tf.Tensor;
+  /** The variant put a weight in model.weights over a base held in native memory; removed on detach. */
+  replacedFrozen?: boolean;
 }
 
 /** x -> dropout(x) while training with dropout > 0; null otherwise. */
@@ -48,8 +50,8 @@ export interface LoraVariant {
   init(layer: LoraLayer, model: CausalLM, params: MethodParams, initial: InitialValues | undefined, seed: number): void;
   /** Trainable tensors besides A and B, by name suffix (`lora_magnitude_vector`). */
   trainable(layer: LoraLayer): Array<[string, tf.Variable]>;
-  /** x [N, in] -> [N, out]; `weight` is the frozen weight as stored. */
-  forward(layer: LoraLayer, x: tf.Tensor2D, base: (x: tf.Tensor2D) => tf.Tensor2D, weight: tf.Tensor2D, dropout: Dropout): tf.Tensor2D;
+  /** x [N, in] -> [N, out]; `weight()` is the frozen weight as stored (materialised on demand: see LinearAdapter). */
+  forward(layer: LoraLayer, x: tf.Tensor2D, base: (x: tf.Tensor2D) => tf.Tensor2D, weight: () => tf.Tensor2D, dropout: Dropout): tf.Tensor2D;
   /** The merged weight W' [out, in] from the frozen W [out, in]. */
   mergedWeight(layer: LoraLayer, weight: tf.Tensor2D): tf.Tensor2D;
   /** Tensors peft saves for the layer, by suffix after `<path>.`; new tensors. */
@@ -173,7 +175,7 @@ export function loraTrainableCount(model: CausalLM, params: MethodParams, target
   const r = params.rank as number;
   let count = 0;
   for (const path of targets) {
-    const [rows, cols] = model.weight(`${path}.weight`).shape as [number, number];
+    const [rows, cols] = model.weightShape(`${path}.weight`) as [number, number];
     count += r * (rows + cols);
   }
   return count;
@@ -218,9 +220,10 @@ function attachLora(
   const detach = () => {
     for (const layer of layers) {
       model.adapters.delete(layer.path);
-      if (layer.replacedWeight) {
+      if (layer.replacedWeight || layer.replacedFrozen) {
         model.weights.get(`${layer.path}.weight`)?.dispose();
-        model.weights.set(`${layer.path}.weight`, layer.replacedWeight);
+        if (layer.replacedWeight) model.weights.set(`${layer.path}.weight`, layer.replacedWeight);
+        else model.weights.delete(`${layer.path}.weight`);
       }
       layer.A.dispose();
       layer.B.dispose();
@@ -232,9 +235,8 @@ function attachLora(
 
   try {
     for (const path of ctx.targets) {
-      const weight = model.weight(`${path}.weight`) as tf.Tensor2D;
       const transposed = model.isTransposedLinear(path);
-      const [rows, cols] = weight.shape;
+      const [rows, cols] = model.weightShape(`${path}.weight`);
       const [outFeatures, inFeatures] = transposed ? [cols, rows] : [rows, cols];
       // A ~ U(-1/√in, 1/√in): kaiming_uniform_(a=√5) on [r, in], i.e. nn.Linear's default, as peft.
       const bound = 1 / Math.sqrt(inFeatures);
@@ -279,8 +281,7 @@ function attachLora(
       const merged = new Map<string, tf.Tensor>();
       for (const layer of layers) {
         const name = `${layer.path}.weight`;
-        const stored = model.weight(name) as tf.Tensor2D;
-        merged.set(name, tf.tidy(() => fromOutIn(layer, variant.mergedWeight(layer, toOutIn(layer, stored)))));
+        merged.set(name, tf.tidy(() => fromOutIn(layer, variant.mergedWeight(layer, toOutIn(layer, model.weight(name) as tf.Tensor2D)))));
       }
       return merged;
     },

@@ -76,7 +76,7 @@ describe('loraxs', () => {
     const adapter = model.adapters.get(path)!;
     const R = attached.trainable.get(`${path}.loraxs_R`)!;
     const { value, grads } = tf.variableGrads(
-      () => tf.sum(tf.mul(adapter.apply(x, (v) => tf.matMul(v, weight, false, true), weight, false), c)) as tf.Scalar,
+      () => tf.sum(tf.mul(adapter.apply(x, (v) => tf.matMul(v, weight, false, true), () => weight, false), c)) as tf.Scalar,
       [R],
     );
     const got = grads[R.name].dataSync();

@@ -44,7 +44,7 @@ describe('nola', () => {
     const beta = attached.trainable.get(`${target}.nola_beta`)!;
     const adapter = model.adapters.get(target)!;
     const { value, grads } = tf.variableGrads(
-      () => tf.sum(tf.mul(adapter.apply(x, (v) => tf.matMul(v, weight, false, true), weight, false), c)) as tf.Scalar,
+      () => tf.sum(tf.mul(adapter.apply(x, (v) => tf.matMul(v, weight, false, true), () => weight, false), c)) as tf.Scalar,
       [beta],
     );
     // At α = 0: A = A₀, and ∂L/∂B = s·Cᵀ·X·A₀ᵀ [out, r].

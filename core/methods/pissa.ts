@@ -49,8 +49,10 @@ export const pissaVariant: LoraVariant = {
       throw new LowrankError('BAD_ARGUMENT', `method pissa: rank ${r} exceeds min(out, in) = ${Math.min(m, n)} of ${path}; choose rank ≤ ${Math.min(m, n)}`);
     }
     const name = `${path}.weight`;
-    const original = model.weight(name) as tf.Tensor2D;
-    const stored = original.dataSync();
+    // A base frozen in native memory has no tensor to put back on detach: the residual is simply removed then.
+    const original = model.isFrozen(name) ? null : (model.weight(name) as tf.Tensor2D);
+    const shape = model.weightShape(name) as [number, number];
+    const stored = original ? original.dataSync() : tf.tidy(() => model.weight(name).dataSync());
     // W [out, in] in float64; GPT-2 Conv1D stores [in, out].
     const w = new Float64Array(m * n);
     for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) w[i * n + j] = layer.transposed ? stored[j * m + i] : stored[i * n + j];
@@ -97,8 +99,9 @@ export const pissaVariant: LoraVariant = {
     assignValues(layer.B, b ?? b0);
     layer.extra.set(A0, tf.tensor2d(a0, [r, n]));
     layer.extra.set(B0, tf.tensor2d(b0, [m, r]));
-    layer.replacedWeight = original;
-    model.weights.set(name, tf.tensor2d(residual, original.shape));
+    if (original) layer.replacedWeight = original;
+    else layer.replacedFrozen = true;
+    model.weights.set(name, tf.tensor2d(residual, shape));
   },
 
   peftTensors(layer) {

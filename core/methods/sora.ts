@@ -215,8 +215,7 @@ export const sora: Method = {
         const merged = new Map<string, tf.Tensor>();
         for (const layer of layers) {
           const name = `${layer.target.path}.weight`;
-          const stored = model.weight(name) as tf.Tensor2D;
-          merged.set(name, tf.tidy(() => fromOutIn(layer.target, tf.add(toOutIn(layer.target, stored), tf.matMul(gatedB(layer), layer.A)))));
+          merged.set(name, tf.tidy(() => fromOutIn(layer.target, tf.add(toOutIn(layer.target, model.weight(name) as tf.Tensor2D), tf.matMul(gatedB(layer), layer.A)))));
         }
         return merged;
       },

@@ -12,7 +12,7 @@ export const ALL_LINEAR = 'all-linear';
 /** Every module a target may name: the model's linear modules, plus an untied `lm_head`. */
 export function targetableModules(model: CausalLM): string[] {
   const modules = model.linearModules();
-  if (model.weights.has('lm_head.weight')) modules.push('lm_head');
+  if (model.hasWeight('lm_head.weight')) modules.push('lm_head');
   return modules;
 }
 

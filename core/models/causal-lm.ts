@@ -7,6 +7,8 @@ import * as tf from '../tf.ts';
 import type { ModelConfig } from './config.ts';
 import { CROSS_ENTROPY_KERNELS } from '../backend/cross-entropy-kernels.ts';
 import { fusedOpActive } from './fused-ops.ts';
+import type { CheckpointPlan } from './recompute.ts';
+import { FrozenWeight, frozenGather, frozenLinear, frozenLinearCrossEntropy } from './frozen-weight.ts';
 
 /**
  * An adapter replaces how one linear module computes its output. `base` computes the frozen
@@ -14,10 +16,11 @@ import { fusedOpActive } from './fused-ops.ts';
  */
 export interface LinearAdapter {
   /**
-   * x [N, in] -> [N, out]. `weight` is the frozen weight as stored ([out, in], or [in, out] for
-   * GPT-2's Conv1D: see CausalLM.isTransposedLinear); `training` switches dropout on.
+   * x [N, in] -> [N, out]. `weight()` gives the frozen weight as stored ([out, in], or [in, out] for
+   * GPT-2's Conv1D: see CausalLM.isTransposedLinear), materialised for the enclosing tf.tidy when it
+   * lives in native memory (only DoRA's forward needs it); `training` switches dropout on.
    */
-  apply(x: tf.Tensor2D, base: (x: tf.Tensor2D) => tf.Tensor2D, weight: tf.Tensor2D, training: boolean): tf.Tensor2D;
+  apply(x: tf.Tensor2D, base: (x: tf.Tensor2D) => tf.Tensor2D, weight: () => tf.Tensor2D, training: boolean): tf.Tensor2D;
 }
 
 /** Keys and values per layer, [B, kvHeads, S, headDim], after RoPE. */
@@ -46,18 +49,30 @@ export interface ForwardResult {
 
 export abstract class CausalLM {
   readonly config: ModelConfig;
-  /** Weights by the names in the checkpoint (GPT-2 normalised to the `transformer.` prefix). */
+  /**
+   * Weights by the names in the checkpoint (GPT-2 normalised to the `transformer.` prefix), as tensors.
+   * An entry here takes precedence over a frozen one of the same name (PiSSA's residual, full fine-tuning's variables).
+   */
   readonly weights: Map<string, tf.Tensor>;
+  /** Frozen base weights held in native memory (frozen-weight.ts), by the same names. */
+  readonly frozen: Map<string, FrozenWeight>;
   /** Adapter per full module path, e.g. `model.layers.0.self_attn.q_proj`. */
   readonly adapters = new Map<string, LinearAdapter>();
   training = false;
+  /** Activation checkpointing per decoder layer while training (recompute.ts); null keeps every activation. */
+  checkpointing: CheckpointPlan | null = null;
 
-  constructor(config: ModelConfig, weights: Map<string, tf.Tensor>) {
+  constructor(config: ModelConfig, weights: Map<string, tf.Tensor>, frozen: Map<string, FrozenWeight> = new Map()) {
     this.config = config;
     this.weights = weights;
+    this.frozen = frozen;
   }
 
-  abstract forward(ids: tf.Tensor2D, opts?: ForwardOptions): ForwardResult;
+  /** The hidden states after the final norm, [B·T, C], and the extended cache when asked for. */
+  abstract hidden(ids: tf.Tensor2D, opts?: ForwardOptions): { hidden: tf.Tensor2D; cache?: KVCache };
+
+  /** Name of the output projection's weight [V, C]: the token embedding when the head is tied. */
+  abstract headWeightName(): string;
 
   /** Full paths of the linear modules adapters can wrap, in layer order. */
   abstract linearModules(): string[];
@@ -65,28 +80,94 @@ export abstract class CausalLM {
   /** Whether a linear module stores its weight [in, out] (GPT-2 Conv1D) instead of [out, in]. */
   abstract isTransposedLinear(modulePath: string): boolean;
 
+  forward(ids: tf.Tensor2D, opts: ForwardOptions = {}): ForwardResult {
+    const [B, T] = ids.shape;
+    const { hidden, cache } = this.hidden(ids, opts);
+    return { logits: this.head(hidden).reshape([B, T, this.config.vocabSize]), cache };
+  }
+
+  /** Mean next-token loss of `labels` (see causalLmLoss) without materialising [B·T, V] logits where the head allows. */
+  loss(ids: tf.Tensor2D, labels: tf.Tensor2D, opts: ForwardOptions = {}): { loss: tf.Scalar; tokens: tf.Scalar } {
+    const { hidden } = this.hidden(ids, opts);
+    const { targets, weights, tokens } = nextTokenTargets(labels);
+    const name = this.headWeightName();
+    const adapted = name === 'lm_head.weight' && this.adapters.has('lm_head');
+    const frozen = adapted || this.weights.has(name) ? undefined : this.frozen.get(name);
+    if (frozen) return { loss: frozenLinearCrossEntropy(hidden, frozen, targets, weights), tokens };
+    return { loss: weightedCrossEntropy(this.head(hidden), targets, weights), tokens };
+  }
+
+  /** Logits [N, V] of hidden states [N, C]. */
+  head(hidden: tf.Tensor2D): tf.Tensor2D {
+    const name = this.headWeightName();
+    if (name === 'lm_head.weight') return this.linear('lm_head', hidden);
+    const frozen = this.weights.has(name) ? undefined : this.frozen.get(name);
+    return frozen ? frozenLinear(hidden, frozen) : tf.matMul(hidden, this.weight(name) as tf.Tensor2D, false, true);
+  }
+
+  hasWeight(name: string): boolean {
+    return this.weights.has(name) || this.frozen.has(name);
+  }
+
+  /** Whether `name` is read from native memory (no tensor of it exists). */
+  isFrozen(name: string): boolean {
+    return !this.weights.has(name) && this.frozen.has(name);
+  }
+
+  weightShape(name: string): number[] {
+    const w = this.weights.get(name);
+    if (w) return w.shape;
+    const f = this.frozen.get(name);
+    if (!f) throw new Error(`internal: weight ${name} not loaded`);
+    return [...f.shape];
+  }
+
+  /**
+   * The weight as a tensor. A frozen weight is materialised as a new float32 tensor each call: call
+   * this inside tf.tidy (or dispose the result when isFrozen(name)); for shapes use weightShape().
+   */
   weight(name: string): tf.Tensor {
     const w = this.weights.get(name);
-    if (!w) throw new Error(`internal: weight ${name} not loaded`);
-    return w;
+    if (w) return w;
+    const f = this.frozen.get(name);
+    if (!f) throw new Error(`internal: weight ${name} not loaded`);
+    return f.toTensor();
+  }
+
+  /** Rows of an embedding [V, C] for ids [N] → [N, C]. */
+  protected embed(name: string, ids: tf.Tensor1D): tf.Tensor2D {
+    const frozen = this.weights.has(name) ? undefined : this.frozen.get(name);
+    return frozen ? frozenGather(ids, frozen) : (tf.gather(this.weight(name), ids) as tf.Tensor2D);
   }
 
   /** x [N, in] -> [N, out] through module `path`, via its adapter if one is attached. */
   protected linear(path: string, x: tf.Tensor2D): tf.Tensor2D {
-    const w = this.weight(`${path}.weight`) as tf.Tensor2D;
+    const name = `${path}.weight`;
+    const tensor = this.weights.get(name) as tf.Tensor2D | undefined;
+    const frozen = tensor ? undefined : this.frozen.get(name);
+    if (!tensor && !frozen) throw new Error(`internal: weight ${name} not loaded`);
     const b = this.weights.get(`${path}.bias`);
     const transposed = this.isTransposedLinear(path);
     const base = (input: tf.Tensor2D): tf.Tensor2D => {
-      const y: tf.Tensor2D = tf.matMul(input, w, false, !transposed);
+      const y: tf.Tensor2D = frozen ? frozenLinear(input, frozen, transposed) : tf.matMul(input, tensor!, false, !transposed);
       return b ? (tf.add(y, b) as tf.Tensor2D) : y;
     };
     const adapter = this.adapters.get(path);
-    return adapter ? adapter.apply(x, base, w, this.training) : base(x);
+    return adapter ? adapter.apply(x, base, () => tensor ?? frozen!.toTensor(), this.training) : base(x);
+  }
+
+  /** Bytes of the frozen weights in native memory. */
+  frozenBytes(): number {
+    let bytes = 0;
+    for (const f of this.frozen.values()) bytes += f.bytes;
+    return bytes;
   }
 
   dispose(): void {
     for (const t of this.weights.values()) t.dispose();
     this.weights.clear();
+    for (const f of this.frozen.values()) f.dispose();
+    this.frozen.clear();
   }
 }
 
@@ -188,11 +269,21 @@ export { compositeWeightedCrossEntropy };
  */
 export function causalLmLoss(logits: tf.Tensor3D, labels: tf.Tensor2D): { loss: tf.Scalar; tokens: tf.Scalar } {
   const [B, T, V] = logits.shape;
+  const { targets, weights, tokens } = nextTokenTargets(labels);
+  const loss = weightedCrossEntropy(logits.reshape([B * T, V]), targets, weights);
+  return { loss, tokens };
+}
+
+/**
+ * For labels [B, T]: the target of each position (the next label, 0 where none), its weight in the
+ * mean (1/tokens where a target is taken, 0 elsewhere) and the token count.
+ */
+export function nextTokenTargets(labels: tf.Tensor2D): { targets: tf.Tensor1D; weights: tf.Tensor1D; tokens: tf.Scalar } {
+  const [B, T] = labels.shape;
   const next = tf.concat([tf.slice(labels, [0, 1], [B, T - 1]), tf.fill([B, 1], -100, 'int32')], 1).reshape([B * T]);
   const valid = tf.cast(tf.notEqual(next, -100), 'float32');
   const tokens = tf.sum(valid) as tf.Scalar;
   const targets = tf.mul(tf.cast(next, 'int32'), tf.cast(valid, 'int32')) as tf.Tensor1D;
   const weights = tf.div(valid, tf.maximum(tokens, 1)) as tf.Tensor1D;
-  const loss = weightedCrossEntropy(logits.reshape([B * T, V]), targets, weights);
-  return { loss, tokens };
+  return { targets, weights, tokens };
 }

@@ -4,7 +4,7 @@
  * Mirrors transformers' modeling_gpt2.py.
  */
 import * as tf from '../tf.ts';
-import { CausalLM, attentionBias, type ForwardOptions, type ForwardResult, type KVCache } from './causal-lm.ts';
+import { CausalLM, attentionBias, type ForwardOptions, type KVCache } from './causal-lm.ts';
 import { layerNorm } from './fused-ops.ts';
 
 /** gelu_new: the tanh approximation, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
@@ -32,7 +32,11 @@ export class Gpt2Model extends CausalLM {
     return path !== 'lm_head';
   }
 
-  forward(ids: tf.Tensor2D, opts: ForwardOptions = {}): ForwardResult {
+  headWeightName(): string {
+    return this.config.tieWordEmbeddings ? 'transformer.wte.weight' : 'lm_head.weight';
+  }
+
+  hidden(ids: tf.Tensor2D, opts: ForwardOptions = {}): { hidden: tf.Tensor2D; cache?: KVCache } {
     const c = this.config;
     const [B, T] = ids.shape;
     const H = c.numHeads;
@@ -43,7 +47,7 @@ export class Gpt2Model extends CausalLM {
     const gelu = c.raw.activation_function === 'gelu' ? geluErf : geluTanh;
 
     const positions = tf.range(past, past + T, 1, 'int32');
-    const tokens = tf.gather(this.weight('transformer.wte.weight'), ids.reshape([B * T])).reshape([B, T, C]);
+    const tokens = this.embed('transformer.wte.weight', ids.reshape([B * T])).reshape([B, T, C]);
     let x = tf.add(tokens, tf.gather(this.weight('transformer.wpe.weight'), positions)).reshape([B * T, C]) as tf.Tensor2D;
     const bias = attentionBias(B, T, past, opts.attentionMask, null);
     const scale = 1 / Math.sqrt(D);
@@ -68,10 +72,7 @@ export class Gpt2Model extends CausalLM {
       x = tf.add(x, this.linear(`${p}.mlp.c_proj`, gelu(this.linear(`${p}.mlp.c_fc`, h2))));
     }
 
-    const final = layerNorm(x, this.weight('transformer.ln_f.weight'), this.weight('transformer.ln_f.bias'), c.normEps);
-    const logits = c.tieWordEmbeddings
-      ? tf.matMul(final, this.weight('transformer.wte.weight') as tf.Tensor2D, false, true)
-      : this.linear('lm_head', final);
-    return { logits: logits.reshape([B, T, c.vocabSize]), cache: opts.useCache || opts.cache ? cache : undefined };
+    const final = layerNorm(x, this.weight('transformer.ln_f.weight'), this.weight('transformer.ln_f.bias'), c.normEps); // [B*T, C]
+    return { hidden: final, cache: opts.useCache || opts.cache ? cache : undefined };
   }
 }

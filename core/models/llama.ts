@@ -5,9 +5,10 @@
  * Mistral a sliding attention window, both read from the config.
  */
 import * as tf from '../tf.ts';
-import { CausalLM, attentionBias, type ForwardOptions, type ForwardResult, type KVCache } from './causal-lm.ts';
+import { CausalLM, attentionBias, type ForwardOptions, type KVCache } from './causal-lm.ts';
 import { applyRope, rmsNorm, swiGlu } from './fused-ops.ts';
 import { ropeTables } from './rope.ts';
+import { recomputed } from './recompute.ts';
 
 export class LlamaModel extends CausalLM {
   linearModules(): string[] {
@@ -23,56 +24,89 @@ export class LlamaModel extends CausalLM {
     return false;
   }
 
-  forward(ids: tf.Tensor2D, opts: ForwardOptions = {}): ForwardResult {
+  headWeightName(): string {
+    return this.config.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
+  }
+
+  hidden(ids: tf.Tensor2D, opts: ForwardOptions = {}): { hidden: tf.Tensor2D; cache?: KVCache } {
     const c = this.config;
     const [B, T] = ids.shape;
+    const past = opts.cache?.length ?? 0;
+    const wantCache = Boolean(opts.useCache || opts.cache);
+    const ctx: LayerContext = {
+      B,
+      T,
+      rope: ropeTables(c, past, T), // cos, sin [T, D]
+      bias: attentionBias(B, T, past, opts.attentionMask, c.slidingWindow), // [B|1, 1, T, S]
+      past: opts.cache,
+      cache: wantCache ? { keys: [], values: [], length: past + T } : null,
+    };
+    // Checkpointing only while training without a cache: generation keeps its keys and values.
+    const plan = this.checkpointing && this.training && !wantCache ? this.checkpointing : null;
+    let x = this.embed('model.embed_tokens.weight', ids.reshape([B * T])); // [B*T, C]
+    for (let i = 0; i < c.numLayers; i++) {
+      if (!plan) {
+        x = this.decoderLayer(i, x, ctx);
+        continue;
+      }
+      // The recomputation gets the RoPE tables and the mask as saved inputs (the forward pass disposes its own).
+      const layer = (input: tf.Tensor2D, [cos, sin, bias]: tf.Tensor[]) =>
+        this.decoderLayer(i, input, { ...ctx, rope: { cos: cos as tf.Tensor2D, sin: sin as tf.Tensor2D }, bias: bias as tf.Tensor4D });
+      x = recomputed(layer, x, [ctx.rope.cos, ctx.rope.sin, ctx.bias], plan.layerVariables(i), plan.random);
+    }
+    const final = rmsNorm(x, this.weight('model.norm.weight'), c.normEps); // [B*T, C]
+    return { hidden: final, cache: ctx.cache ?? undefined };
+  }
+
+  /** Decoder layer i: x [B*T, C] -> x + attention(norm(x)), then + mlp(norm(·)). */
+  private decoderLayer(i: number, x: tf.Tensor2D, ctx: LayerContext): tf.Tensor2D {
+    const c = this.config;
+    const { B, T } = ctx;
     const H = c.numHeads;
     const KV = c.numKvHeads;
     const D = c.headDim;
     const groups = H / KV;
-    const past = opts.cache?.length ?? 0;
-    const S = past + T;
-
-    let x = tf.gather(this.weight('model.embed_tokens.weight'), ids.reshape([B * T])) as tf.Tensor2D; // [B*T, C]
-    const { cos, sin } = ropeTables(c, past, T); // [T, D]
-    const bias = attentionBias(B, T, past, opts.attentionMask, c.slidingWindow); // [B|1, 1, T, S]
-    const scale = 1 / Math.sqrt(D);
-    const cache: KVCache = { keys: [], values: [], length: S };
-
-    for (let i = 0; i < c.numLayers; i++) {
-      const p = `model.layers.${i}`;
-      const h = rmsNorm(x, this.weight(`${p}.input_layernorm.weight`), c.normEps);
-      const heads = (t: tf.Tensor2D, n: number) => t.reshape([B, T, n, D]).transpose([0, 2, 1, 3]) as tf.Tensor4D;
-      const q = applyRope(heads(this.linear(`${p}.self_attn.q_proj`, h), H), cos, sin); // [B, H, T, D]
-      let k = applyRope(heads(this.linear(`${p}.self_attn.k_proj`, h), KV), cos, sin); // [B, KV, T, D]
-      let v = heads(this.linear(`${p}.self_attn.v_proj`, h), KV);
-      if (opts.cache) {
-        k = tf.concat([opts.cache.keys[i], k], 2);
-        v = tf.concat([opts.cache.values[i], v], 2);
-      }
-      cache.keys.push(k);
-      cache.values.push(v);
-      // Query heads h = g·groups + r share key/value head g (repeat_kv): fold the group into the
-      // query rows so one batched matmul serves the group without copying k and v.
-      const qg = q.reshape([B, KV, groups * T, D]);
-      const scores = tf.mul(tf.matMul(qg, k, false, true), scale).reshape([B, H, T, S]); // [B, H, T, S]
-      const probs = tf.softmax(tf.add(scores, bias)).reshape([B, KV, groups * T, S]);
-      const attended = tf.matMul(probs, v) // [B, KV, groups*T, D]
-        .reshape([B, H, T, D])
-        .transpose([0, 2, 1, 3])
-        .reshape([B * T, H * D]) as tf.Tensor2D;
-      x = tf.add(x, this.linear(`${p}.self_attn.o_proj`, attended));
-
-      const h2 = rmsNorm(x, this.weight(`${p}.post_attention_layernorm.weight`), c.normEps);
-      const gate = this.linear(`${p}.mlp.gate_proj`, h2);
-      const up = this.linear(`${p}.mlp.up_proj`, h2);
-      x = tf.add(x, this.linear(`${p}.mlp.down_proj`, swiGlu(gate, up) as tf.Tensor2D));
+    const { cos, sin } = ctx.rope;
+    const p = `model.layers.${i}`;
+    const h = rmsNorm(x, this.weight(`${p}.input_layernorm.weight`), c.normEps);
+    const heads = (t: tf.Tensor2D, n: number) => t.reshape([B, T, n, D]).transpose([0, 2, 1, 3]) as tf.Tensor4D;
+    const q = applyRope(heads(this.linear(`${p}.self_attn.q_proj`, h), H), cos, sin); // [B, H, T, D]
+    let k = applyRope(heads(this.linear(`${p}.self_attn.k_proj`, h), KV), cos, sin); // [B, KV, T, D]
+    let v = heads(this.linear(`${p}.self_attn.v_proj`, h), KV);
+    if (ctx.past) {
+      k = tf.concat([ctx.past.keys[i], k], 2);
+      v = tf.concat([ctx.past.values[i], v], 2);
     }
+    if (ctx.cache) {
+      ctx.cache.keys.push(k);
+      ctx.cache.values.push(v);
+    }
+    const S = k.shape[2];
+    // Query heads h = g·groups + r share key/value head g (repeat_kv): fold the group into the
+    // query rows so one batched matmul serves the group without copying k and v.
+    const qg = q.reshape([B, KV, groups * T, D]);
+    const scores = tf.mul(tf.matMul(qg, k, false, true), 1 / Math.sqrt(D)).reshape([B, H, T, S]); // [B, H, T, S]
+    const probs = tf.softmax(tf.add(scores, ctx.bias)).reshape([B, KV, groups * T, S]);
+    const attended = tf.matMul(probs, v) // [B, KV, groups*T, D]
+      .reshape([B, H, T, D])
+      .transpose([0, 2, 1, 3])
+      .reshape([B * T, H * D]) as tf.Tensor2D;
+    x = tf.add(x, this.linear(`${p}.self_attn.o_proj`, attended));
 
-    const final = rmsNorm(x, this.weight('model.norm.weight'), c.normEps);
-    const logits = c.tieWordEmbeddings
-      ? tf.matMul(final, this.weight('model.embed_tokens.weight') as tf.Tensor2D, false, true)
-      : this.linear('lm_head', final);
-    return { logits: logits.reshape([B, T, c.vocabSize]), cache: opts.useCache || opts.cache ? cache : undefined };
+    const h2 = rmsNorm(x, this.weight(`${p}.post_attention_layernorm.weight`), c.normEps);
+    const gate = this.linear(`${p}.mlp.gate_proj`, h2);
+    const up = this.linear(`${p}.mlp.up_proj`, h2);
+    return tf.add(x, this.linear(`${p}.mlp.down_proj`, swiGlu(gate, up) as tf.Tensor2D));
   }
+}
+
+/** What every decoder layer of one forward pass shares. */
+interface LayerContext {
+  B: number;
+  T: number;
+  rope: { cos: tf.Tensor2D; sin: tf.Tensor2D };
+  bias: tf.Tensor4D;
+  /** The cache passed in (read), and the one being built (when asked for). */
+  past: KVCache | undefined;
+  cache: KVCache | null;
 }

@@ -11,6 +11,8 @@ import { expectedWeights, parseModelConfig, type ModelConfig } from './config.ts
 import type { CausalLM } from './causal-lm.ts';
 import { LlamaModel } from './llama.ts';
 import { Gpt2Model } from './gpt2.ts';
+import { FrozenWeight, type BaseDtype } from './frozen-weight.ts';
+import type { FrozenKind, FrozenSourceKind } from '../backend/native/addon.ts';
 
 /** Buffers some checkpoints carry that are recomputed here, not weights. */
 const IGNORED_SUFFIXES = ['.attn.bias', '.attn.masked_bias', 'rotary_emb.inv_freq'];
@@ -23,8 +25,8 @@ export function canonicalWeightName(config: ModelConfig, name: string): string {
   return name;
 }
 
-export function buildModel(config: ModelConfig, weights: Map<string, tf.Tensor>): CausalLM {
-  return config.family === 'gpt2' ? new Gpt2Model(config, weights) : new LlamaModel(config, weights);
+export function buildModel(config: ModelConfig, weights: Map<string, tf.Tensor>, frozen: Map<string, FrozenWeight> = new Map()): CausalLM {
+  return config.family === 'gpt2' ? new Gpt2Model(config, weights, frozen) : new LlamaModel(config, weights, frozen);
 }
 
 export function loadConfig(dir: string): ModelConfig {
@@ -76,14 +78,52 @@ export function openCheckpoint(dir: string): ValidatedCheckpoint {
   }
 }
 
-export function loadModel(dir: string): CausalLM {
+export interface LoadOptions {
+  /**
+   * Keep the weights no method will train (linear layers, token embedding, untied head) frozen in
+   * native memory (frozen-weight.ts) as `dtype`: 'auto' keeps each one's stored precision; int8 and
+   * nf4 quantize the linear layers and keep the embedding and head in their stored precision, as QLoRA
+   * does. Needs the native addon on the wasm backend (frozenWeightsAvailable()); null loads every weight
+   * as a float32 tensor.
+   */
+  frozenBase?: { dtype: BaseDtype } | null;
+}
+
+/** The weights a frozen base keeps natively: every linear module's weight, the token embedding and the head. */
+function freezableWeights(config: ModelConfig): Set<string> {
+  const skeleton = buildModel(config, new Map());
+  const names = new Set(skeleton.linearModules().map((p) => `${p}.weight`));
+  names.add(skeleton.headWeightName());
+  names.add(config.family === 'gpt2' ? 'transformer.wte.weight' : 'model.embed_tokens.weight');
+  return names;
+}
+
+const STORED_KIND: Record<string, FrozenKind> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
+
+function frozenWeight(reader: CheckpointReader, stored: string, shape: number[], dtype: BaseDtype, quantizable: boolean): FrozenWeight {
+  const sourceKind = STORED_KIND[reader.info(stored).dtype] as FrozenSourceKind;
+  const wanted: FrozenKind = dtype === 'auto' || (!quantizable && (dtype === 'int8' || dtype === 'nf4')) ? sourceKind : dtype;
+  const source = sourceKind === 'f32' ? reader.readFloat32(stored) : reader.readRaw16(stored);
+  return FrozenWeight.create(source, sourceKind, [shape[0], shape[1]], wanted);
+}
+
+export function loadModel(dir: string, opts: LoadOptions = {}): CausalLM {
   const { config, reader, storedName } = openCheckpoint(dir);
+  const weights = new Map<string, tf.Tensor>();
+  const frozen = new Map<string, FrozenWeight>();
   try {
-    const weights = new Map<string, tf.Tensor>();
+    const freezable = opts.frozenBase ? freezableWeights(config) : new Set<string>();
+    const linear = opts.frozenBase ? new Set(buildModel(config, new Map()).linearModules().map((p) => `${p}.weight`)) : new Set<string>();
     for (const [name, shape] of expectedWeights(config)) {
-      weights.set(name, tf.tensor(reader.readFloat32(storedName.get(name)!), shape, 'float32'));
+      const stored = storedName.get(name)!;
+      if (freezable.has(name) && shape.length === 2) frozen.set(name, frozenWeight(reader, stored, shape, opts.frozenBase!.dtype, linear.has(name)));
+      else weights.set(name, tf.tensor(reader.readFloat32(stored), shape, 'float32'));
     }
-    return buildModel(config, weights);
+    return buildModel(config, weights, frozen);
+  } catch (e) {
+    for (const t of weights.values()) t.dispose();
+    for (const f of frozen.values()) f.dispose();
+    throw e;
   } finally {
     reader.close();
   }

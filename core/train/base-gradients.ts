@@ -38,6 +38,20 @@ export function firstSamples(batches: Batch[], samples: number): Batch[] {
 
 /** G per weight name, in the stored layout; the model's weights and adapters are left as they are. */
 export function accumulateBaseGradients(model: CausalLM, weightNames: string[], batches: Batch[]): Map<string, Float32Array> {
+  // A base held in native memory has no tensor to differentiate: materialise those weights while the gradients are taken.
+  const materialised = weightNames.filter((name) => model.isFrozen(name));
+  for (const name of materialised) model.weights.set(name, model.weight(name));
+  try {
+    return baseGradients(model, weightNames, batches);
+  } finally {
+    for (const name of materialised) {
+      model.weights.get(name)?.dispose();
+      model.weights.delete(name);
+    }
+  }
+}
+
+function baseGradients(model: CausalLM, weightNames: string[], batches: Batch[]): Map<string, Float32Array> {
   const weights = weightNames.map((name) => model.weight(name));
   let sums: tf.Tensor[] | null = null;
   for (const batch of batches) {

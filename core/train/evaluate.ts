@@ -5,7 +5,7 @@
  * its reference is the trained tokens, decoded.
  */
 import * as tf from '../tf.ts';
-import { causalLmLoss, type CausalLM } from '../models/causal-lm.ts';
+import type { CausalLM } from '../models/causal-lm.ts';
 import { generate } from '../models/generate.ts';
 import type { Tokenizer } from '../tokenize/tokenizer.ts';
 
@@ -30,10 +30,9 @@ export function validationLoss(model: CausalLM, examples: TokenizedExample[], ba
       mask.fill(1, i * T, i * T + r.ids.length);
     });
     const [loss, count] = tf.tidy(() => {
-      const out = model.forward(tf.tensor2d(ids, [rows.length, T], 'int32'), {
+      const l = model.loss(tf.tensor2d(ids, [rows.length, T], 'int32'), tf.tensor2d(labels, [rows.length, T], 'int32'), {
         attentionMask: tf.tensor2d(mask, [rows.length, T], 'int32'),
       });
-      const l = causalLmLoss(out.logits, tf.tensor2d(labels, [rows.length, T], 'int32'));
       return [l.loss.dataSync()[0], l.tokens.dataSync()[0]];
     });
     lossSum += loss * count;

@@ -7,7 +7,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tf from '../tf.ts';
 import { LowrankError, isLowrankError } from '../errors.ts';
-import { loadModel } from '../models/load.ts';
+import { loadModel, type LoadOptions } from '../models/load.ts';
+import { frozenWeightsAvailable, type BaseDtype } from '../models/frozen-weight.ts';
 import { parameterCount } from '../models/config.ts';
 import type { CausalLM } from '../models/causal-lm.ts';
 import { loadTokenizer, type Tokenizer } from '../tokenize/tokenizer.ts';
@@ -63,9 +64,17 @@ export interface FinetuneConfig {
   /** Held-out examples scored by exact match at the end (0 = skip the task metric). */
   metricExamples: number;
   name?: string;
+  /**
+   * How the frozen base under an adapter is stored in native memory: its own precision ('auto'), another
+   * float format, or quantized (int8, nf4: QLoRA). Needs the native addon; older runs' configs lack it.
+   */
+  baseDtype?: BaseDtype;
+  /** Recompute each decoder layer in the backward pass: 'auto' when the memory estimate needs it. */
+  gradientCheckpointing?: 'auto' | 'on' | 'off';
 }
 
-export const FINETUNE_DEFAULTS: Omit<FinetuneConfig, 'model' | 'data' | 'method'> = {
+export const FINETUNE_DEFAULTS: Omit<FinetuneConfig, 'model' | 'data' | 'method' | 'baseDtype' | 'gradientCheckpointing'> &
+  Required<Pick<FinetuneConfig, 'baseDtype' | 'gradientCheckpointing'>> = {
   params: {},
   targets: ['q_proj', 'v_proj'],
   steps: null,
@@ -88,6 +97,8 @@ export const FINETUNE_DEFAULTS: Omit<FinetuneConfig, 'model' | 'data' | 'method'
   trainOnPrompt: false,
   adapter: null,
   metricExamples: 100,
+  baseDtype: 'auto',
+  gradientCheckpointing: 'auto',
 };
 
 export type FinetuneEvent =
@@ -124,11 +135,28 @@ export interface PreparedRun {
   estimate: MemoryEstimate;
 }
 
+/**
+ * Where the base weights live: in native memory (frozen-weight.ts) when the method leaves them frozen
+ * (adapters) and the addon is there; as tensors otherwise. A quantized base without that is refused.
+ */
+function frozenBasePolicy(config: FinetuneConfig, family: string): LoadOptions['frozenBase'] {
+  const dtype = config.baseDtype ?? 'auto';
+  const possible = family === 'adapter' && frozenWeightsAvailable();
+  if (possible) return { dtype };
+  if (dtype !== 'auto') {
+    const why = family !== 'adapter'
+      ? `method ${config.method} trains the base weights, so they cannot be stored as ${dtype}`
+      : `a ${dtype} base needs the native kernels (build them with \`node scripts/build-native.js\`; \`lowrank info\` says why they are missing) on the wasm backend`;
+    throw new LowrankError('BAD_ARGUMENT', `--base-dtype ${dtype}: ${why}; use --base-dtype auto`);
+  }
+  return null;
+}
+
 export async function prepareRun(config: FinetuneConfig): Promise<PreparedRun> {
   await initBackend();
   const method = getMethod(config.method);
   const params = resolveParams(method.id, method.schema, config.params);
-  const model = loadModel(config.model);
+  const model = loadModel(config.model, { frozenBase: frozenBasePolicy(config, method.family) });
   const tokenizer = await loadTokenizer(config.model);
   const dataset = await loadDataset(config.data, tokenizer, {
     format: config.format,

@@ -122,7 +122,7 @@ export function estimateTrainingMemory(input: MemoryEstimateInput): MemoryEstima
 export function adapterActivationFloats(model: CausalLM, targets: string[], rank: number, dropout: number): number {
   let floats = 0;
   for (const path of targets) {
-    const [rows, cols] = model.weight(`${path}.weight`).shape as [number, number];
+    const [rows, cols] = model.weightShape(`${path}.weight`) as [number, number];
     const [out, inFeatures] = model.isTransposedLinear(path) ? [cols, rows] : [rows, cols];
     floats += rank + 3 * out + (dropout > 0 ? inFeatures : 0);
   }

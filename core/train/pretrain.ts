@@ -169,7 +169,7 @@ export function lmLoss(model: CausalLM, batch: Batch): { loss: tf.Scalar; tokens
   const ids = tf.tensor2d(batch.ids, [batch.batchSize, batch.seqLen], 'int32');
   const labels = tf.tensor2d(batch.labels, [batch.batchSize, batch.seqLen], 'int32');
   const mask = batch.attentionMask ? tf.tensor2d(batch.attentionMask, [batch.batchSize, batch.seqLen], 'int32') : undefined;
-  return causalLmLoss(model.forward(ids, { attentionMask: mask }).logits, labels);
+  return model.loss(ids, labels, { attentionMask: mask });
 }
 
 /** Mean loss over the first consecutive validation windows (at most maxBatches batches). */

@@ -37,11 +37,38 @@ export interface NativeAddon {
   /** One AdamW step into new arrays; constants as adamw-kernels.ts's adamWConstants builds them. */
   adamw(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, pOut: Float32Array, mOut: Float32Array,
     vOut: Float32Array, constants: Float32Array): void;
+  /**
+   * Frozen weights in native memory (native/frozen.c): a [rows, cols] weight copied from `source`
+   * (float32 values, or f16/bf16 bits in a Uint16Array) into `kind`'s storage, quantized for int8/nf4.
+   */
+  frozenCreate(source: Float32Array | Uint16Array, sourceKind: FrozenSourceKind, rows: number, cols: number, kind: FrozenKind): FrozenHandle;
+  /** Frees the memory now; the handle refuses every later use. */
+  frozenFree(handle: FrozenHandle): void;
+  /** [rows, cols, bytes held, kind] */
+  frozenInfo(handle: FrozenHandle): [number, number, number, FrozenKind];
+  /** Rows [first, first+count) dequantised to float32 into `out`. */
+  frozenRows(handle: FrozenHandle, first: number, count: number, out: Float32Array): void;
+  /** mode 0: out [n, rows] = x [n, cols]·Wᵀ; mode 1: out [n, cols] = x [n, rows]·W; offsets are element indices into `heap`. */
+  frozenMatmul(handle: FrozenHandle, heap: Float32Array, xOffset: number, n: number, outOffset: number, mode: 0 | 1): void;
+  /** out [ids, cols] = W[ids] */
+  frozenGather(handle: FrozenHandle, ids: Int32Array, heap: Float32Array, outOffset: number): void;
+  /** Σᵢ wᵢ·(lseᵢ − (h·Wᵀ)ᵢ[tᵢ]) by vocabulary tiles; writes lse (0 where wᵢ = 0). */
+  frozenLinearCrossEntropy(handle: FrozenHandle, heap: Float32Array, hOffset: number, n: number, targets: Int32Array,
+    weights: Float32Array, lse: Float32Array): number;
+  /** dh [n, cols] of that loss times dy, written at dhOffset. */
+  frozenLinearCrossEntropyGrad(handle: FrozenHandle, heap: Float32Array, hOffset: number, n: number, targets: Int32Array,
+    weights: Float32Array, lse: Float32Array, dy: number, dhOffset: number): void;
   setThreads(n: number): void;
   threads(): number;
   /** e.g. "OpenBLAS 0.3.21 … Haswell kernels" */
   library(): string;
 }
+
+/** How a frozen weight is stored natively. */
+export type FrozenKind = 'f32' | 'f16' | 'bf16' | 'int8' | 'nf4';
+export type FrozenSourceKind = 'f32' | 'f16' | 'bf16';
+/** An opaque native handle (a Node-API external); its memory is freed by frozenFree or when it is garbage-collected. */
+export type FrozenHandle = { readonly __frozenHandle: unique symbol };
 
 export const NATIVE_ENV = 'LOWRANK_NATIVE';
 export const NATIVE_ADDON_PATH = path.resolve(import.meta.dirname, '..', '..', '..', 'build', 'native', 'lowrank_native.node');
@@ -73,6 +100,14 @@ function load(): NativeState {
       swiglu: raw.swiglu.bind(raw),
       swigluGrad: raw.swigluGrad.bind(raw),
       adamw: raw.adamw.bind(raw),
+      frozenCreate: raw.frozenCreate.bind(raw),
+      frozenFree: raw.frozenFree.bind(raw),
+      frozenInfo: raw.frozenInfo.bind(raw),
+      frozenRows: raw.frozenRows.bind(raw),
+      frozenMatmul: raw.frozenMatmul.bind(raw),
+      frozenGather: raw.frozenGather.bind(raw),
+      frozenLinearCrossEntropy: raw.frozenLinearCrossEntropy.bind(raw),
+      frozenLinearCrossEntropyGrad: raw.frozenLinearCrossEntropyGrad.bind(raw),
       setThreads: raw.setThreads.bind(raw),
       threads: raw.threads.bind(raw),
       library: raw.library.bind(raw),

@@ -19,6 +19,7 @@ import { crossEntropyWasmConfigs } from '../cross-entropy-kernels.ts';
 import { identityConfig } from './identity.ts';
 import { swigluWasmConfigs } from '../swiglu-kernels.ts';
 import { adamWWasmConfig } from '../adamw-kernels.ts';
+import { frozenWasmConfigs } from '../frozen-kernels.ts';
 import { createSliceConfig } from './slice.ts';
 
 /** tfjs-backend-wasm registers itself with priority 2 (above cpu's 1); the wrapper keeps that. */
@@ -40,7 +41,7 @@ export function installWasmKernels(): string[] {
   if (batchMatMul == null || fusedMatMul == null || slice == null) {
     throw new Error('tfjs-backend-wasm registered no BatchMatMul/_FusedMatMul/Slice kernels; is it 4.22?');
   }
-  const configs = [...createMatMulKernels({ batchMatMul, fusedMatMul }), unsortedSegmentSumConfig, ...fusedKernelConfigs, ...crossEntropyWasmConfigs, ...swigluWasmConfigs, adamWWasmConfig, identityConfig,
+  const configs = [...createMatMulKernels({ batchMatMul, fusedMatMul }), unsortedSegmentSumConfig, ...fusedKernelConfigs, ...crossEntropyWasmConfigs, ...swigluWasmConfigs, adamWWasmConfig, ...frozenWasmConfigs, identityConfig,
     createSliceConfig(slice)];
   const stock = new Map<string, KernelConfig | undefined>();
   for (const config of configs) {
