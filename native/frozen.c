@@ -526,23 +526,44 @@ static int64_t vocab_tile(const LinearCe *a) {
 }
 
 /*
- * frozenLinearCrossEntropy(handle, heap, hOffset, n, targets, weights, lse) -> loss
+ * frozenLinearCrossEntropy(handle, heap, hOffset, n, targets, weights, lse, gradOffset) -> loss
  * logits z = h·Wᵀ by vocabulary tiles; lse_i = log Σ_j exp(z_ij) by an online log-sum-exp over the
  * tiles; loss = Σ_i w_i·(lse_i − z_i[t_i]). Rows with w_i = 0 are skipped (lse_i = 0).
+ * With gradOffset >= 0 it also writes the gradient for dy = 1, dh_i = w_i·(Σ_j softmax(z_i)_j·W_j − W[t_i]),
+ * in the same pass: the softmax-weighted sum of W's rows is accumulated unnormalised, rescaled
+ * whenever a row's running max moves (as FlashAttention accumulates its output), and divided by the
+ * final Σexp at the end. So training costs two products over W, as the unfused path does, and the
+ * backward pass only scales this by dy.
  */
 static napi_value FrozenLinearCrossEntropy(napi_env env, napi_callback_info info) {
-  napi_value argv[7];
+  napi_value argv[8];
   LinearCe a;
-  if (!get_args(env, info, 7, argv, "lowrank_native.frozenLinearCrossEntropy takes 7 arguments")) return NULL;
+  if (!get_args(env, info, 8, argv, "lowrank_native.frozenLinearCrossEntropy takes 8 arguments")) return NULL;
+  int64_t grad_off;
+  float *heap;
+  size_t heap_length;
+  if (napi_get_value_int64(env, argv[7], &grad_off) != napi_ok || float32_view(env, argv[1], &heap, &heap_length) != napi_ok) {
+    napi_throw_type_error(env, NULL, "lowrank_native.frozenLinearCrossEntropy: gradOffset is an element offset, or -1 for none");
+    return NULL;
+  }
   if (!linear_ce_args(env, argv, &a)) return NULL;
   const int64_t V = a.w->rows, C = a.w->cols, m = a.active, tile = vocab_tile(&a);
-  double *run_max = (double *)malloc((size_t)(m > 0 ? m : 1) * sizeof(double));
-  double *run_sum = (double *)calloc((size_t)(m > 0 ? m : 1), sizeof(double));
-  double *picked = (double *)calloc((size_t)(m > 0 ? m : 1), sizeof(double));
+  const int with_grad = grad_off >= 0;
+  if (with_grad && !heap_range(env, heap_length, grad_off, a.n * C, "the gradient")) {
+    linear_ce_free(&a);
+    return NULL;
+  }
+  const size_t rows_alloc = (size_t)(m > 0 ? m : 1);
+  double *run_max = (double *)malloc(rows_alloc * sizeof(double));
+  double *run_sum = (double *)calloc(rows_alloc, sizeof(double));
+  double *picked = (double *)calloc(rows_alloc, sizeof(double));
+  float *acc = with_grad ? (float *)calloc(rows_alloc * (size_t)C, 4) : NULL;
+  float *target_row = with_grad ? (float *)malloc((size_t)C * 4) : NULL;
   float *scratch = a.w->kind == KIND_F32 ? NULL : (float *)malloc((size_t)(tile * C) * 4);
   float *logits = (float *)malloc((size_t)(m * tile > 0 ? m * tile : 1) * 4);
-  if (run_max == NULL || run_sum == NULL || picked == NULL || logits == NULL || (a.w->kind != KIND_F32 && scratch == NULL)) {
-    free(run_max); free(run_sum); free(picked); free(scratch); free(logits); linear_ce_free(&a);
+  if (run_max == NULL || run_sum == NULL || picked == NULL || logits == NULL || (a.w->kind != KIND_F32 && scratch == NULL) ||
+      (with_grad && (acc == NULL || target_row == NULL))) {
+    free(run_max); free(run_sum); free(picked); free(acc); free(target_row); free(scratch); free(logits); linear_ce_free(&a);
     napi_throw_range_error(env, NULL, "lowrank_native.frozenLinearCrossEntropy: out of memory");
     return NULL;
   }
@@ -553,24 +574,49 @@ static napi_value FrozenLinearCrossEntropy(napi_env env, napi_callback_info info
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)count, (int)C, 1.0f, a.h_active, (int)C, wt, (int)C, 0.0f,
                 logits, (int)count);
     for (int64_t j = 0; j < m; j++) {
-      const float *z = logits + j * count;
-      double tile_max = row_max(z, (int32_t)count);
-      double new_max = tile_max > run_max[j] ? tile_max : run_max[j];
-      double tile_sum = row_sum_exp(z, (int32_t)count, (float)new_max);
-      run_sum[j] = run_sum[j] * exp(run_max[j] - new_max) + tile_sum;
-      run_max[j] = new_max;
+      float *z = logits + j * count;
       int32_t t = a.targets[a.rows[j]];
       if (t >= v0 && t < v0 + count) picked[j] = z[t - v0];
+      double tile_max = row_max(z, (int32_t)count);
+      double new_max = tile_max > run_max[j] ? tile_max : run_max[j];
+      double rescale = exp(run_max[j] - new_max);
+      double tile_sum;
+      if (with_grad) {
+        /* z becomes exp(z − max): the weights of W's rows in this tile's share of the sum. */
+        row_softmax_scaled(z, z, (int32_t)count, (float)new_max, 1.0f);
+        tile_sum = 0;
+        for (int64_t c = 0; c < count; c++) tile_sum += z[c];
+        if (rescale != 1.0) {
+          float r = (float)rescale;
+          for (int64_t c = 0; c < C; c++) acc[j * C + c] *= r;
+        }
+      } else {
+        tile_sum = row_sum_exp(z, (int32_t)count, (float)new_max);
+      }
+      run_sum[j] = run_sum[j] * rescale + tile_sum;
+      run_max[j] = new_max;
+    }
+    if (with_grad) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)C, (int)count, 1.0f, logits, (int)count, wt, (int)C, 1.0f,
+                  acc, (int)C);
     }
   }
   double loss = 0;
   for (int64_t i = 0; i < a.n; i++) a.lse[i] = 0;
+  float *grad = with_grad ? heap + grad_off : NULL;
+  if (with_grad) memset(grad, 0, (size_t)(a.n * C) * 4);
   for (int64_t j = 0; j < m; j++) {
+    int64_t i = a.rows[j];
     double l = run_max[j] + log(run_sum[j]);
-    a.lse[a.rows[j]] = (float)l;
-    loss += (double)a.weights[a.rows[j]] * (l - picked[j]);
+    a.lse[i] = (float)l;
+    loss += (double)a.weights[i] * (l - picked[j]);
+    if (with_grad) {
+      float w = a.weights[i], inverse = (float)(1.0 / run_sum[j]);
+      dequantize(a.w, (int64_t)a.targets[i] * C, C, target_row);
+      for (int64_t c = 0; c < C; c++) grad[i * C + c] = w * (acc[j * C + c] * inverse - target_row[c]);
+    }
   }
-  free(run_max); free(run_sum); free(picked); free(scratch); free(logits); linear_ce_free(&a);
+  free(run_max); free(run_sum); free(picked); free(acc); free(target_row); free(scratch); free(logits); linear_ce_free(&a);
   napi_value result;
   CHECK(napi_create_double(env, loss, &result));
   return result;

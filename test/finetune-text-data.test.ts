@@ -54,6 +54,23 @@ describe.each<[RealShape, string]>([
     store.close();
   });
 
+  it('stays running while its main thread is blocked past the stale-heartbeat limit (a slow first step)', async () => {
+    const home = path.join(root, `home-slow-${shape}`);
+    const store = openStore(home);
+    let seen = '';
+    await runFinetune(store, config(model()), () => undefined, {
+      heartbeatIntervalMs: 100,
+      beforeTraining: () => {
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1500);
+        const observer = openStore(home, { staleHeartbeatMs: 800 });
+        seen = observer.listRuns()[0].status;
+        observer.close();
+      },
+    });
+    expect(seen).toBe('running');
+    store.close();
+  });
+
   it('checkpoints the last step before its evaluation, and a failure after training keeps the work', async () => {
     const store = openStore(path.join(root, `home-fail-${shape}`));
     let checkpointedAtEval: number | null = null;

@@ -5,7 +5,8 @@
  *
  *   LowrankFrozenLinear      {x [N, in]} attrs {weight, mode} → mode 0: x·Wᵀ [N, rows]; mode 1: x·W [N, cols]
  *   LowrankFrozenGather      {ids [N] i32} attrs {weight} → W[ids] [N, cols]
- *   LowrankFrozenLinearCE    {h [N, C], targets [N] i32, weights [N] f32} attrs {weight} → [loss [], lse [N]]
+ *   LowrankFrozenLinearCE    {h [N, C], targets [N] i32, weights [N] f32} attrs {weight, withGrad} → [loss [], lse [N], dh]
+ *                            (dh [N, C] for dy = 1 when withGrad, else [0, C])
  *   LowrankFrozenLinearCEGrad {h, targets, weights, lse, dy []} attrs {weight} → dh [N, C]
  * `weight` is the id of a FrozenWeight (core/models/frozen-weight.ts keeps the registry); the
  * gradients are registered there. Registered for wasm only (install.ts); models use them only
@@ -100,13 +101,16 @@ const linearCrossEntropy: KernelFunc = ({ inputs, backend: backendArg, attrs }) 
   const { h, targets, weights } = inputs as Record<'h' | 'targets' | 'weights', TensorInfo>;
   const w = operand(attrs!);
   const n = checkCe(h, targets, weights, w);
+  const withGrad = attrs!.withGrad === true;
   const loss = backend.makeOutput([], 'float32');
   const lse = backend.makeOutput([n], 'float32');
+  const dh = backend.makeOutput(withGrad ? h.shape : [0, w.shape[1]], 'float32');
   const heap = heapOf(backend);
   const view = (t: TensorInfo) => new Float32Array(heap.buffer, tensorData(backend, t).memoryOffset, n);
   const targetView = new Int32Array(heap.buffer, tensorData(backend, targets).memoryOffset, n);
-  heap[offset(backend, loss)] = requireNative().frozenLinearCrossEntropy(w.handle, heap, offset(backend, h), n, targetView, view(weights), view(lse));
-  return [loss, lse];
+  heap[offset(backend, loss)] = requireNative().frozenLinearCrossEntropy(w.handle, heap, offset(backend, h), n, targetView, view(weights),
+    view(lse), withGrad ? offset(backend, dh) : -1);
+  return [loss, lse, dh];
 };
 
 const linearCrossEntropyGrad: KernelFunc = ({ inputs, backend: backendArg, attrs }) => {

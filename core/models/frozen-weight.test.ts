@@ -178,7 +178,8 @@ describe.skipIf(!native.ok)('frozen weights in native memory', () => {
       return out;
     });
     expect(bits(results[1].logits)).toEqual(bits(results[0].logits));
-    expect(results[1].loss).toBe(results[0].loss);
+    // The fused head sums the softmax in another order than the unfused loss: equal to float32 rounding.
+    expect(Math.abs(results[1].loss - results[0].loss) / results[0].loss).toBeLessThan(1e-6);
     results[1].grads.forEach((g, i) => expect(relativeError(g, results[0].grads[i])).toBeLessThan(1e-6));
     ids.dispose();
   });

@@ -102,19 +102,29 @@ export function frozenGather(ids: tf.Tensor1D, w: FrozenWeight): tf.Tensor2D {
  * wᵢ = 0 cost nothing.
  */
 export function frozenLinearCrossEntropy(h: tf.Tensor2D, w: FrozenWeight, targets: tf.Tensor1D, weights: tf.Tensor1D): tf.Scalar {
+  // Under a gradient tape the forward pass also computes dh for dy = 1 (two products over W in all,
+  // as the unfused path takes; native/frozen.c says how), and the backward pass scales it by dy.
+  const withGrad = gradientTapeActive();
   const op = tf.customGrad(((hIn: tf.Tensor2D, t: tf.Tensor1D, wt: tf.Tensor1D, save: tf.GradSaveFunc) => {
-    const [loss, lse] = run<tf.Tensor[]>(FROZEN_KERNELS.linearCrossEntropy, { h: hIn, targets: t, weights: wt }, { weight: w.id });
-    save([hIn, t, wt, lse]);
+    const [loss, lse, dh] = run<tf.Tensor[]>(FROZEN_KERNELS.linearCrossEntropy, { h: hIn, targets: t, weights: wt }, { weight: w.id, withGrad });
+    save([hIn, t, wt, lse, dh]);
     return {
       value: loss,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [hs, ts, ws, l] = saved;
-        const dh = run<tf.Tensor>(FROZEN_KERNELS.linearCrossEntropyGrad, { h: hs, targets: ts, weights: ws, lse: l, dy }, { weight: w.id });
+        const [hs, ts, ws, l, dhForOne] = saved;
+        const dh = dhForOne.shape[0] > 0
+          ? tf.mul(dhForOne, dy)
+          : run<tf.Tensor>(FROZEN_KERNELS.linearCrossEntropyGrad, { h: hs, targets: ts, weights: ws, lse: l, dy }, { weight: w.id });
         return [dh, tf.zerosLike(ts), tf.zerosLike(ws)];
       },
     };
   }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (h: tf.Tensor2D, t: tf.Tensor1D, w: tf.Tensor1D) => tf.Scalar;
   return op(h, targets, weights);
+}
+
+/** Whether ops run now are being recorded for a gradient (inside tf.grads / variableGrads). */
+function gradientTapeActive(): boolean {
+  return (tf.engine() as unknown as { state: { gradientDepth: number } }).state.gradientDepth > 0;
 }
 
 tf.registerGradient({

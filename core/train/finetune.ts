@@ -23,6 +23,7 @@ import { optimizerFor, optimizerStateBytesFor } from '../optim/registry.ts';
 import type { RunStore } from '../store/store.ts';
 import type { JsonObject, Run } from '../store/types.ts';
 import { fingerprintFile, fingerprintModel } from '../store/fingerprint.ts';
+import { startBackgroundHeartbeat, type BackgroundHeartbeat } from '../store/heartbeat.ts';
 import { initBackend } from '../backend/index.ts';
 import { adapterActivationFloats, estimateTrainingMemory, PeakMemory, type MemoryEstimate } from './memory.ts';
 import { train, type Batch, type LossFunction, type StepReport } from './trainer.ts';
@@ -267,6 +268,8 @@ export interface RunControl {
   /** Called with the prepared run before the first step and after the last (the demo's samples). */
   beforeTraining?(prepared: PreparedRun): void;
   afterTraining?(prepared: PreparedRun): void;
+  /** How often the background heartbeat beats (tests shorten it). */
+  heartbeatIntervalMs?: number;
 }
 
 function checkpointDir(store: RunStore, runId: string): string {
@@ -299,6 +302,7 @@ export async function runFinetune(
   }
   const runId = run.id;
   let lastTrain = NaN;
+  let background: BackgroundHeartbeat | null = null;
   try {
     prepared = await prepareRun(config);
     const { model, tokenizer, dataset, attached, totalSteps, estimate } = prepared;
@@ -316,6 +320,8 @@ export async function runFinetune(
       store.db.prepare('UPDATE runs SET base_model_fingerprint = ?, dataset_fingerprint = ? WHERE id = ?').run(modelPrint.sha256, dataPrint.sha256, runId);
     }
     store.startRun(runId);
+    // Liveness from a worker thread: a step that takes minutes must not get the run taken for dead.
+    background = startBackgroundHeartbeat(store.layout.databasePath, runId, control.heartbeatIntervalMs);
     emit({ type: 'run-started', runId, totalSteps, trainableParams: attached.trainableParameterCount(), estimate });
     emit({ type: 'log', runId, message: `backend: ${backend.backend}${backend.adapter ? ` (${backend.adapter})` : ''}` });
     // Exact match needs a prompt to complete: plain text (trained from its first token) has no task metric.
@@ -455,6 +461,7 @@ export async function runFinetune(
     emit({ type: 'run-failed', runId, code, message });
     throw e;
   } finally {
+    await background?.stop();
     prepared?.attached.detach();
     prepared?.model.dispose();
   }

@@ -52,9 +52,12 @@ export interface NativeAddon {
   frozenMatmul(handle: FrozenHandle, heap: Float32Array, xOffset: number, n: number, outOffset: number, mode: 0 | 1): void;
   /** out [ids, cols] = W[ids] */
   frozenGather(handle: FrozenHandle, ids: Int32Array, heap: Float32Array, outOffset: number): void;
-  /** Σᵢ wᵢ·(lseᵢ − (h·Wᵀ)ᵢ[tᵢ]) by vocabulary tiles; writes lse (0 where wᵢ = 0). */
+  /**
+   * Σᵢ wᵢ·(lseᵢ − (h·Wᵀ)ᵢ[tᵢ]) by vocabulary tiles; writes lse (0 where wᵢ = 0), and with gradOffset >= 0
+   * the gradient w.r.t. h for dy = 1 at that offset (same pass, two products over W).
+   */
   frozenLinearCrossEntropy(handle: FrozenHandle, heap: Float32Array, hOffset: number, n: number, targets: Int32Array,
-    weights: Float32Array, lse: Float32Array): number;
+    weights: Float32Array, lse: Float32Array, gradOffset: number): number;
   /** dh [n, cols] of that loss times dy, written at dhOffset. */
   frozenLinearCrossEntropyGrad(handle: FrozenHandle, heap: Float32Array, hOffset: number, n: number, targets: Int32Array,
     weights: Float32Array, lse: Float32Array, dy: number, dhOffset: number): void;
