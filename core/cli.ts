@@ -9,6 +9,7 @@ import { infoCommand, inspectCommand } from './cli/info.ts';
 import { evalCommand, generateCommand, logitsCommand } from './cli/model-commands.ts';
 import { pretrainCommand } from './cli/pretrain-command.ts';
 import { benchCommand } from './cli/bench.ts';
+import { benchTrainCommand } from './cli/bench-train.ts';
 import { dataPreviewCommand, methodsCommand, runsCommand, trainCommand } from './cli/train-commands.ts';
 import { exportCommand } from './cli/export-command.ts';
 import { demoCommand } from './cli/demo.ts';
@@ -137,6 +138,12 @@ const COMMANDS: Record<string, Command> = {
     usage: 'lowrank methods [--json]',
     options: { ...json },
     run: methodsCommand,
+  },
+  'bench-train': {
+    summary: 'time LoRA training steps of a model on given token batches (one configuration of `bench --real`)',
+    usage: 'lowrank bench-train --model DIR --batches FILE.json [--steps N --warmup W --base-dtype D --gradient-checkpointing auto|on|off] [--json]',
+    options: { ...strings('model', 'batches', 'steps', 'warmup', 'base-dtype', 'gradient-checkpointing'), ...json },
+    run: benchTrainCommand,
   },
   bench: {
     summary: 'performance figures: matmul GFLOP/s and forward tokens/s',

@@ -20,7 +20,8 @@ export type ErrorCode =
   | 'RUN_NOT_FOUND'
   | 'BAD_RUN_STATE'
   | 'STORE_TOO_NEW'
-  | 'STORE_UNAVAILABLE';
+  | 'STORE_UNAVAILABLE'
+  | 'DOES_NOT_FIT';
 
 export class LowrankError extends Error {
   readonly code: ErrorCode;

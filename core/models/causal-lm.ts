@@ -4,7 +4,7 @@
  * Architectures (llama.ts, gpt2.ts) only say how a block is wired.
  */
 import * as tf from '../tf.ts';
-import type { ModelConfig } from './config.ts';
+import { expectedWeights, type ModelConfig } from './config.ts';
 import { CROSS_ENTROPY_KERNELS } from '../backend/cross-entropy-kernels.ts';
 import { fusedOpActive } from './fused-ops.ts';
 import type { CheckpointPlan } from './recompute.ts';
@@ -105,8 +105,15 @@ export abstract class CausalLM {
     return frozen ? frozenLinear(hidden, frozen) : tf.matMul(hidden, this.weight(name) as tf.Tensor2D, false, true);
   }
 
+  /** Whether the model has the weight (loaded, frozen, or, for a model built without weights to plan a run, implied by config.json). */
   hasWeight(name: string): boolean {
-    return this.weights.has(name) || this.frozen.has(name);
+    return this.weights.has(name) || this.frozen.has(name) || this.expectedShapes().has(name);
+  }
+
+  private shapes: Map<string, number[]> | null = null;
+  private expectedShapes(): Map<string, number[]> {
+    this.shapes ??= expectedWeights(this.config);
+    return this.shapes;
   }
 
   /** Whether `name` is read from native memory (no tensor of it exists). */
@@ -118,8 +125,10 @@ export abstract class CausalLM {
     const w = this.weights.get(name);
     if (w) return w.shape;
     const f = this.frozen.get(name);
-    if (!f) throw new Error(`internal: weight ${name} not loaded`);
-    return [...f.shape];
+    if (f) return [...f.shape];
+    const expected = this.expectedShapes().get(name);
+    if (!expected) throw new Error(`internal: model has no weight ${name}`);
+    return expected;
   }
 
   /**

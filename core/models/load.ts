@@ -102,9 +102,41 @@ const STORED_KIND: Record<string, FrozenKind> = { F32: 'f32', F16: 'f16', BF16: 
 
 function frozenWeight(reader: CheckpointReader, stored: string, shape: number[], dtype: BaseDtype, quantizable: boolean): FrozenWeight {
   const sourceKind = STORED_KIND[reader.info(stored).dtype] as FrozenSourceKind;
-  const wanted: FrozenKind = dtype === 'auto' || (!quantizable && (dtype === 'int8' || dtype === 'nf4')) ? sourceKind : dtype;
+  const wanted = frozenKind(sourceKind, dtype, quantizable);
   const source = sourceKind === 'f32' ? reader.readFloat32(stored) : reader.readRaw16(stored);
   return FrozenWeight.create(source, sourceKind, [shape[0], shape[1]], wanted);
+}
+
+/** Native bytes a frozen weight of `count` values takes as `kind` (native/frozen.c's layouts). */
+export function frozenWeightBytes(kind: FrozenKind, rows: number, cols: number): number {
+  const n = rows * cols;
+  switch (kind) {
+    case 'f32': return 4 * n;
+    case 'f16': case 'bf16': return 2 * n;
+    case 'int8': return n + 4 * rows;
+    case 'nf4': return Math.ceil(n / 2) + 4 * Math.ceil(n / 64);
+  }
+}
+
+/** What loadModel(dir, { frozenBase: { dtype } }) will hold natively, from the headers alone (no weights read). */
+export function frozenBasePlan(checkpoint: ValidatedCheckpoint, dtype: BaseDtype): { bytes: number; parameters: number } {
+  const { config, reader, storedName } = checkpoint;
+  const freezable = freezableWeights(config);
+  const linear = new Set(buildModel(config, new Map()).linearModules().map((p) => `${p}.weight`));
+  let bytes = 0;
+  let parameters = 0;
+  for (const [name, shape] of expectedWeights(config)) {
+    if (!freezable.has(name) || shape.length !== 2) continue;
+    const stored = STORED_KIND[reader.info(storedName.get(name)!).dtype];
+    bytes += frozenWeightBytes(frozenKind(stored, dtype, linear.has(name)), shape[0], shape[1]);
+    parameters += shape[0] * shape[1];
+  }
+  return { bytes, parameters };
+}
+
+/** The storage of one frozen weight: its own ('auto'), or the asked one (int8/nf4 only for linear layers, as QLoRA). */
+function frozenKind(stored: FrozenKind, dtype: BaseDtype, quantizable: boolean): FrozenKind {
+  return dtype === 'auto' || (!quantizable && (dtype === 'int8' || dtype === 'nf4')) ? stored : dtype;
 }
 
 export function loadModel(dir: string, opts: LoadOptions = {}): CausalLM {

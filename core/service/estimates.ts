@@ -11,7 +11,10 @@ import { prepareRun, type FinetuneConfig } from '../train/finetune.ts';
 import { initBackend } from '../backend/index.ts';
 import type { FinetuneConfigInput, MethodEstimate, RunEstimate } from '../contract.ts';
 
-const ZERO: MemoryEstimate = { weightsBytes: 0, trainableBytes: 0, gradientBytes: 0, optimizerBytes: 0, activationBytes: 0, tensorBytes: 0, processBytes: 0 };
+const ZERO: MemoryEstimate = {
+  weightsBytes: 0, trainableBytes: 0, gradientBytes: 0, optimizerBytes: 0, activationBytes: 0, tensorBytes: 0, frozenBytes: 0, nativeScratchBytes: 0,
+  processBytes: 0, checkpointing: false,
+};
 
 export async function estimateMethods(dir: string, batchSize: number, seqLen: number, targets: string[] | 'all-linear'): Promise<MethodEstimate[]> {
   await initBackend();

@@ -40,10 +40,15 @@ export function startBackgroundHeartbeat(databasePath: string, runId: string, in
   let stopped: Promise<void> | null = null;
   return {
     stop() {
+      // Held (ref) while it stops, so the event loop waits for it rather than ending with the promise pending.
       stopped ??= new Promise<void>((resolve) => {
-        worker.once('exit', () => resolve());
+        worker.ref();
+        const timer = setTimeout(() => void worker.terminate(), 2000);
+        worker.once('exit', () => {
+          clearTimeout(timer);
+          resolve();
+        });
         worker.postMessage('stop');
-        setTimeout(() => void worker.terminate().then(() => resolve()), 2000).unref();
       });
       return stopped;
     },

@@ -7,8 +7,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tf from '../tf.ts';
 import { LowrankError, isLowrankError } from '../errors.ts';
-import { loadModel, type LoadOptions } from '../models/load.ts';
-import { frozenWeightsAvailable, type BaseDtype } from '../models/frozen-weight.ts';
+import type { BaseDtype } from '../models/frozen-weight.ts';
+import { setUpTraining } from './setup.ts';
 import { parameterCount } from '../models/config.ts';
 import type { CausalLM } from '../models/causal-lm.ts';
 import { loadTokenizer, type Tokenizer } from '../tokenize/tokenizer.ts';
@@ -16,8 +16,7 @@ import { loadDataset, type LoadedDataset, type OnBadLine } from '../data/dataset
 import type { DatasetFormat } from '../data/formats.ts';
 import { epochOrder, makeBatches, padTokenIdOf } from '../data/batches.ts';
 import type { Example } from '../data/tokenize-dataset.ts';
-import { getMethod, resolveTargets, resolveParams, type AttachedMethod, type MethodParams } from '../methods/index.ts';
-import type { BaseGradientSource } from '../methods/method.ts';
+import { getMethod, type AttachedMethod, type MethodParams } from '../methods/index.ts';
 import { accumulateBaseGradients } from './base-gradients.ts';
 import { optimizerFor, optimizerStateBytesFor } from '../optim/registry.ts';
 import type { RunStore } from '../store/store.ts';
@@ -25,7 +24,7 @@ import type { JsonObject, Run } from '../store/types.ts';
 import { fingerprintFile, fingerprintModel } from '../store/fingerprint.ts';
 import { startBackgroundHeartbeat, type BackgroundHeartbeat } from '../store/heartbeat.ts';
 import { initBackend } from '../backend/index.ts';
-import { adapterActivationFloats, estimateTrainingMemory, PeakMemory, type MemoryEstimate } from './memory.ts';
+import { PeakMemory, type MemoryEstimate } from './memory.ts';
 import { train, type Batch, type LossFunction, type StepReport } from './trainer.ts';
 import { learningRate, type ScheduleKind } from './schedule.ts';
 import { loadTrainingCheckpoint, saveTrainingCheckpoint } from './checkpoint.ts';
@@ -136,28 +135,8 @@ export interface PreparedRun {
   estimate: MemoryEstimate;
 }
 
-/**
- * Where the base weights live: in native memory (frozen-weight.ts) when the method leaves them frozen
- * (adapters) and the addon is there; as tensors otherwise. A quantized base without that is refused.
- */
-function frozenBasePolicy(config: FinetuneConfig, family: string): LoadOptions['frozenBase'] {
-  const dtype = config.baseDtype ?? 'auto';
-  const possible = family === 'adapter' && frozenWeightsAvailable();
-  if (possible) return { dtype };
-  if (dtype !== 'auto') {
-    const why = family !== 'adapter'
-      ? `method ${config.method} trains the base weights, so they cannot be stored as ${dtype}`
-      : `a ${dtype} base needs the native kernels (build them with \`node scripts/build-native.js\`; \`lowrank info\` says why they are missing) on the wasm backend`;
-    throw new LowrankError('BAD_ARGUMENT', `--base-dtype ${dtype}: ${why}; use --base-dtype auto`);
-  }
-  return null;
-}
-
 export async function prepareRun(config: FinetuneConfig): Promise<PreparedRun> {
   await initBackend();
-  const method = getMethod(config.method);
-  const params = resolveParams(method.id, method.schema, config.params);
-  const model = loadModel(config.model, { frozenBase: frozenBasePolicy(config, method.family) });
   const tokenizer = await loadTokenizer(config.model);
   const dataset = await loadDataset(config.data, tokenizer, {
     format: config.format,
@@ -173,30 +152,32 @@ export async function prepareRun(config: FinetuneConfig): Promise<PreparedRun> {
     const { readPeftAdapter } = await import('../export/peft.ts');
     initial = new Map([...readPeftAdapter(config.adapter).tensors].map(([k, v]) => [k, v.data]));
   }
-  const targets = method.family === 'full' ? [] : resolveTargets(model, config.targets);
   const batchesPerEpoch = Math.ceil(dataset.train.length / config.batchSize / config.gradientAccumulation);
   const totalSteps = config.steps ?? Math.max(1, Math.round((config.epochs ?? 1) * batchesPerEpoch));
-  // For methods initialised from an estimated first full-fine-tuning step (LoRA-SB): gradients of
-  // the base weights over the first training examples, in the order the run will visit them.
-  const baseGradients: BaseGradientSource = {
-    firstStepLearningRate: learningRate({ kind: config.schedule, lr: config.lr, totalSteps, warmupSteps: config.warmupSteps }, 0),
-    gradients(weightNames, samples, batchSize) {
-      const first = epochOrder(dataset.train.length, config.seed, 0).slice(0, samples).map((i) => dataset.train[i]);
-      const batches = makeBatches(first, batchSize, config.seqLen, { padTokenId: padTokenIdOf(tokenizer), padToLongest: true });
-      return accumulateBaseGradients(model, weightNames, batches);
-    },
-  };
-  const attached = method.attach(model, params, { targets, seed: config.seed, initial, baseGradients });
-  const trainable = attached.trainableParameterCount();
-  const estimate = estimateTrainingMemory({
-    config: model.config,
+  const setup = await setUpTraining({
+    modelDir: config.model,
+    methodId: config.method,
+    params: config.params,
+    targets: config.targets,
     batchSize: config.batchSize,
+    // Batches are padded to their longest example: the memory follows that, not the cap.
     seqLen: Math.min(config.seqLen, Math.max(...dataset.train.map((e) => e.ids.length))),
-    trainableParameters: trainable,
-    optimizerStateBytes: optimizerStateBytesFor(attached),
-    trainsBaseWeights: method.family !== 'adapter',
-    adapterActivationFloatsPerToken: method.family === 'adapter' ? adapterActivationFloats(model, targets, Number(params.rank ?? 0), Number(params.dropout ?? 0)) : 0,
+    seed: config.seed,
+    baseDtype: config.baseDtype ?? 'auto',
+    gradientCheckpointing: config.gradientCheckpointing ?? 'auto',
+    initial,
+    // For methods initialised from an estimated first full-fine-tuning step (LoRA-SB): gradients of
+    // the base weights over the first training examples, in the order the run will visit them.
+    baseGradients: (model) => ({
+      firstStepLearningRate: learningRate({ kind: config.schedule, lr: config.lr, totalSteps, warmupSteps: config.warmupSteps }, 0),
+      gradients(weightNames, samples, batchSize) {
+        const first = epochOrder(dataset.train.length, config.seed, 0).slice(0, samples).map((i) => dataset.train[i]);
+        const batches = makeBatches(first, batchSize, config.seqLen, { padTokenId: padTokenIdOf(tokenizer), padToLongest: true });
+        return accumulateBaseGradients(model, weightNames, batches);
+      },
+    }),
   });
+  const { model, attached, params, estimate } = setup;
   return { config: { ...config, params }, model, tokenizer, dataset, attached, totalSteps, estimate };
 }
 

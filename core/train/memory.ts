@@ -14,6 +14,7 @@
  * materialises a gradient of the same size for each, and the op gradients (softmax, mul, matmul
  * transposes) add temporaries of similar size (BACKWARD_FACTOR, measured).
  */
+import * as os from 'node:os';
 import type { ModelConfig } from '../models/config.ts';
 import type { CausalLM } from '../models/causal-lm.ts';
 import { parameterCount } from '../models/config.ts';
@@ -49,19 +50,35 @@ export interface MemoryEstimateInput {
   adapterActivationFloatsPerToken?: number;
   /** Ops that run fused where the training happens; default: those fused on the active backend now. */
   fusedOps?: FusedActivationOps;
+  /**
+   * The base held in native memory (frozen-weight.ts, `frozenBaseBytes`): its bytes there and how many
+   * parameters it takes out of the tensors. Absent: every weight is a float32 tensor.
+   */
+  frozenBase?: { bytes: number; parameters: number; fusedHead: boolean };
+  /** Activation checkpointing per decoder layer (recompute.ts). */
+  checkpointing?: boolean;
 }
 
 export interface MemoryEstimate {
+  /** Weights held as float32 tensors (all of them without a native base; norms and biases with one). */
   weightsBytes: number;
   trainableBytes: number;
   gradientBytes: number;
   optimizerBytes: number;
   activationBytes: number;
-  /** Sum of the tensor terms: what tf.memory() should peak at. */
+  /** Sum of the tensor terms: what tf.memory() should peak at (the wasm heap's share). */
   tensorBytes: number;
-  /** tensorBytes + the runtime baseline: what the process RSS should peak at. */
+  /** The frozen base in native memory, outside the tensors (0 without one). */
+  frozenBytes: number;
+  /** Native scratch of the frozen products and the fused head while a step runs. */
+  nativeScratchBytes: number;
+  /** What the process RSS should peak at: runtime, tensors, native base and scratch. */
   processBytes: number;
+  checkpointing: boolean;
 }
+
+/** A float32 weight tile and a logits tile of the fused head (native/frozen.c TILE_BYTES, LOGITS_TILE_BYTES), and a tile of a frozen product. */
+const NATIVE_SCRATCH_BYTES = (16 + 32 + 16) * 1024 ** 2;
 
 /**
  * Which ops run fused (core/models/fused-ops.ts) changes what the tape keeps: a fused RMSNorm or
@@ -72,7 +89,8 @@ export interface MemoryEstimate {
  */
 export type FusedActivationOps = Partial<Record<'rmsNorm' | 'layerNorm' | 'rope' | 'crossEntropy' | 'swiGlu', boolean>>;
 
-export function activationFloatsPerToken(c: ModelConfig, seqLen: number, fused: FusedActivationOps = {}): number {
+/** Forward activations kept per token by one decoder layer. */
+export function layerActivationFloatsPerToken(c: ModelConfig, seqLen: number, fused: FusedActivationOps = {}): number {
   const C = c.hiddenSize;
   const I = c.intermediateSize;
   const Hq = c.numHeads * c.headDim;
@@ -82,18 +100,25 @@ export function activationFloatsPerToken(c: ModelConfig, seqLen: number, fused: 
   const rmsNorm = fused.rmsNorm ? C : 3 * C;
   const layerNorm = fused.layerNorm ? C : 4 * C;
   const rotated = fused.rope ? 3 : 7.5; // per q/k feature: matmul, head transpose, RoPE
-  const perLayer =
-    c.family === 'gpt2'
-      ? 2 * layerNorm + 3 * C /* c_attn */ + 2 * 3 * C /* split + transposes */ + scores + 2 * C + 2 * C + 8 * I /* c_fc, gelu_new's 6 elementwise ops, c_proj in */ + 2 * C
-      : 2 * rmsNorm + rotated * Hq + (rotated + 2) * Hkv + scores + 2 * Hq + 2 * C + (fused.swiGlu ? 3 : 5) * I + 2 * C;
-  const head = (fused.crossEntropy ? 1 : 6) * c.vocabSize + 4 * C;
-  return c.numLayers * perLayer + head;
+  return c.family === 'gpt2'
+    ? 2 * layerNorm + 3 * C /* c_attn */ + 2 * 3 * C /* split + transposes */ + scores + 2 * C + 2 * C + 8 * I /* c_fc, gelu_new's 6 elementwise ops, c_proj in */ + 2 * C
+    : 2 * rmsNorm + rotated * Hq + (rotated + 2) * Hkv + scores + 2 * Hq + 2 * C + (fused.swiGlu ? 3 : 5) * I + 2 * C;
+}
+
+/** Forward activations kept per token by the head and the loss on the logits path. */
+export function headActivationFloatsPerToken(c: ModelConfig, fused: FusedActivationOps = {}): number {
+  return (fused.crossEntropy ? 1 : 6) * c.vocabSize + 4 * c.hiddenSize;
+}
+
+export function activationFloatsPerToken(c: ModelConfig, seqLen: number, fused: FusedActivationOps = {}): number {
+  return c.numLayers * layerActivationFloatsPerToken(c, seqLen, fused) + headActivationFloatsPerToken(c, fused);
 }
 
 export function estimateTrainingMemory(input: MemoryEstimateInput): MemoryEstimate {
   const { config, batchSize, seqLen } = input;
   const tokens = batchSize * seqLen;
-  const weightsBytes = parameterCount(config) * FLOAT;
+  const frozen = input.frozenBase;
+  const weightsBytes = (parameterCount(config) - (frozen?.parameters ?? 0)) * FLOAT;
   const trainableBytes = input.trainsBaseWeights ? 0 : input.trainableParameters * FLOAT;
   const gradientBytes = input.trainableParameters * FLOAT;
   const optimizerBytes = input.optimizerStateBytes;
@@ -101,8 +126,16 @@ export function estimateTrainingMemory(input: MemoryEstimateInput): MemoryEstima
   const fused = input.fusedOps ?? activeFusedOps();
   // The fused loss removes most of the V-wide forward intermediates while its gradient stays V wide.
   const factor = fused.crossEntropy ? BACKWARD_FACTOR.fused : BACKWARD_FACTOR.composite;
-  const activationBytes = factor * tokens * (activationFloatsPerToken(config, seqLen, fused) + adapterFloats) * FLOAT;
+  const perLayer = layerActivationFloatsPerToken(config, seqLen, fused) + adapterFloats / config.numLayers;
+  // A native fused head keeps the final hidden states and their gradient; otherwise the logits path.
+  const head = frozen?.fusedHead ? 2 * config.hiddenSize : headActivationFloatsPerToken(config, fused);
+  const checkpointing = input.checkpointing ?? false;
+  // Checkpointed: every layer keeps only its input; one layer at a time is recomputed with its backward.
+  const kept = checkpointing ? config.numLayers * config.hiddenSize + factor * perLayer : factor * config.numLayers * perLayer;
+  const activationBytes = tokens * (kept + factor * head) * FLOAT;
   const tensorBytes = weightsBytes + trainableBytes + gradientBytes + optimizerBytes + activationBytes;
+  const frozenBytes = frozen?.bytes ?? 0;
+  const nativeScratchBytes = frozen ? NATIVE_SCRATCH_BYTES : 0;
   return {
     weightsBytes,
     trainableBytes,
@@ -110,8 +143,48 @@ export function estimateTrainingMemory(input: MemoryEstimateInput): MemoryEstima
     optimizerBytes,
     activationBytes,
     tensorBytes,
-    processBytes: tensorBytes + RUNTIME_BASELINE_BYTES,
+    frozenBytes,
+    nativeScratchBytes,
+    processBytes: tensorBytes + frozenBytes + nativeScratchBytes + RUNTIME_BASELINE_BYTES,
+    checkpointing,
   };
+}
+
+/** What a run may use: the process's RAM budget and, on the wasm backend, the 4 GB heap the tensors live in. */
+export interface MemoryBudget {
+  processBytes: number;
+  /** null where tensors are not in a wasm heap (cpu, webgpu, tfjs-node). */
+  tensorBytes: number | null;
+}
+
+/** wasm32 addresses 4 GiB; the allocator, the module and fragmentation take a little of it. */
+export const WASM_TENSOR_LIMIT_BYTES = 3.75 * 1024 ** 3;
+/** LOWRANK_MEMORY_LIMIT=<GB> caps the process budget (default: 90 % of the machine's RAM). */
+export const MEMORY_LIMIT_ENV = 'LOWRANK_MEMORY_LIMIT';
+
+export function memoryBudget(backend: string): MemoryBudget {
+  const capGb = Number(process.env[MEMORY_LIMIT_ENV]);
+  const ram = 0.9 * os.totalmem();
+  return {
+    processBytes: Number.isFinite(capGb) && capGb > 0 ? Math.min(ram, capGb * 1024 ** 3) : ram,
+    tensorBytes: backend === 'wasm' ? WASM_TENSOR_LIMIT_BYTES : null,
+  };
+}
+
+/** Why an estimate does not fit the budget, or null when it does. */
+export function overBudget(estimate: MemoryEstimate, budget: MemoryBudget): string | null {
+  if (budget.tensorBytes !== null && estimate.tensorBytes > budget.tensorBytes) {
+    return `its tensors need ${formatBytes(estimate.tensorBytes)}, more than the ${formatBytes(budget.tensorBytes)} the wasm heap can hold`;
+  }
+  if (estimate.processBytes > budget.processBytes) {
+    return `it needs ${formatBytes(estimate.processBytes)} of memory, more than the ${formatBytes(budget.processBytes)} available (90 % of RAM, or ${MEMORY_LIMIT_ENV})`;
+  }
+  return null;
+}
+
+/** The process's peak resident memory so far (getrusage maxrss; Linux reports it in KB, as Node passes on). */
+export function peakRssBytes(): number {
+  return process.resourceUsage().maxRSS * 1024;
 }
 
 /**
@@ -145,7 +218,8 @@ export class PeakMemory {
   rssBytes = 0;
   tensorBytes = 0;
   sample(tfBytes: number): void {
-    this.rssBytes = Math.max(this.rssBytes, process.memoryUsage().rss);
+    // The kernel's high-water mark also sees peaks inside a step, between samples.
+    this.rssBytes = Math.max(this.rssBytes, peakRssBytes());
     this.tensorBytes = Math.max(this.tensorBytes, tfBytes);
   }
 }

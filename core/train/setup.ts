@@ -1,0 +1,207 @@
+/**
+ * From a model folder and a method to a model ready to train, with the memory decisions made on the
+ * way and said out loud:
+ *  1. where the base lives: in native memory (frozen-weight.ts) when the method leaves it frozen and
+ *     the addon is there, in its stored precision or as `baseDtype`; as float32 tensors otherwise;
+ *  2. whether to checkpoint activations: 'on', 'off', or 'auto' = only when the run does not fit without;
+ *  3. whether it fits at all: a run that cannot is refused before its weights are read (from config.json
+ *     and the safetensors headers alone, so in seconds), with the figure and what would make it fit,
+ *     and again after the method is attached, with the exact trainable count.
+ * The trainer (finetune.ts) and the benchmark's training child (cli/bench-train.ts) both start here.
+ */
+import * as tf from '../tf.ts';
+import { LowrankError } from '../errors.ts';
+import { frozenBasePlan, loadModel, openCheckpoint } from '../models/load.ts';
+import { buildModel } from '../models/load.ts';
+import { parameterCount } from '../models/config.ts';
+import type { CausalLM } from '../models/causal-lm.ts';
+import { frozenWeightsAvailable, type BaseDtype } from '../models/frozen-weight.ts';
+import { checkpointPlan } from '../models/recompute.ts';
+import { getMethod, resolveParams, resolveTargets, type AttachedMethod, type MethodParams } from '../methods/index.ts';
+import { loraTrainableCount } from '../methods/lora.ts';
+import type { BaseGradientSource, Method } from '../methods/method.ts';
+import { optimizerStateBytesFor } from '../optim/registry.ts';
+import {
+  adapterActivationFloats,
+  estimateTrainingMemory,
+  formatBytes,
+  memoryBudget,
+  overBudget,
+  type MemoryBudget,
+  type MemoryEstimate,
+  type MemoryEstimateInput,
+} from './memory.ts';
+
+export type CheckpointingChoice = 'auto' | 'on' | 'off';
+
+export interface TrainingSetupInput {
+  modelDir: string;
+  methodId: string;
+  params: MethodParams;
+  targets: string[] | 'all-linear';
+  batchSize: number;
+  seqLen: number;
+  seed: number;
+  baseDtype: BaseDtype;
+  gradientCheckpointing: CheckpointingChoice;
+  /** Saved trainable values to start from (a PEFT adapter). */
+  initial?: Map<string, Float32Array>;
+  /** For methods initialised from base-weight gradients (LoRA-SB). */
+  baseGradients?: (model: CausalLM) => BaseGradientSource;
+}
+
+export interface TrainingSetup {
+  model: CausalLM;
+  attached: AttachedMethod;
+  params: MethodParams;
+  targets: string[];
+  estimate: MemoryEstimate;
+  checkpointing: boolean;
+  /** How the base is stored natively, or null when its weights are tensors. */
+  baseDtype: BaseDtype | null;
+}
+
+/**
+ * Where the base weights live: in native memory when the method leaves them frozen (adapters) and
+ * the addon is there; as tensors otherwise. A quantized base without that is refused.
+ */
+export function frozenBaseDtype(methodId: string, family: Method['family'], dtype: BaseDtype): BaseDtype | null {
+  if (family === 'adapter' && frozenWeightsAvailable()) return dtype;
+  if (dtype !== 'auto') {
+    const why = family !== 'adapter'
+      ? `method ${methodId} trains the base weights, so they cannot be stored as ${dtype}`
+      : `a ${dtype} base needs the native kernels (build them with \`node scripts/build-native.js\`; \`lowrank info\` says why they are missing) on the wasm backend`;
+    throw new LowrankError('BAD_ARGUMENT', `--base-dtype ${dtype}: ${why}; use --base-dtype auto`);
+  }
+  return null;
+}
+
+interface Sizing {
+  trainable: number;
+  optimizerStateBytes: number;
+  adapterFloats: number;
+}
+
+export async function setUpTraining(input: TrainingSetupInput): Promise<TrainingSetup> {
+  const method = getMethod(input.methodId);
+  const params = resolveParams(method.id, method.schema, input.params);
+  const baseDtype = frozenBaseDtype(method.id, method.family, input.baseDtype);
+  const checkpoint = openCheckpoint(input.modelDir);
+  const frozenPlan = baseDtype === null ? null : frozenBasePlan(checkpoint, baseDtype);
+  checkpoint.reader.close();
+  const config = checkpoint.config;
+  const budget = memoryBudget(tf.getBackend());
+
+  // 1. Before reading any weight: a model without weights answers shapes from config.json.
+  const skeleton = buildModel(config, new Map());
+  const targets = method.family === 'full' ? [] : resolveTargets(skeleton, input.targets);
+  const headAdapted = targets.includes('lm_head');
+  const estimateWith = (sizing: Sizing, checkpointing: boolean, batchSize = input.batchSize, seqLen = input.seqLen): MemoryEstimate =>
+    estimateTrainingMemory(estimateInput(input, method, config, sizing, checkpointing, frozenPlan, headAdapted, batchSize, seqLen));
+  const rough: Sizing = roughSizing(method, skeleton, params, targets);
+  refuseIfNoneFits(input, budget, (ckpt, b, s) => estimateWith(rough, ckpt, b, s), frozenPlan !== null);
+
+  // 2. The model and the method, then the exact figures.
+  const model = loadModel(input.modelDir, { frozenBase: baseDtype === null ? null : { dtype: baseDtype } });
+  let attached: AttachedMethod | null = null;
+  try {
+    attached = method.attach(model, params, { targets, seed: input.seed, initial: input.initial, baseGradients: input.baseGradients?.(model) });
+    const trainable = attached.trainableParameterCount();
+    const exact: Sizing = {
+      trainable,
+      optimizerStateBytes: optimizerStateBytesFor(attached),
+      adapterFloats: method.family === 'adapter' ? adapterActivationFloats(model, targets, Number(params.rank ?? 0), Number(params.dropout ?? 0)) : 0,
+    };
+    const checkpointing = refuseIfNoneFits(input, budget, (ckpt, b, s) => estimateWith(exact, ckpt, b, s), frozenPlan !== null);
+    if (checkpointing) {
+      const random = attached.getRandomState && attached.setRandomState
+        ? { get: attached.getRandomState.bind(attached), set: attached.setRandomState.bind(attached) }
+        : undefined;
+      model.checkpointing = checkpointPlan(attached.trainable, random);
+    }
+    return { model, attached, params, targets, estimate: estimateWith(exact, checkpointing), checkpointing, baseDtype };
+  } catch (e) {
+    attached?.detach();
+    model.dispose();
+    throw e;
+  }
+}
+
+function estimateInput(
+  input: TrainingSetupInput,
+  method: Method,
+  config: CausalLM['config'],
+  sizing: Sizing,
+  checkpointing: boolean,
+  frozenPlan: { bytes: number; parameters: number } | null,
+  headAdapted: boolean,
+  batchSize: number,
+  seqLen: number,
+): MemoryEstimateInput {
+  return {
+    config,
+    batchSize,
+    seqLen,
+    trainableParameters: sizing.trainable,
+    optimizerStateBytes: sizing.optimizerStateBytes,
+    trainsBaseWeights: method.family !== 'adapter',
+    adapterActivationFloatsPerToken: sizing.adapterFloats,
+    frozenBase: frozenPlan ? { ...frozenPlan, fusedHead: !headAdapted } : undefined,
+    checkpointing,
+  };
+}
+
+/** Trainable count and state before attaching: the method's own count, LoRA's r·(in + out) otherwise, every weight for the others. */
+function roughSizing(method: Method, skeleton: CausalLM, params: MethodParams, targets: string[]): Sizing {
+  if (method.family !== 'adapter') {
+    // A lower bound for the refusal before loading: AdamW's two moments for full fine-tuning; the
+    // low-memory optimizers' exact state comes after attaching.
+    const n = parameterCount(skeleton.config);
+    return { trainable: n, optimizerStateBytes: method.family === 'full' ? 8 * n : 0, adapterFloats: 0 };
+  }
+  const trainable = method.countTrainable?.(skeleton, params, targets) ?? loraTrainableCount(skeleton, { rank: Number(params.rank ?? 8) }, targets);
+  const adapterFloats = adapterActivationFloats(skeleton, targets, Number(params.rank ?? 0), Number(params.dropout ?? 0));
+  return { trainable, optimizerStateBytes: 8 * trainable, adapterFloats };
+}
+
+/**
+ * Whether to checkpoint (per the choice, or 'auto': only if needed); refuses with the figure and what
+ * would fit when the run fits neither way.
+ */
+function refuseIfNoneFits(
+  input: TrainingSetupInput,
+  budget: MemoryBudget,
+  estimate: (checkpointing: boolean, batchSize?: number, seqLen?: number) => MemoryEstimate,
+  nativeBase: boolean,
+): boolean {
+  const choices = input.gradientCheckpointing === 'auto' ? [false, true] : [input.gradientCheckpointing === 'on'];
+  for (const checkpointing of choices) if (overBudget(estimate(checkpointing), budget) === null) return checkpointing;
+  const best = choices[choices.length - 1];
+  const why = overBudget(estimate(best), budget)!;
+  const fixes: string[] = [];
+  if (!best) fixes.push('--gradient-checkpointing on');
+  for (let b = input.batchSize >> 1; b >= 1; b >>= 1) {
+    if (overBudget(estimate(true, b), budget) === null) {
+      fixes.push(`--batch-size ${b}${best ? '' : ' with checkpointing'}`);
+      break;
+    }
+  }
+  for (let s = input.seqLen >> 1; s >= 16; s >>= 1) {
+    if (overBudget(estimate(true, input.batchSize, s), budget) === null) {
+      fixes.push(`--seq-len ${s}`);
+      break;
+    }
+  }
+  if (nativeBase && input.baseDtype !== 'nf4') fixes.push('--base-dtype nf4 (a 4-bit base, as QLoRA)');
+  if (!nativeBase) fixes.push('a method that keeps the base frozen (lora) with the native kernels built');
+  throw new LowrankError(
+    'DOES_NOT_FIT',
+    `this run does not fit: ${why} (estimate: ${describe(estimate(best))}); ${fixes.length ? `try ${fixes.join(', or ')}` : 'use a smaller model'}`,
+  );
+}
+
+function describe(e: MemoryEstimate): string {
+  const parts = [`activations ${formatBytes(e.activationBytes)}`, `weights ${formatBytes(e.weightsBytes + e.frozenBytes)}`];
+  if (e.optimizerBytes + e.gradientBytes > 0) parts.push(`gradients and optimizer state ${formatBytes(e.optimizerBytes + e.gradientBytes)}`);
+  return parts.join(', ');
+}
