@@ -11,6 +11,7 @@ import { loadTrainedRun } from '../train/finetune.ts';
 import { writePeftAdapter } from './peft.ts';
 import { exportMerged } from './merged.ts';
 import { exportGguf, type GgufQuant } from './gguf.ts';
+import { mergedOntoOriginal } from './weights.ts';
 import type * as tf from '../tf.ts';
 import type { MethodParams } from '../methods/method.ts';
 
@@ -59,12 +60,14 @@ export async function exportRun(store: RunStore, request: ExportRequest, log: (m
     } else {
       const merged = attached.mergedWeights();
       try {
+        // A quantized base: the update goes onto the original-precision weights (weights.ts).
+        const weights = mergedOntoOriginal(model, merged, config.model);
         if (request.format === 'merged') {
-          const r = await exportMerged(request.out, config.model, merged, { dtype: request.dtype ?? 'float32' });
+          const r = await exportMerged(request.out, config.model, weights, { dtype: request.dtype ?? 'float32' });
           detail = `${r.dtype}, ${r.replaced} merged tensors`;
         } else {
           const quant = request.quant ?? 'f16';
-          const r = await exportGguf(request.out, { baseDir: config.model, weights: merged }, { quant, name: `${path.basename(config.model)}-${request.runId}` });
+          const r = await exportGguf(request.out, { baseDir: config.model, weights }, { quant, name: `${path.basename(config.model)}-${request.runId}` });
           for (const note of r.notes) log(note);
           detail = quant;
         }

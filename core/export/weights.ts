@@ -4,6 +4,7 @@
  * by the merged Hugging Face folder and the GGUF writer, so both check overrides the same way.
  */
 import type * as tf from '../tf.ts';
+import type { CausalLM } from '../models/causal-lm.ts';
 import { LowrankError } from '../errors.ts';
 import { expectedWeights, type ModelConfig } from '../models/config.ts';
 import { canonicalWeightName, openCheckpoint } from '../models/load.ts';
@@ -98,5 +99,36 @@ export function openExportWeights(baseDir: string, overrides: Map<string, Weight
   } catch (e) {
     reader.close();
     throw e;
+  }
+}
+
+/**
+ * A method's merged weights with a frozen base that was stored lossily (int8, NF4, or converted to
+ * another precision on load) moved onto the original-precision weights: W_orig + (merged − W_frozen),
+ * the update read exactly as the run trained it and added to the weights as the base file stores
+ * them. So a QLoRA-style run exports what a float base plus its adapter computes, not the quantized
+ * base. Weights held as tensors, or frozen in their own precision, pass through unchanged.
+ */
+export function mergedOntoOriginal(model: CausalLM, merged: Map<string, tf.Tensor>, baseDir: string): Map<string, WeightValue> {
+  const out = new Map<string, WeightValue>(merged);
+  const lossy = [...merged.keys()].filter((name) => model.isFrozen(name));
+  if (lossy.length === 0) return out;
+  const { reader, storedName } = openCheckpoint(baseDir);
+  try {
+    for (const name of lossy) {
+      const frozen = model.frozen.get(name)!;
+      const stored = storedName.get(name)!;
+      const storedKind = { F32: 'f32', F16: 'f16', BF16: 'bf16' }[reader.info(stored).dtype as 'F32' | 'F16' | 'BF16'];
+      if (frozen.kind === storedKind) continue;
+      const original = reader.readFloat32(stored);
+      const trained = merged.get(name)!.dataSync() as Float32Array;
+      const base = frozen.readRows(0, frozen.shape[0]);
+      const data = new Float32Array(original.length);
+      for (let i = 0; i < data.length; i++) data[i] = original[i] + (trained[i] - base[i]);
+      out.set(name, { shape: [...frozen.shape], data });
+    }
+    return out;
+  } finally {
+    reader.close();
   }
 }
