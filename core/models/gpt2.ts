@@ -6,6 +6,7 @@
 import * as tf from '../tf.ts';
 import { CausalLM, attentionBias, type ForwardOptions, type KVCache } from './causal-lm.ts';
 import { layerNorm } from './fused-ops.ts';
+import { recomputed } from './recompute.ts';
 
 /** gelu_new: the tanh approximation, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
 function geluTanh(x: tf.Tensor2D): tf.Tensor2D {
@@ -39,40 +40,66 @@ export class Gpt2Model extends CausalLM {
   hidden(ids: tf.Tensor2D, opts: ForwardOptions = {}): { hidden: tf.Tensor2D; cache?: KVCache } {
     const c = this.config;
     const [B, T] = ids.shape;
-    const H = c.numHeads;
-    const D = c.headDim;
     const C = c.hiddenSize;
     const past = opts.cache?.length ?? 0;
-    const S = past + T;
-    const gelu = c.raw.activation_function === 'gelu' ? geluErf : geluTanh;
-
+    const wantCache = Boolean(opts.useCache || opts.cache);
     const positions = tf.range(past, past + T, 1, 'int32');
     const tokens = this.embed('transformer.wte.weight', ids.reshape([B * T])).reshape([B, T, C]);
     let x = tf.add(tokens, tf.gather(this.weight('transformer.wpe.weight'), positions)).reshape([B * T, C]) as tf.Tensor2D;
-    const bias = attentionBias(B, T, past, opts.attentionMask, null);
-    const scale = 1 / Math.sqrt(D);
-    const cache: KVCache = { keys: [], values: [], length: S };
-
+    const ctx: Gpt2LayerContext = {
+      B,
+      T,
+      bias: attentionBias(B, T, past, opts.attentionMask, null), // [B|1, 1, T, S]
+      past: opts.cache,
+      cache: wantCache ? { keys: [], values: [], length: past + T } : null,
+    };
+    // Checkpointing (recompute.ts) only while training without a cache.
+    const plan = this.checkpointing && this.training && !wantCache ? this.checkpointing : null;
     for (let i = 0; i < c.numLayers; i++) {
-      const p = `transformer.h.${i}`;
-      const w = (name: string) => this.weight(`${p}.${name}`);
-      const h = layerNorm(x, w('ln_1.weight'), w('ln_1.bias'), c.normEps);
-      const [q, k0, v0] = tf
-        .split(this.linear(`${p}.attn.c_attn`, h), 3, 1)
-        .map((t) => t.reshape([B, T, H, D]).transpose([0, 2, 1, 3]) as tf.Tensor4D); // [B, H, T, D]
-      const k = opts.cache ? tf.concat([opts.cache.keys[i], k0], 2) : k0;
-      const v = opts.cache ? tf.concat([opts.cache.values[i], v0], 2) : v0;
-      cache.keys.push(k);
-      cache.values.push(v);
-      const scores = tf.add(tf.mul(tf.matMul(q, k, false, true), scale), bias); // [B, H, T, S]
-      const attended = tf.matMul(tf.softmax(scores), v).transpose([0, 2, 1, 3]).reshape([B * T, C]) as tf.Tensor2D;
-      x = tf.add(x, this.linear(`${p}.attn.c_proj`, attended));
-
-      const h2 = layerNorm(x, w('ln_2.weight'), w('ln_2.bias'), c.normEps);
-      x = tf.add(x, this.linear(`${p}.mlp.c_proj`, gelu(this.linear(`${p}.mlp.c_fc`, h2))));
+      if (!plan) {
+        x = this.block(i, x, ctx);
+        continue;
+      }
+      const layer = (input: tf.Tensor2D, [bias]: tf.Tensor[]) => this.block(i, input, { ...ctx, bias: bias as tf.Tensor4D });
+      x = recomputed(layer, x, [ctx.bias], plan.layerVariables(i), plan.random);
     }
-
     const final = layerNorm(x, this.weight('transformer.ln_f.weight'), this.weight('transformer.ln_f.bias'), c.normEps); // [B*T, C]
-    return { hidden: final, cache: opts.useCache || opts.cache ? cache : undefined };
+    return { hidden: final, cache: ctx.cache ?? undefined };
   }
+
+  /** Block i: x [B*T, C] -> x + attn(ln_1(x)), then + mlp(ln_2(·)). */
+  private block(i: number, x: tf.Tensor2D, ctx: Gpt2LayerContext): tf.Tensor2D {
+    const c = this.config;
+    const { B, T } = ctx;
+    const H = c.numHeads;
+    const D = c.headDim;
+    const C = c.hiddenSize;
+    const gelu = c.raw.activation_function === 'gelu' ? geluErf : geluTanh;
+    const p = `transformer.h.${i}`;
+    const w = (name: string) => this.weight(`${p}.${name}`);
+    const h = layerNorm(x, w('ln_1.weight'), w('ln_1.bias'), c.normEps);
+    const [q, k0, v0] = tf
+      .split(this.linear(`${p}.attn.c_attn`, h), 3, 1)
+      .map((t) => t.reshape([B, T, H, D]).transpose([0, 2, 1, 3]) as tf.Tensor4D); // [B, H, T, D]
+    const k = ctx.past ? tf.concat([ctx.past.keys[i], k0], 2) : k0;
+    const v = ctx.past ? tf.concat([ctx.past.values[i], v0], 2) : v0;
+    if (ctx.cache) {
+      ctx.cache.keys.push(k);
+      ctx.cache.values.push(v);
+    }
+    const scores = tf.add(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(D)), ctx.bias); // [B, H, T, S]
+    const attended = tf.matMul(tf.softmax(scores), v).transpose([0, 2, 1, 3]).reshape([B * T, C]) as tf.Tensor2D;
+    x = tf.add(x, this.linear(`${p}.attn.c_proj`, attended));
+    const h2 = layerNorm(x, w('ln_2.weight'), w('ln_2.bias'), c.normEps);
+    return tf.add(x, this.linear(`${p}.mlp.c_proj`, gelu(this.linear(`${p}.mlp.c_fc`, h2))));
+  }
+}
+
+/** What every block of one forward pass shares. */
+interface Gpt2LayerContext {
+  B: number;
+  T: number;
+  bias: tf.Tensor4D;
+  past: KVCache | undefined;
+  cache: KVCache | null;
 }
