@@ -147,8 +147,8 @@ const COMMANDS: Record<string, Command> = {
   },
   bench: {
     summary: 'performance figures: matmul GFLOP/s and forward tokens/s',
-    usage: 'lowrank bench [--quick] [--json]',
-    options: { quick: { type: 'boolean' }, ...json },
+    usage: 'lowrank bench [--quick] [--json] | lowrank bench --real [--peer torch] [--models bench,smollm2-135m,qwen2.5-0.5b,qwen2.5-1.5b] [--write FILE.md]',
+    options: { quick: { type: 'boolean' }, real: { type: 'boolean' }, ...strings('peer', 'models', 'write'), ...json },
     run: benchCommand,
   },
   serve: {

@@ -257,6 +257,13 @@ function describeBackend(info: BackendInfo): string {
  */
 export async function benchCommand(flags: Flags): Promise<void> {
   const out = (line: string) => !flags.json && console.log(line);
+  if (flags.real || flags.peer !== undefined) {
+    // Real sizes beside PyTorch (bench-real.ts): child processes, so no backend is needed here.
+    const { realBench } = await import('./bench-real.ts');
+    const result = await realBench(flags, out);
+    if (flags.json) printJson(result);
+    return;
+  }
   const primary = await initBackend();
   const results: Array<{ backend: BackendInfo } & Record<string, unknown>> = [];
   out(`backend: ${describeBackend(primary)}`);
