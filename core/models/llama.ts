@@ -9,6 +9,7 @@ import { CausalLM, attentionBias, type ForwardOptions, type KVCache } from './ca
 import { applyRope, rmsNorm, swiGlu } from './fused-ops.ts';
 import { ropeTables } from './rope.ts';
 import { recomputed } from './recompute.ts';
+import { attentionChunked, attentionTuning } from './attention.ts';
 
 export class LlamaModel extends CausalLM {
   linearModules(): string[] {
@@ -33,11 +34,15 @@ export class LlamaModel extends CausalLM {
     const [B, T] = ids.shape;
     const past = opts.cache?.length ?? 0;
     const wantCache = Boolean(opts.useCache || opts.cache);
+    // Long sequences attend in blocks with an online softmax (attention.ts): memory linear in T.
+    const chunked = T * (past + T) > attentionTuning.chunkedAboveScores;
     const ctx: LayerContext = {
       B,
       T,
       rope: ropeTables(c, past, T), // cos, sin [T, D]
-      bias: attentionBias(B, T, past, opts.attentionMask, c.slidingWindow), // [B|1, 1, T, S]
+      bias: chunked ? null : attentionBias(B, T, past, opts.attentionMask, c.slidingWindow), // [B|1, 1, T, S]
+      mask: opts.attentionMask,
+      pastLength: past,
       past: opts.cache,
       cache: wantCache ? { keys: [], values: [], length: past + T } : null,
     };
@@ -50,9 +55,15 @@ export class LlamaModel extends CausalLM {
         continue;
       }
       // The recomputation gets the RoPE tables and the mask as saved inputs (the forward pass disposes its own).
-      const layer = (input: tf.Tensor2D, [cos, sin, bias]: tf.Tensor[]) =>
-        this.decoderLayer(i, input, { ...ctx, rope: { cos: cos as tf.Tensor2D, sin: sin as tf.Tensor2D }, bias: bias as tf.Tensor4D });
-      x = recomputed(layer, x, [ctx.rope.cos, ctx.rope.sin, ctx.bias], plan.layerVariables(i), plan.random);
+      const constants = ([ctx.rope.cos, ctx.rope.sin, ctx.bias ?? ctx.mask] as Array<tf.Tensor | null | undefined>).filter((t): t is tf.Tensor => t != null);
+      const layer = (input: tf.Tensor2D, [cos, sin, third]: tf.Tensor[]) =>
+        this.decoderLayer(i, input, {
+          ...ctx,
+          rope: { cos: cos as tf.Tensor2D, sin: sin as tf.Tensor2D },
+          bias: ctx.bias ? (third as tf.Tensor4D) : null,
+          mask: ctx.bias ? ctx.mask : (third as tf.Tensor2D | undefined),
+        });
+      x = recomputed(layer, x, constants, plan.layerVariables(i), plan.random);
     }
     const final = rmsNorm(x, this.weight('model.norm.weight'), c.normEps); // [B*T, C]
     return { hidden: final, cache: ctx.cache ?? undefined };
@@ -82,15 +93,18 @@ export class LlamaModel extends CausalLM {
       ctx.cache.values.push(v);
     }
     const S = k.shape[2];
-    // Query heads h = g·groups + r share key/value head g (repeat_kv): fold the group into the
-    // query rows so one batched matmul serves the group without copying k and v.
-    const qg = q.reshape([B, KV, groups * T, D]);
-    const scores = tf.mul(tf.matMul(qg, k, false, true), 1 / Math.sqrt(D)).reshape([B, H, T, S]); // [B, H, T, S]
-    const probs = tf.softmax(tf.add(scores, ctx.bias)).reshape([B, KV, groups * T, S]);
-    const attended = tf.matMul(probs, v) // [B, KV, groups*T, D]
-      .reshape([B, H, T, D])
-      .transpose([0, 2, 1, 3])
-      .reshape([B * T, H * D]) as tf.Tensor2D;
+    let heads4: tf.Tensor4D; // [B, H, T, D]
+    if (ctx.bias) {
+      // Query heads h = g·groups + r share key/value head g (repeat_kv): fold the group into the
+      // query rows so one batched matmul serves the group without copying k and v.
+      const qg = q.reshape([B, KV, groups * T, D]);
+      const scores = tf.mul(tf.matMul(qg, k, false, true), 1 / Math.sqrt(D)).reshape([B, H, T, S]); // [B, H, T, S]
+      const probs = tf.softmax(tf.add(scores, ctx.bias)).reshape([B, KV, groups * T, S]);
+      heads4 = tf.matMul(probs, v).reshape([B, H, T, D]); // [B, KV, groups*T, D] -> [B, H, T, D]
+    } else {
+      heads4 = attentionChunked(q, k, v, { scale: 1 / Math.sqrt(D), past: ctx.pastLength, attentionMask: ctx.mask, slidingWindow: c.slidingWindow });
+    }
+    const attended = heads4.transpose([0, 2, 1, 3]).reshape([B * T, H * D]) as tf.Tensor2D;
     x = tf.add(x, this.linear(`${p}.self_attn.o_proj`, attended));
 
     const h2 = rmsNorm(x, this.weight(`${p}.post_attention_layernorm.weight`), c.normEps);
@@ -105,7 +119,10 @@ interface LayerContext {
   B: number;
   T: number;
   rope: { cos: tf.Tensor2D; sin: tf.Tensor2D };
-  bias: tf.Tensor4D;
+  /** The additive mask of the plain attention path; null on the chunked path, which builds its blocks' own from `mask`. */
+  bias: tf.Tensor4D | null;
+  mask: tf.Tensor2D | undefined;
+  pastLength: number;
   /** The cache passed in (read), and the one being built (when asked for). */
   past: KVCache | undefined;
   cache: KVCache | null;

@@ -12,6 +12,7 @@ import { parseModelConfig } from './config.ts';
 import { buildModel } from './load.ts';
 import { initialWeights } from './init.ts';
 import { checkpointPlan } from './recompute.ts';
+import { attentionTuning } from './attention.ts';
 import type { CausalLM } from './causal-lm.ts';
 import { getMethod, resolveParams, resolveTargets, type AttachedMethod } from '../methods/index.ts';
 import { adapterActivationFloats, estimateTrainingMemory } from '../train/memory.ts';
@@ -74,6 +75,39 @@ describe('activation checkpointing per decoder layer', () => {
     model.checkpointing = null;
     expect(lossAndGrads(model, attached, ids).loss).toBe(plain.loss);
     ids.dispose();
+    attached.detach();
+    model.dispose();
+  });
+
+  it('llama with chunked attention (and with checkpointing on top): same loss and gradients as plain attention, padded batch', () => {
+    const { model, attached } = setUp(llama(2), 'lora', 0.1);
+    const [B, T] = [2, 40];
+    const ids = tf.tensor2d(Int32Array.from({ length: B * T }, (_, i) => (i * 37 + 5) % 1000), [B, T], 'int32');
+    const labels = tf.tensor2d(Int32Array.from({ length: B * T }, (_, i) => (i % T >= 33 && i >= T ? -100 : (i * 37 + 5) % 1000)), [B, T], 'int32');
+    const mask = tf.tensor2d(Int32Array.from({ length: B * T }, (_, i) => (i % T >= 33 && i >= T ? 0 : 1)), [B, T], 'int32');
+    const run = () => {
+      const state = attached.getRandomState!();
+      const vars = [...attached.trainable.values()];
+      const { value, grads } = tf.variableGrads(() => model.loss(ids, labels, { attentionMask: mask }).loss, vars);
+      attached.setRandomState!(state);
+      const out = { loss: value.dataSync()[0], grads: vars.map((v) => grads[v.name].dataSync() as Float32Array) };
+      tf.dispose([value, ...Object.values(grads)]);
+      return out;
+    };
+    const plain = run();
+    const saved = attentionTuning.chunkedAboveScores;
+    attentionTuning.chunkedAboveScores = 0;
+    try {
+      for (const checkpointing of [false, true]) {
+        if (checkpointing) enable(model, attached);
+        const chunked = run();
+        expect(Math.abs(chunked.loss - plain.loss) / plain.loss).toBeLessThan(1e-6);
+        chunked.grads.forEach((g, i) => expect(relativeError(g, plain.grads[i])).toBeLessThan(1e-5));
+      }
+    } finally {
+      attentionTuning.chunkedAboveScores = saved;
+    }
+    tf.dispose([ids, labels, mask]);
     attached.detach();
     model.dispose();
   });
