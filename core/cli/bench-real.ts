@@ -16,6 +16,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { LowrankError } from '../errors.ts';
 import { nativeAddon } from '../backend/native/addon.ts';
+import { initBackend } from '../backend/index.ts';
 import { parseModelConfig, parameterCount, type ModelConfig } from '../models/config.ts';
 import { initialWeights } from '../models/init.ts';
 import { writeModelFolder } from '../io/model-folder.ts';
@@ -59,6 +60,7 @@ async function modelFolder(shape: string): Promise<string> {
   const dir = path.join(benchDir(), shape);
   if (shape === 'bench') {
     if (!fs.existsSync(path.join(dir, 'model.safetensors'))) {
+      await initBackend();
       const config = parseModelConfig(benchLlamaConfig(), 'bench config');
       const weights = initialWeights(config, 0);
       const tensors = [...weights].map(([name, t]) => ({ name, shape: t.shape, data: t.dataSync() as Float32Array }));
