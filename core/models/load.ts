@@ -119,19 +119,21 @@ export function frozenWeightBytes(kind: FrozenKind, rows: number, cols: number):
 }
 
 /** What loadModel(dir, { frozenBase: { dtype } }) will hold natively, from the headers alone (no weights read). */
-export function frozenBasePlan(checkpoint: ValidatedCheckpoint, dtype: BaseDtype): { bytes: number; parameters: number } {
+export function frozenBasePlan(checkpoint: ValidatedCheckpoint, dtype: BaseDtype): { bytes: number; parameters: number; largestSourceBytes: number } {
   const { config, reader, storedName } = checkpoint;
   const freezable = freezableWeights(config);
   const linear = new Set(buildModel(config, new Map()).linearModules().map((p) => `${p}.weight`));
   let bytes = 0;
   let parameters = 0;
+  let largestSourceBytes = 0;
   for (const [name, shape] of expectedWeights(config)) {
     if (!freezable.has(name) || shape.length !== 2) continue;
     const stored = STORED_KIND[reader.info(storedName.get(name)!).dtype];
+    largestSourceBytes = Math.max(largestSourceBytes, (stored === 'f32' ? 4 : 2) * shape[0] * shape[1]);
     bytes += frozenWeightBytes(frozenKind(stored, dtype, linear.has(name)), shape[0], shape[1]);
     parameters += shape[0] * shape[1];
   }
-  return { bytes, parameters };
+  return { bytes, parameters, largestSourceBytes };
 }
 
 /** The storage of one frozen weight: its own ('auto'), or the asked one (int8/nf4 only for linear layers, as QLoRA). */

@@ -16,6 +16,7 @@ import { attentionTuning } from './attention.ts';
 import type { CausalLM } from './causal-lm.ts';
 import { getMethod, resolveParams, resolveTargets, type AttachedMethod } from '../methods/index.ts';
 import { adapterActivationFloats, estimateTrainingMemory } from '../train/memory.ts';
+import { peakBufferBytes } from '../train/memory.test-helpers.ts';
 
 beforeAll(async () => {
   await initBackend({ backend: 'wasm' });
@@ -124,17 +125,15 @@ describe('activation checkpointing per decoder layer', () => {
     const [B, T] = [4, 128];
     const ids = tf.tensor2d(Int32Array.from({ length: B * T }, (_, i) => (i * 37) % 1000), [B, T], 'int32');
     const vars = [...attached.trainable.values()];
-    const peak = async () => {
-      const held = tf.memory().numBytes;
-      const p = await tf.profile(() => {
+    // Bytes of distinct buffers alive at the step's peak (memory.test-helpers.ts).
+    const peak = () =>
+      peakBufferBytes(() => {
         const { value, grads } = tf.variableGrads(() => model.loss(ids, ids).loss, vars);
         tf.dispose([value, ...Object.values(grads)]);
       });
-      return p.peakBytes - held;
-    };
-    const plain = await peak();
+    const plain = peak();
     enable(model, attached);
-    const checkpointed = await peak();
+    const checkpointed = peak();
     const estimate = (checkpointing: boolean) =>
       estimateTrainingMemory({
         config: model.config, batchSize: B, seqLen: T, trainableParameters: attached.trainableParameterCount(), optimizerStateBytes: 0,

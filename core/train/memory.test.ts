@@ -1,6 +1,7 @@
 /**
- * The memory estimate against the peak tensor bytes tf.profile measures inside a real training
- * step (forward + backward), for LoRA and full fine-tuning: within ±20 %.
+ * The memory estimate against the peak tensor bytes held inside a real training step (forward +
+ * backward; each buffer counted once), for LoRA and full fine-tuning: within ±20 %. Measured ratios:
+ * 0.985–1.178. The real-size figures (peak RSS) are in docs/performance.md.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
 import * as tf from '../tf.ts';
@@ -12,7 +13,8 @@ import { getMethod, resolveParams, resolveTargets } from '../methods/index.ts';
 import { lmLoss } from './pretrain.ts';
 import { adapterActivationFloats, estimateTrainingMemory } from './memory.ts';
 import { setFusedOps } from '../models/fused-ops.ts';
-import { nativeSwitch } from '../backend/native/addon.ts';
+import { nativeAddon, nativeSwitch } from '../backend/native/addon.ts';
+import { peakBufferBytes } from './memory.test-helpers.ts';
 
 beforeAll(async () => {
   await initBackend();
@@ -36,7 +38,12 @@ describe.each([
   ['llama', llama, 'lora', 'composite'],
   ['gpt2', gpt2, 'full', 'composite'],
 ] as const)('%s %s, fused ops: %s', (_name, raw, mode, fused) => {
-  it('estimated peak tensor bytes are within 20 % of the measured peak', async () => {
+  it('estimated peak tensor bytes are within 20 % of the measured peak', async (ctx) => {
+    // The "native" rows need the addon: CI builds it, so there its absence is a failure.
+    if (fused === 'native' && !nativeAddon().ok) {
+      if (process.env.CI) throw new Error(`the native addon did not load on CI: ${(nativeAddon() as { reason: string }).reason}`);
+      ctx.skip();
+    }
     setFusedOps(fused !== 'composite');
     nativeSwitch.enabled = fused === 'native';
     const config = parseModelConfig(raw as Record<string, unknown>);
@@ -48,11 +55,12 @@ describe.each([
     const ids = new Int32Array(B * T).map((_, i) => (i * 37 + 11) % config.vocabSize);
     const vars = [...attached.trainable.values()];
     model.training = true;
-    const { peakBytes } = await tf.profile(() => {
+    // The tensors alive at the step's peak, counting each buffer once (what memory holds).
+    const peakBytes = peakBufferBytes(() => {
       const { value, grads } = tf.variableGrads(() => tf.tidy(() => lmLoss(model, { ids, labels: ids, batchSize: B, seqLen: T }).loss), vars);
       value.dispose();
       tf.dispose(Object.values(grads));
-    });
+    }) + tf.memory().numBytes;
     const n = attached.trainableParameterCount();
     const estimate = estimateTrainingMemory({
       config, batchSize: B, seqLen: T, trainableParameters: n, optimizerStateBytes: 0, trainsBaseWeights: mode === 'full',

@@ -19,6 +19,7 @@ import type { ModelConfig } from '../models/config.ts';
 import type { CausalLM } from '../models/causal-lm.ts';
 import { parameterCount } from '../models/config.ts';
 import { FUSED_OPS, fusedOpActive } from '../models/fused-ops.ts';
+import { attentionTuning, DEFAULT_BLOCK_SIZE } from '../models/attention.ts';
 
 /** The fused ops on the active backend (none before a backend has started). */
 export function activeFusedOps(): FusedActivationOps {
@@ -27,15 +28,28 @@ export function activeFusedOps(): FusedActivationOps {
 
 const FLOAT = 4;
 /**
- * Peak activation bytes of a training step / forward intermediates, measured with tf.profile on
- * seven shapes (Llama hidden 128–512, 2–4 layers, batch 4–8, seq 96–256, LoRA and full; GPT-2
- * 128 and 256 wide): 2.6–3.1 with the composite loss (whether or not the norms and RoPE are fused),
- * 3.0–3.4 with the fused cross-entropy, which keeps far fewer V-wide forward intermediates while
- * the backward pass's temporaries (its V-wide gradient) stay the same size.
+ * Peak bytes of the head and loss on the logits path per float they keep forward: with the fused
+ * cross-entropy it keeps far fewer V-wide forward intermediates while the backward pass's
+ * temporaries (its V-wide gradient) stay the same size. Fitted with LAYER_FACTOR on seven small
+ * shapes (Llama and GPT-2, 128–256 wide, LoRA and full, each fused-op state): estimate / measured
+ * 0.985–1.18 (memory.test.ts).
  */
-export const BACKWARD_FACTOR = { composite: 2.75, fused: 3.25 } as const;
-/** Node, V8 and the wasm module before any tensor: measured ~150–250 MB RSS on Linux x64. */
-export const RUNTIME_BASELINE_BYTES = 200 * 1024 ** 2;
+export const BACKWARD_FACTOR = { composite: 2.25, fused: 3.25 } as const;
+/**
+ * Distinct tensor bytes at a step's peak per float a decoder layer keeps (layerActivationFloatsPerToken
+ * plus its adapters'), measured with memory.test-helpers.ts's buffer count and the wasm heap's growth at
+ * real widths (SmolLM2-135M and Qwen2.5-0.5B shapes, 2–8 layers, 256–512 tokens): 1.79–1.85 float32
+ * per counted float. The peak comes where the backward pass starts, when every layer's saved tensors
+ * are alive and the gradients have not begun to free them.
+ */
+export const LAYER_FACTOR = 1.85;
+/** Checkpointed: the one recomputed layer's backward temporaries on top of its saved tensors (measured 0.49). */
+export const RECOMPUTE_FACTOR = 0.5;
+/**
+ * Node, V8, the wasm module, the tokenizer and the allocators' slack: RSS at a step's peak minus the
+ * tensors and the native base, measured 400–470 MB with the native scratch (64 MB) on the shapes above.
+ */
+export const RUNTIME_BASELINE_BYTES = 360 * 1024 ** 2;
 
 export interface MemoryEstimateInput {
   config: ModelConfig;
@@ -54,7 +68,7 @@ export interface MemoryEstimateInput {
    * The base held in native memory (frozen-weight.ts, `frozenBaseBytes`): its bytes there and how many
    * parameters it takes out of the tensors. Absent: every weight is a float32 tensor.
    */
-  frozenBase?: { bytes: number; parameters: number; fusedHead: boolean };
+  frozenBase?: { bytes: number; parameters: number; fusedHead: boolean; largestSourceBytes?: number };
   /** Activation checkpointing per decoder layer (recompute.ts). */
   checkpointing?: boolean;
 }
@@ -95,8 +109,9 @@ export function layerActivationFloatsPerToken(c: ModelConfig, seqLen: number, fu
   const I = c.intermediateSize;
   const Hq = c.numHeads * c.headDim;
   const Hkv = c.numKvHeads * c.headDim;
-  // Attention keys seen per query, on average over a causal sequence the tensor is still T wide.
-  const scores = 4 * c.numHeads * seqLen;
+  // Attention keys seen per query, on average over a causal sequence the tensor is still T wide; in
+  // blocks (attention.ts, long sequences) only the per-row max and sum are kept.
+  const scores = chunkedAttention(seqLen) ? 2 * c.numHeads : 4 * c.numHeads * seqLen;
   const rmsNorm = fused.rmsNorm ? C : 3 * C;
   const layerNorm = fused.layerNorm ? C : 4 * C;
   const rotated = fused.rope ? 3 : 7.5; // per q/k feature: matmul, head transpose, RoPE
@@ -114,6 +129,11 @@ export function activationFloatsPerToken(c: ModelConfig, seqLen: number, fused: 
   return c.numLayers * layerActivationFloatsPerToken(c, seqLen, fused) + headActivationFloatsPerToken(c, fused);
 }
 
+/** Whether the models attend in blocks at this length (attention.ts's rule). */
+function chunkedAttention(seqLen: number): boolean {
+  return seqLen * seqLen > attentionTuning.chunkedAboveScores;
+}
+
 export function estimateTrainingMemory(input: MemoryEstimateInput): MemoryEstimate {
   const { config, batchSize, seqLen } = input;
   const tokens = batchSize * seqLen;
@@ -125,14 +145,19 @@ export function estimateTrainingMemory(input: MemoryEstimateInput): MemoryEstima
   const adapterFloats = input.adapterActivationFloatsPerToken ?? 0;
   const fused = input.fusedOps ?? activeFusedOps();
   // The fused loss removes most of the V-wide forward intermediates while its gradient stays V wide.
-  const factor = fused.crossEntropy ? BACKWARD_FACTOR.fused : BACKWARD_FACTOR.composite;
+  const headFactor = fused.crossEntropy ? BACKWARD_FACTOR.fused : BACKWARD_FACTOR.composite;
   const perLayer = layerActivationFloatsPerToken(config, seqLen, fused) + adapterFloats / config.numLayers;
   // A native fused head keeps the final hidden states and their gradient; otherwise the logits path.
-  const head = frozen?.fusedHead ? 2 * config.hiddenSize : headActivationFloatsPerToken(config, fused);
+  const head = frozen?.fusedHead ? 2 * config.hiddenSize : headFactor * headActivationFloatsPerToken(config, fused);
   const checkpointing = input.checkpointing ?? false;
   // Checkpointed: every layer keeps only its input; one layer at a time is recomputed with its backward.
-  const kept = checkpointing ? config.numLayers * config.hiddenSize + factor * perLayer : factor * config.numLayers * perLayer;
-  const activationBytes = tokens * (kept + factor * head) * FLOAT;
+  const kept = checkpointing
+    ? config.numLayers * config.hiddenSize + (LAYER_FACTOR + RECOMPUTE_FACTOR) * perLayer
+    : LAYER_FACTOR * config.numLayers * perLayer;
+  // Blocked attention's temporaries: one block pair's scores and probabilities at a time (~6 per element).
+  const block = Math.min(seqLen, DEFAULT_BLOCK_SIZE);
+  const attentionScratch = chunkedAttention(seqLen) ? 6 * batchSize * config.numHeads * block * block : 0;
+  const activationBytes = (tokens * (kept + head) + attentionScratch) * FLOAT;
   const tensorBytes = weightsBytes + trainableBytes + gradientBytes + optimizerBytes + activationBytes;
   const frozenBytes = frozen?.bytes ?? 0;
   const nativeScratchBytes = frozen ? NATIVE_SCRATCH_BYTES : 0;
@@ -145,7 +170,8 @@ export function estimateTrainingMemory(input: MemoryEstimateInput): MemoryEstima
     tensorBytes,
     frozenBytes,
     nativeScratchBytes,
-    processBytes: tensorBytes + frozenBytes + nativeScratchBytes + RUNTIME_BASELINE_BYTES,
+    // Loading reads each weight whole before the addon copies it: the largest is briefly held twice.
+    processBytes: Math.max(tensorBytes + frozenBytes + nativeScratchBytes, frozenBytes + (frozen?.largestSourceBytes ?? 0)) + RUNTIME_BASELINE_BYTES,
     checkpointing,
   };
 }
