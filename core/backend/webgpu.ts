@@ -351,6 +351,17 @@ async function makeBackend(module: TfjsWebgpuModule, adapter: AdapterLike): Prom
 
 const gpuErrors: string[] = [];
 
+/**
+ * The active webgpu device's largest storage-buffer binding (maxStorageBufferBindingSize; 128 MB on
+ * llvmpipe and many integrated GPUs), or null when webgpu is not the active backend. A tensor larger
+ * than this cannot be an input of any kernel, so the models hold such weights in shards.
+ */
+export function webgpuBindingLimit(): number | null {
+  if (tf.getBackend() !== 'webgpu') return null;
+  const limits = (tf.backend() as unknown as { device?: { limits?: { maxStorageBufferBindingSize?: number } } }).device?.limits;
+  return limits?.maxStorageBufferBindingSize ?? null;
+}
+
 /** WebGPU errors (validation, out of memory) reported by the device since the backend started. */
 export function webgpuErrors(): readonly string[] {
   return gpuErrors;

@@ -102,6 +102,7 @@ export async function benchTrainCommand(flags: Flags): Promise<void> {
     frozenBytes: model.frozenBytes(),
     baseDtype: setup.baseDtype,
     checkpointing: setup.checkpointing,
+    checkpointedLayers: setup.checkpointedLayers,
     estimate,
     trainable: attached.trainableParameterCount(),
   };

@@ -1,4 +1,5 @@
 /** `lowrank logits`, `generate` and `eval`: a model folder in, numbers or text out. */
+import { readOnlyLoadOptions } from '../train/setup.ts';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '../tf.ts';
@@ -31,7 +32,7 @@ function parseIds(raw: string, vocabSize: number): number[] {
 async function loadModelFlag(flags: Flags): Promise<{ dir: string; model: CausalLM }> {
   const dir = requireString(flags, 'model', 'a Hugging Face model folder');
   await initBackend();
-  const model = loadModel(dir);
+  const model = loadModel(dir, readOnlyLoadOptions());
   if (typeof flags.adapter === 'string') applyPeftAdapter(model, readPeftAdapter(flags.adapter));
   return { dir, model };
 }

@@ -95,7 +95,7 @@ export async function trainCommand(flags: Flags): Promise<void> {
   const emit = (e: FinetuneEvent) => {
     if (json) {
       const { type, runId, ...rest } = e;
-      if (type === 'step' || type === 'eval' || type === 'checkpoint' || type === 'sample' || type === 'log' || type === 'run-started') {
+      if (type === 'step' || type === 'eval' || type === 'checkpoint' || type === 'sample' || type === 'log' || type === 'progress' || type === 'run-started') {
         printJson({ event: type, run_id: runId, ...rest });
       }
       return;
@@ -116,6 +116,9 @@ export async function trainCommand(flags: Flags): Promise<void> {
         break;
       case 'log':
         bar?.log(e.message);
+        break;
+      case 'progress':
+        bar?.update(e.step - 1, e.message);
         break;
       default:
         break;

@@ -8,6 +8,10 @@ import { expectedWeights, type ModelConfig } from './config.ts';
 import { CROSS_ENTROPY_KERNELS } from '../backend/cross-entropy-kernels.ts';
 import { fusedOpActive } from './fused-ops.ts';
 import type { CheckpointPlan } from './recompute.ts';
+import { linearCrossEntropy } from './linear-cross-entropy.ts';
+
+/** Logits of more bytes than this go through the chunked head + loss (linear-cross-entropy.ts) instead of one tensor. */
+export const CHUNKED_LOGITS_ABOVE_BYTES = 512 * 1024 ** 2;
 import { FrozenWeight, frozenGather, frozenLinear, frozenLinearCrossEntropy } from './frozen-weight.ts';
 
 /**
@@ -40,6 +44,8 @@ export interface ForwardOptions {
   useCache?: boolean;
   /** Training mode hooks (dropout in adapters) read this. */
   training?: boolean;
+  /** Logits of each row's last position only ([B, 1, V]): what generation reads. */
+  lastPositionOnly?: boolean;
 }
 
 export interface ForwardResult {
@@ -56,11 +62,24 @@ export abstract class CausalLM {
   readonly weights: Map<string, tf.Tensor>;
   /** Frozen base weights held in native memory (frozen-weight.ts), by the same names. */
   readonly frozen: Map<string, FrozenWeight>;
+  /**
+   * Weights too large for one GPU buffer binding (a 152 k-token embedding is 544 MB in float32, the
+   * binding limit 128 MB on many adapters), held as row shards [rows_i, C] in order (loadModel's shardAbove).
+   */
+  readonly shards = new Map<string, tf.Tensor2D[]>();
+  /** The backend's largest buffer binding (a GPU's maxStorageBufferBindingSize), or null where there is none. */
+  maxBindingBytes: number | null = null;
   /** Adapter per full module path, e.g. `model.layers.0.self_attn.q_proj`. */
   readonly adapters = new Map<string, LinearAdapter>();
   training = false;
   /** Activation checkpointing per decoder layer while training (recompute.ts); null keeps every activation. */
   checkpointing: CheckpointPlan | null = null;
+  /**
+   * Told as each decoder layer finishes its forward and (under a gradient tape) its backward pass: a
+   * first step of a large model takes minutes, and this is how a person sees it move. Called
+   * synchronously, mid-step.
+   */
+  layerProgress: ((layer: number, layers: number, pass: 'forward' | 'backward') => void) | null = null;
 
   constructor(config: ModelConfig, weights: Map<string, tf.Tensor>, frozen: Map<string, FrozenWeight> = new Map()) {
     this.config = config;
@@ -83,6 +102,11 @@ export abstract class CausalLM {
   forward(ids: tf.Tensor2D, opts: ForwardOptions = {}): ForwardResult {
     const [B, T] = ids.shape;
     const { hidden, cache } = this.hidden(ids, opts);
+    if (opts.lastPositionOnly) {
+      const C = this.config.hiddenSize;
+      const last = tf.slice(hidden.reshape([B, T, C]), [0, T - 1, 0], [B, 1, C]).reshape([B, C]) as tf.Tensor2D;
+      return { logits: this.head(last).reshape([B, 1, this.config.vocabSize]), cache };
+    }
     return { logits: this.head(hidden).reshape([B, T, this.config.vocabSize]), cache };
   }
 
@@ -94,20 +118,29 @@ export abstract class CausalLM {
     const adapted = name === 'lm_head.weight' && this.adapters.has('lm_head');
     const frozen = adapted || this.weights.has(name) ? undefined : this.frozen.get(name);
     if (frozen) return { loss: frozenLinearCrossEntropy(hidden, frozen, targets, weights), tokens };
+    const shards = adapted ? undefined : this.shards.get(name);
+    // A sharded head, or logits too large for one buffer: the projection and the loss in vocabulary chunks.
+    const logitsLimit = Math.min(CHUNKED_LOGITS_ABOVE_BYTES, this.maxBindingBytes ?? Infinity);
+    if (shards || (!adapted && hidden.shape[0] * this.config.vocabSize * 4 > logitsLimit)) {
+      const w = shards ?? [this.weight(name) as tf.Tensor2D];
+      return { loss: linearCrossEntropy(hidden, w, targets, weights, { trainableWeight: w.some((t) => t instanceof tf.Variable) }), tokens };
+    }
     return { loss: weightedCrossEntropy(this.head(hidden), targets, weights), tokens };
   }
 
   /** Logits [N, V] of hidden states [N, C]. */
   head(hidden: tf.Tensor2D): tf.Tensor2D {
     const name = this.headWeightName();
-    if (name === 'lm_head.weight') return this.linear('lm_head', hidden);
+    if (name === 'lm_head.weight' && (this.adapters.has('lm_head') || !this.shards.has(name))) return this.linear('lm_head', hidden);
+    const shards = this.shards.get(name);
+    if (shards) return tf.concat(shards.map((s) => tf.matMul(hidden, s, false, true)), 1) as tf.Tensor2D;
     const frozen = this.weights.has(name) ? undefined : this.frozen.get(name);
     return frozen ? frozenLinear(hidden, frozen) : tf.matMul(hidden, this.weight(name) as tf.Tensor2D, false, true);
   }
 
   /** Whether the model has the weight (loaded, frozen, or, for a model built without weights to plan a run, implied by config.json). */
   hasWeight(name: string): boolean {
-    return this.weights.has(name) || this.frozen.has(name) || this.expectedShapes().has(name);
+    return this.weights.has(name) || this.frozen.has(name) || this.shards.has(name) || this.expectedShapes().has(name);
   }
 
   private shapes: Map<string, number[]> | null = null;
@@ -126,6 +159,8 @@ export abstract class CausalLM {
     if (w) return w.shape;
     const f = this.frozen.get(name);
     if (f) return [...f.shape];
+    const shards = this.shards.get(name);
+    if (shards) return [shards.reduce((n, s) => n + s.shape[0], 0), shards[0].shape[1]];
     const expected = this.expectedShapes().get(name);
     if (!expected) throw new Error(`internal: model has no weight ${name}`);
     return expected;
@@ -138,13 +173,46 @@ export abstract class CausalLM {
   weight(name: string): tf.Tensor {
     const w = this.weights.get(name);
     if (w) return w;
+    const shards = this.shards.get(name);
+    if (shards) return tf.concat(shards, 0);
     const f = this.frozen.get(name);
     if (!f) throw new Error(`internal: weight ${name} not loaded`);
     return f.toTensor();
   }
 
+  /** Reports layer i's forward pass, and marks x so that its backward pass reports too (layerProgress). */
+  protected afterLayer(i: number, x: tf.Tensor2D): tf.Tensor2D {
+    const progress = this.layerProgress;
+    if (!progress) return x;
+    const layers = this.config.numLayers;
+    progress(i + 1, layers, 'forward');
+    const marked = tf.customGrad(((input: tf.Tensor2D) => ({
+      value: tf.clone(input),
+      gradFunc: (dy: tf.Tensor) => {
+        progress(i + 1, layers, 'backward');
+        return dy;
+      },
+    })) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (input: tf.Tensor2D) => tf.Tensor2D;
+    return marked(x);
+  }
+
   /** Rows of an embedding [V, C] for ids [N] → [N, C]. */
   protected embed(name: string, ids: tf.Tensor1D): tf.Tensor2D {
+    const shards = this.shards.get(name);
+    if (shards) {
+      // Each shard serves the ids in its row range; the others read a clamped row and are masked out.
+      let start = 0;
+      let sum: tf.Tensor2D | null = null;
+      for (const shard of shards) {
+        const rows = shard.shape[0];
+        const local = tf.sub(ids, start);
+        const inside = tf.logicalAnd(tf.greaterEqual(local, 0), tf.less(local, rows));
+        const picked = tf.mul(tf.gather(shard, tf.clipByValue(local, 0, rows - 1)), tf.cast(inside, 'float32').expandDims(1)) as tf.Tensor2D;
+        sum = sum ? tf.add(sum, picked) : picked;
+        start += rows;
+      }
+      return sum!;
+    }
     const frozen = this.weights.has(name) ? undefined : this.frozen.get(name);
     return frozen ? frozenGather(ids, frozen) : (tf.gather(this.weight(name), ids) as tf.Tensor2D);
   }
@@ -177,6 +245,8 @@ export abstract class CausalLM {
     this.weights.clear();
     for (const f of this.frozen.values()) f.dispose();
     this.frozen.clear();
+    for (const list of this.shards.values()) for (const t of list) t.dispose();
+    this.shards.clear();
   }
 }
 

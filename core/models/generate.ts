@@ -60,8 +60,9 @@ export function generate(model: CausalLM, promptIds: number[], opts: GenerateOpt
       const input = useCache && cache ? sequence.slice(-1) : sequence;
       const result = tf.tidy(() => {
         const ids = tf.tensor2d(input, [1, input.length], 'int32');
-        const out = model.forward(ids, { cache, useCache });
-        const last = out.logits.slice([0, input.length - 1, 0], [1, 1, model.config.vocabSize]).reshape([-1]);
+        // Only the last position's logits: a long prompt's [T, V] would be the largest tensor by far.
+        const out = model.forward(ids, { cache, useCache, lastPositionOnly: true });
+        const last = out.logits.reshape([-1]);
         return out.cache ? { last, cache: out.cache } : { last };
       }) as { last: tf.Tensor; cache?: KVCache };
       const logits = (result.last as tf.Tensor).dataSync() as Float32Array;

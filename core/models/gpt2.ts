@@ -56,12 +56,12 @@ export class Gpt2Model extends CausalLM {
     // Checkpointing (recompute.ts) only while training without a cache.
     const plan = this.checkpointing && this.training && !wantCache ? this.checkpointing : null;
     for (let i = 0; i < c.numLayers; i++) {
-      if (!plan) {
-        x = this.block(i, x, ctx);
+      if (!plan?.checkpointed(i)) {
+        x = this.afterLayer(i, this.block(i, x, ctx));
         continue;
       }
       const layer = (input: tf.Tensor2D, [bias]: tf.Tensor[]) => this.block(i, input, { ...ctx, bias: bias as tf.Tensor4D });
-      x = recomputed(layer, x, [ctx.bias], plan.layerVariables(i), plan.random);
+      x = this.afterLayer(i, recomputed(layer, x, [ctx.bias], plan!.layerVariables(i), plan!.random));
     }
     const final = layerNorm(x, this.weight('transformer.ln_f.weight'), this.weight('transformer.ln_f.bias'), c.normEps); // [B*T, C]
     return { hidden: final, cache: ctx.cache ?? undefined };

@@ -50,8 +50,8 @@ export class LlamaModel extends CausalLM {
     const plan = this.checkpointing && this.training && !wantCache ? this.checkpointing : null;
     let x = this.embed('model.embed_tokens.weight', ids.reshape([B * T])); // [B*T, C]
     for (let i = 0; i < c.numLayers; i++) {
-      if (!plan) {
-        x = this.decoderLayer(i, x, ctx);
+      if (!plan?.checkpointed(i)) {
+        x = this.afterLayer(i, this.decoderLayer(i, x, ctx));
         continue;
       }
       // The recomputation gets the RoPE tables and the mask as saved inputs (the forward pass disposes its own).
@@ -63,7 +63,7 @@ export class LlamaModel extends CausalLM {
           bias: ctx.bias ? (third as tf.Tensor4D) : null,
           mask: ctx.bias ? ctx.mask : (third as tf.Tensor2D | undefined),
         });
-      x = recomputed(layer, x, constants, plan.layerVariables(i), plan.random);
+      x = this.afterLayer(i, recomputed(layer, x, constants, plan!.layerVariables(i), plan!.random));
     }
     const final = rmsNorm(x, this.weight('model.norm.weight'), c.normEps); // [B*T, C]
     return { hidden: final, cache: ctx.cache ?? undefined };

@@ -87,6 +87,11 @@ export interface LoadOptions {
    * as a float32 tensor.
    */
   frozenBase?: { dtype: BaseDtype } | null;
+  /**
+   * The backend's largest buffer binding (WebGPU's maxStorageBufferBindingSize): a weight tensor of
+   * more float32 bytes is held as row shards that each fit (CausalLM.shards).
+   */
+  maxBindingBytes?: number | null;
 }
 
 /** The weights a frozen base keeps natively: every linear module's weight, the token embedding and the head. */
@@ -141,6 +146,17 @@ function frozenKind(stored: FrozenKind, dtype: BaseDtype, quantizable: boolean):
   return dtype === 'auto' || (!quantizable && (dtype === 'int8' || dtype === 'nf4')) ? stored : dtype;
 }
 
+/** A [rows, cols] weight as consecutive row blocks of at most `limit` float32 bytes each. */
+function rowShards(values: Float32Array, [rows, cols]: number[], limit: number): tf.Tensor2D[] {
+  const perShard = Math.max(1, Math.floor(limit / (4 * cols)));
+  const out: tf.Tensor2D[] = [];
+  for (let r = 0; r < rows; r += perShard) {
+    const n = Math.min(perShard, rows - r);
+    out.push(tf.tensor2d(values.subarray(r * cols, (r + n) * cols), [n, cols]));
+  }
+  return out;
+}
+
 export function loadModel(dir: string, opts: LoadOptions = {}): CausalLM {
   const { config, reader, storedName } = openCheckpoint(dir);
   const weights = new Map<string, tf.Tensor>();
@@ -148,12 +164,18 @@ export function loadModel(dir: string, opts: LoadOptions = {}): CausalLM {
   try {
     const freezable = opts.frozenBase ? freezableWeights(config) : new Set<string>();
     const linear = opts.frozenBase ? new Set(buildModel(config, new Map()).linearModules().map((p) => `${p}.weight`)) : new Set<string>();
+    const shards = new Map<string, tf.Tensor2D[]>();
+    const limit = opts.maxBindingBytes ?? Infinity;
     for (const [name, shape] of expectedWeights(config)) {
       const stored = storedName.get(name)!;
       if (freezable.has(name) && shape.length === 2) frozen.set(name, frozenWeight(reader, stored, shape, opts.frozenBase!.dtype, linear.has(name)));
+      else if (shape.length === 2 && 4 * shape[0] * shape[1] > limit) shards.set(name, rowShards(reader.readFloat32(stored), shape, limit));
       else weights.set(name, tf.tensor(reader.readFloat32(stored), shape, 'float32'));
     }
-    return buildModel(config, weights, frozen);
+    const model = buildModel(config, weights, frozen);
+    for (const [name, list] of shards) model.shards.set(name, list);
+    model.maxBindingBytes = opts.maxBindingBytes ?? null;
+    return model;
   } catch (e) {
     for (const t of weights.values()) t.dispose();
     for (const f of frozen.values()) f.dispose();

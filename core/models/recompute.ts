@@ -22,8 +22,10 @@ export interface RandomStateAccess {
   set(state: number): void;
 }
 
-/** What a model needs to checkpoint its layers: each layer's trainable tensors, and the random state to rewind. */
+/** What a model needs to checkpoint its layers: which ones, each one's trainable tensors, and the random state to rewind. */
 export interface CheckpointPlan {
+  /** Whether layer i is recomputed (the first `layers` of checkpointPlan); the others keep their activations. */
+  checkpointed(layer: number): boolean;
   layerVariables(layer: number): tf.Variable[];
   random?: RandomStateAccess;
 }
@@ -85,12 +87,13 @@ export function layerOf(name: string): number | null {
 const OUTSIDE_LAYERS = /^(model\.embed_tokens|model\.norm|lm_head|transformer\.(wte|wpe|ln_f))\./;
 
 /**
- * The plan for a model whose trainable tensors are `trainable` (an attached method's, or full
+ * The plan that checkpoints the first `layers` decoder layers (all by default: checkpointing only
+ * as many as memory requires trades the least recomputation for the memory needed) of a model whose trainable tensors are `trainable` (an attached method's, or full
  * fine-tuning's weights): each tensor goes with the layer its name places it in. A trainable tensor
  * that belongs to no layer and is not one of the model's outer weights could be read inside several
  * layers, and its gradient would be lost: refused.
  */
-export function checkpointPlan(trainable: Map<string, tf.Variable>, random?: RandomStateAccess): CheckpointPlan {
+export function checkpointPlan(trainable: Map<string, tf.Variable>, random?: RandomStateAccess, layers = Infinity): CheckpointPlan {
   const byLayer = new Map<number, tf.Variable[]>();
   for (const [name, variable] of trainable) {
     const layer = layerOf(name);
@@ -104,5 +107,5 @@ export function checkpointPlan(trainable: Map<string, tf.Variable>, random?: Ran
     list.push(variable);
     byLayer.set(layer, list);
   }
-  return { layerVariables: (i) => byLayer.get(i) ?? [], random };
+  return { checkpointed: (i) => i < layers, layerVariables: (i) => byLayer.get(i) ?? [], random };
 }

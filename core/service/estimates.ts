@@ -2,6 +2,7 @@
  * The wizard's cost figures, computed in a job process (they load the model): trainable
  * parameters and the memory estimate of every method on a model, and of one whole run config.
  */
+import { readOnlyLoadOptions } from '../train/setup.ts';
 import { loadModel } from '../models/load.ts';
 import { parameterCount } from '../models/config.ts';
 import { listMethods, resolveParams, resolveTargets } from '../methods/index.ts';
@@ -13,12 +14,12 @@ import type { FinetuneConfigInput, MethodEstimate, RunEstimate } from '../contra
 
 const ZERO: MemoryEstimate = {
   weightsBytes: 0, trainableBytes: 0, gradientBytes: 0, optimizerBytes: 0, activationBytes: 0, tensorBytes: 0, frozenBytes: 0, nativeScratchBytes: 0,
-  processBytes: 0, checkpointing: false,
+  processBytes: 0, checkpointing: false, checkpointedLayers: 0,
 };
 
 export async function estimateMethods(dir: string, batchSize: number, seqLen: number, targets: string[] | 'all-linear'): Promise<MethodEstimate[]> {
   await initBackend();
-  const model = loadModel(dir);
+  const model = loadModel(dir, readOnlyLoadOptions());
   try {
     return listMethods().map((method) => {
       try {

@@ -15,10 +15,11 @@ export interface TokenizedExample {
 }
 
 /** Token-weighted mean loss over the examples' trained tokens, in batches of `batchSize`. */
-export function validationLoss(model: CausalLM, examples: TokenizedExample[], batchSize: number): number {
+export function validationLoss(model: CausalLM, examples: TokenizedExample[], batchSize: number, progress?: (done: number, total: number) => void): number {
   let lossSum = 0;
   let tokens = 0;
   for (let b = 0; b < examples.length; b += batchSize) {
+    progress?.(b, examples.length);
     const rows = examples.slice(b, b + batchSize);
     const T = Math.max(...rows.map((r) => r.ids.length));
     const ids = new Int32Array(rows.length * T);

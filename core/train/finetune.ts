@@ -108,6 +108,8 @@ export type FinetuneEvent =
   | { type: 'sample'; runId: string; step: number; prompt: string; output: string }
   | { type: 'checkpoint'; runId: string; step: number; path: string }
   | { type: 'log'; runId: string; message: string }
+  /** Where a slow step is (its pass and layer), at most once a second once it has run 2 s. */
+  | { type: 'progress'; runId: string; step: number; message: string }
   | { type: 'run-finished'; runId: string; result: FinetuneResult }
   | { type: 'run-failed'; runId: string; code: string; message: string };
 
@@ -333,6 +335,16 @@ export async function runFinetune(
     let lastReport: StepReport | undefined;
     let lastHeartbeat = 0;
     model.training = true;
+    // A step that takes minutes (a first step at real size) says where it is.
+    let stepStarted = Date.now();
+    let stepNumber = startStep + 1;
+    let lastProgress = 0;
+    model.layerProgress = (layer, layers, pass) => {
+      const now = Date.now();
+      if (now - stepStarted < 2000 || now - lastProgress < 1000) return;
+      lastProgress = now;
+      emit({ type: 'progress', runId, step: stepNumber, message: `step ${stepNumber}/${totalSteps}: ${pass} pass, layer ${layer} of ${layers}` });
+    };
     await train(
       attached.trainable,
       optimizer,
@@ -348,7 +360,11 @@ export async function runFinetune(
         checkpointEvery: config.checkpointEvery,
       },
       {
-        beforeStep: (step, lr) => attached.beforeStep?.({ step, totalSteps, lr }),
+        beforeStep: (step, lr) => {
+          stepStarted = Date.now();
+          stepNumber = step + 1;
+          attached.beforeStep?.({ step, totalSteps, lr });
+        },
         afterOptimizerStep: (step, lr) => attached.afterOptimizerStep?.({ step, totalSteps, lr }),
         onStep: (r) => {
           lastTrain = r.loss;
@@ -369,7 +385,15 @@ export async function runFinetune(
         },
         onEval: (step) => {
           model.training = false;
-          lastVal = validationLoss(model, dataset.validation.slice(0, 256), config.batchSize);
+          const evalStarted = Date.now();
+          let lastEvalProgress = 0;
+          lastVal = validationLoss(model, dataset.validation.slice(0, 256), config.batchSize, (done, total) => {
+            // A long evaluation says where it is, as a slow step does.
+            const now = Date.now();
+            if (now - evalStarted < 2000 || now - lastEvalProgress < 1000) return;
+            lastEvalProgress = now;
+            emit({ type: 'progress', runId, step, message: `step ${step}/${totalSteps}: evaluating ${done} of ${total} validation examples` });
+          });
           store.appendMetrics(runId, [{ step, split: 'val', name: 'loss', value: lastVal }]);
           emit({ type: 'eval', runId, step, valLoss: lastVal });
           recordSamples(store, runId, step, () => sampleCompletions(model, tokenizer, dataset.validation), emit);
@@ -394,6 +418,7 @@ export async function runFinetune(
       },
     );
     model.training = false;
+    model.layerProgress = null;
     if (Number.isNaN(lastVal) && dataset.validation.length) lastVal = validationLoss(model, dataset.validation.slice(0, 256), config.batchSize);
     let taskMetric: FinetuneResult['taskMetric'] = null;
     if (metricSet.length && !cancelled) {

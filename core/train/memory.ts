@@ -69,8 +69,9 @@ export interface MemoryEstimateInput {
    * parameters it takes out of the tensors. Absent: every weight is a float32 tensor.
    */
   frozenBase?: { bytes: number; parameters: number; fusedHead: boolean; largestSourceBytes?: number };
-  /** Activation checkpointing per decoder layer (recompute.ts). */
+  /** Activation checkpointing of every decoder layer (recompute.ts); `checkpointedLayers` for only the first k. */
   checkpointing?: boolean;
+  checkpointedLayers?: number;
 }
 
 export interface MemoryEstimate {
@@ -89,6 +90,8 @@ export interface MemoryEstimate {
   /** What the process RSS should peak at: runtime, tensors, native base and scratch. */
   processBytes: number;
   checkpointing: boolean;
+  /** How many decoder layers are recomputed in the backward pass (the first ones). */
+  checkpointedLayers: number;
 }
 
 /** A float32 weight tile and a logits tile of the fused head (native/frozen.c TILE_BYTES, LOGITS_TILE_BYTES), and a tile of a frozen product. */
@@ -149,11 +152,12 @@ export function estimateTrainingMemory(input: MemoryEstimateInput): MemoryEstima
   const perLayer = layerActivationFloatsPerToken(config, seqLen, fused) + adapterFloats / config.numLayers;
   // A native fused head keeps the final hidden states and their gradient; otherwise the logits path.
   const head = frozen?.fusedHead ? 2 * config.hiddenSize : headFactor * headActivationFloatsPerToken(config, fused);
-  const checkpointing = input.checkpointing ?? false;
-  // Checkpointed: every layer keeps only its input; one layer at a time is recomputed with its backward.
-  const kept = checkpointing
-    ? config.numLayers * config.hiddenSize + (LAYER_FACTOR + RECOMPUTE_FACTOR) * perLayer
-    : LAYER_FACTOR * config.numLayers * perLayer;
+  const L = config.numLayers;
+  const checkpointedLayers = Math.min(L, input.checkpointedLayers ?? (input.checkpointing ? L : 0));
+  // A checkpointed layer keeps only its input, and one at a time is recomputed with its backward;
+  // the others keep everything until the backward pass reaches them.
+  const kept = checkpointedLayers * config.hiddenSize + LAYER_FACTOR * (L - checkpointedLayers) * perLayer +
+    (checkpointedLayers > 0 ? (LAYER_FACTOR + RECOMPUTE_FACTOR) * perLayer : 0);
   // Blocked attention's temporaries: one block pair's scores and probabilities at a time (~6 per element).
   const block = Math.min(seqLen, DEFAULT_BLOCK_SIZE);
   const attentionScratch = chunkedAttention(seqLen) ? 6 * batchSize * config.numHeads * block * block : 0;
@@ -172,7 +176,8 @@ export function estimateTrainingMemory(input: MemoryEstimateInput): MemoryEstima
     nativeScratchBytes,
     // Loading reads each weight whole before the addon copies it: the largest is briefly held twice.
     processBytes: Math.max(tensorBytes + frozenBytes + nativeScratchBytes, frozenBytes + (frozen?.largestSourceBytes ?? 0)) + RUNTIME_BASELINE_BYTES,
-    checkpointing,
+    checkpointing: checkpointedLayers > 0,
+    checkpointedLayers,
   };
 }
 
@@ -183,8 +188,8 @@ export interface MemoryBudget {
   tensorBytes: number | null;
 }
 
-/** wasm32 addresses 4 GiB; the allocator, the module and fragmentation take a little of it. */
-export const WASM_TENSOR_LIMIT_BYTES = 3.75 * 1024 ** 3;
+/** wasm32 addresses 4 GiB (measured: tfjs-wasm grows to 4.0 GiB); the heap ran 2.5 % above the estimated tensors at real size, and the module and fragmentation take the rest of the margin. */
+export const WASM_TENSOR_LIMIT_BYTES = 3.5 * 1024 ** 3;
 /** LOWRANK_MEMORY_LIMIT=<GB> caps the process budget (default: 90 % of the machine's RAM). */
 export const MEMORY_LIMIT_ENV = 'LOWRANK_MEMORY_LIMIT';
 

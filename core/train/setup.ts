@@ -11,7 +11,7 @@
  */
 import * as tf from '../tf.ts';
 import { LowrankError } from '../errors.ts';
-import { frozenBasePlan, loadModel, openCheckpoint } from '../models/load.ts';
+import { frozenBasePlan, loadModel, openCheckpoint, type LoadOptions } from '../models/load.ts';
 import { buildModel } from '../models/load.ts';
 import { parameterCount } from '../models/config.ts';
 import type { CausalLM } from '../models/causal-lm.ts';
@@ -21,6 +21,7 @@ import { getMethod, resolveParams, resolveTargets, type AttachedMethod, type Met
 import { loraTrainableCount } from '../methods/lora.ts';
 import type { BaseGradientSource, Method } from '../methods/method.ts';
 import { optimizerStateBytesFor } from '../optim/registry.ts';
+import { webgpuBindingLimit } from '../backend/webgpu.ts';
 import {
   adapterActivationFloats,
   estimateTrainingMemory,
@@ -57,6 +58,8 @@ export interface TrainingSetup {
   targets: string[];
   estimate: MemoryEstimate;
   checkpointing: boolean;
+  /** Decoder layers recomputed in the backward pass: 'auto' checkpoints only as many as memory needs. */
+  checkpointedLayers: number;
   /** How the base is stored natively, or null when its weights are tensors. */
   baseDtype: BaseDtype | null;
 }
@@ -82,6 +85,15 @@ interface Sizing {
   adapterFloats: number;
 }
 
+/**
+ * How to load a model that is only read (generation, logits, evaluation, estimates): its weights
+ * frozen in native memory in their stored precision where the addon is there, and sharded where a
+ * GPU's binding limit asks for it.
+ */
+export function readOnlyLoadOptions(): LoadOptions {
+  return { frozenBase: frozenWeightsAvailable() ? { dtype: 'auto' } : null, maxBindingBytes: webgpuBindingLimit() };
+}
+
 export async function setUpTraining(input: TrainingSetupInput): Promise<TrainingSetup> {
   const method = getMethod(input.methodId);
   const params = resolveParams(method.id, method.schema, input.params);
@@ -96,13 +108,13 @@ export async function setUpTraining(input: TrainingSetupInput): Promise<Training
   const skeleton = buildModel(config, new Map());
   const targets = method.family === 'full' ? [] : resolveTargets(skeleton, input.targets);
   const headAdapted = targets.includes('lm_head');
-  const estimateWith = (sizing: Sizing, checkpointing: boolean, batchSize = input.batchSize, seqLen = input.seqLen): MemoryEstimate =>
-    estimateTrainingMemory(estimateInput(input, method, config, sizing, checkpointing, frozenPlan, headAdapted, batchSize, seqLen));
+  const estimateWith = (sizing: Sizing, checkpointedLayers: number, batchSize = input.batchSize, seqLen = input.seqLen): MemoryEstimate =>
+    estimateTrainingMemory(estimateInput(input, method, config, sizing, checkpointedLayers, frozenPlan, headAdapted, batchSize, seqLen));
   const rough: Sizing = roughSizing(method, skeleton, params, targets);
-  refuseIfNoneFits(input, budget, (ckpt, b, s) => estimateWith(rough, ckpt, b, s), frozenPlan !== null);
+  refuseIfNoneFits(input, config.numLayers, budget, (k, b, s) => estimateWith(rough, k, b, s), frozenPlan !== null);
 
   // 2. The model and the method, then the exact figures.
-  const model = loadModel(input.modelDir, { frozenBase: baseDtype === null ? null : { dtype: baseDtype } });
+  const model = loadModel(input.modelDir, { frozenBase: baseDtype === null ? null : { dtype: baseDtype }, maxBindingBytes: webgpuBindingLimit() });
   let attached: AttachedMethod | null = null;
   try {
     attached = method.attach(model, params, { targets, seed: input.seed, initial: input.initial, baseGradients: input.baseGradients?.(model) });
@@ -112,14 +124,15 @@ export async function setUpTraining(input: TrainingSetupInput): Promise<Training
       optimizerStateBytes: optimizerStateBytesFor(attached),
       adapterFloats: method.family === 'adapter' ? adapterActivationFloats(model, targets, Number(params.rank ?? 0), Number(params.dropout ?? 0)) : 0,
     };
-    const checkpointing = refuseIfNoneFits(input, budget, (ckpt, b, s) => estimateWith(exact, ckpt, b, s), frozenPlan !== null);
-    if (checkpointing) {
+    const checkpointedLayers = refuseIfNoneFits(input, config.numLayers, budget, (k, b, s) => estimateWith(exact, k, b, s), frozenPlan !== null);
+    if (checkpointedLayers > 0) {
       const random = attached.getRandomState && attached.setRandomState
         ? { get: attached.getRandomState.bind(attached), set: attached.setRandomState.bind(attached) }
         : undefined;
-      model.checkpointing = checkpointPlan(attached.trainable, random);
+      model.checkpointing = checkpointPlan(attached.trainable, random, checkpointedLayers);
     }
-    return { model, attached, params, targets, estimate: estimateWith(exact, checkpointing), checkpointing, baseDtype };
+    const estimate = estimateWith(exact, checkpointedLayers);
+    return { model, attached, params, targets, estimate, checkpointing: checkpointedLayers > 0, checkpointedLayers, baseDtype };
   } catch (e) {
     attached?.detach();
     model.dispose();
@@ -132,7 +145,7 @@ function estimateInput(
   method: Method,
   config: CausalLM['config'],
   sizing: Sizing,
-  checkpointing: boolean,
+  checkpointedLayers: number,
   frozenPlan: { bytes: number; parameters: number } | null,
   headAdapted: boolean,
   batchSize: number,
@@ -147,7 +160,7 @@ function estimateInput(
     trainsBaseWeights: method.family !== 'adapter',
     adapterActivationFloatsPerToken: sizing.adapterFloats,
     frozenBase: frozenPlan ? { ...frozenPlan, fusedHead: !headAdapted } : undefined,
-    checkpointing,
+    checkpointedLayers,
   };
 }
 
@@ -165,29 +178,35 @@ function roughSizing(method: Method, skeleton: CausalLM, params: MethodParams, t
 }
 
 /**
- * Whether to checkpoint (per the choice, or 'auto': only if needed); refuses with the figure and what
- * would fit when the run fits neither way.
+ * How many layers to checkpoint: all ('on'), none ('off'), or for 'auto' the fewest that fit, since
+ * each one costs a recomputed forward pass. Refuses with the figure and what would fit when even the
+ * most checkpointing allowed does not.
  */
 function refuseIfNoneFits(
   input: TrainingSetupInput,
+  layers: number,
   budget: MemoryBudget,
-  estimate: (checkpointing: boolean, batchSize?: number, seqLen?: number) => MemoryEstimate,
+  estimate: (checkpointedLayers: number, batchSize?: number, seqLen?: number) => MemoryEstimate,
   nativeBase: boolean,
-): boolean {
-  const choices = input.gradientCheckpointing === 'auto' ? [false, true] : [input.gradientCheckpointing === 'on'];
-  for (const checkpointing of choices) if (overBudget(estimate(checkpointing), budget) === null) return checkpointing;
-  const best = choices[choices.length - 1];
-  const why = overBudget(estimate(best), budget)!;
+): number {
+  const choice = input.gradientCheckpointing;
+  const most = choice === 'off' ? 0 : layers;
+  if (choice === 'auto') {
+    for (let k = 0; k <= layers; k++) if (overBudget(estimate(k), budget) === null) return k;
+  } else if (overBudget(estimate(most), budget) === null) {
+    return most;
+  }
+  const why = overBudget(estimate(most), budget)!;
   const fixes: string[] = [];
-  if (!best) fixes.push('--gradient-checkpointing on');
+  if (most < layers) fixes.push('--gradient-checkpointing on');
   for (let b = input.batchSize >> 1; b >= 1; b >>= 1) {
-    if (overBudget(estimate(true, b), budget) === null) {
-      fixes.push(`--batch-size ${b}${best ? '' : ' with checkpointing'}`);
+    if (overBudget(estimate(layers, b), budget) === null) {
+      fixes.push(`--batch-size ${b}${most < layers ? ' with checkpointing' : ''}`);
       break;
     }
   }
   for (let s = input.seqLen >> 1; s >= 16; s >>= 1) {
-    if (overBudget(estimate(true, input.batchSize, s), budget) === null) {
+    if (overBudget(estimate(layers, input.batchSize, s), budget) === null) {
       fixes.push(`--seq-len ${s}`);
       break;
     }
@@ -196,7 +215,7 @@ function refuseIfNoneFits(
   if (!nativeBase) fixes.push('a method that keeps the base frozen (lora) with the native kernels built');
   throw new LowrankError(
     'DOES_NOT_FIT',
-    `this run does not fit: ${why} (estimate: ${describe(estimate(best))}); ${fixes.length ? `try ${fixes.join(', or ')}` : 'use a smaller model'}`,
+    `this run does not fit: ${why} (estimate: ${describe(estimate(most))}); ${fixes.length ? `try ${fixes.join(', or ')}` : 'use a smaller model'}`,
   );
 }
 

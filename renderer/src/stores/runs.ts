@@ -59,6 +59,11 @@ export const useRunsStore = defineStore('runs', () => {
       case 'log':
         s.logs.push(e.message);
         break;
+      case 'progress':
+        // One line that moves, not one per layer.
+        if (s.logs.at(-1)?.startsWith(`step ${e.step}/`)) s.logs[s.logs.length - 1] = e.message;
+        else s.logs.push(e.message);
+        break;
       case 'run-failed':
         s.error = { code: e.code, message: e.message };
         s.logs.push(`failed: ${e.message}`);
