@@ -34,7 +34,7 @@ describe('runs that cannot fit', () => {
     expect(r.seconds).toBeLessThan(10);
     const lines = r.stderr.trim().split('\n');
     expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatch(/does not fit: it needs [\d.]+ GB of memory, more than the 1\.0 GB available/);
+    expect(lines[0]).toMatch(/does not fit: it needs [\d.]+ GB of memory, more than the 1\.0 GB available \(LOWRANK_MEMORY_LIMIT=1\)/);
     expect(lines[0]).toMatch(/try .*lora/);
     expect(r.stderr).not.toMatch(/\n\s+at /);
   });

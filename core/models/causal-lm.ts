@@ -205,9 +205,11 @@ export abstract class CausalLM {
       let sum: tf.Tensor2D | null = null;
       for (const shard of shards) {
         const rows = shard.shape[0];
-        const local = tf.sub(ids, start);
-        const inside = tf.logicalAnd(tf.greaterEqual(local, 0), tf.less(local, rows));
-        const picked = tf.mul(tf.gather(shard, tf.clipByValue(local, 0, rows - 1)), tf.cast(inside, 'float32').expandDims(1)) as tf.Tensor2D;
+        const int = (v: number) => tf.scalar(v, 'int32');
+        const local = tf.sub(ids, int(start));
+        const inside = tf.logicalAnd(tf.greaterEqual(local, int(0)), tf.less(local, int(rows)));
+        const clamped = tf.minimum(tf.maximum(local, int(0)), int(rows - 1));
+        const picked = tf.mul(tf.gather(shard, clamped), tf.cast(inside, 'float32').expandDims(1)) as tf.Tensor2D;
         sum = sum ? tf.add(sum, picked) : picked;
         start += rows;
       }

@@ -208,7 +208,8 @@ export function overBudget(estimate: MemoryEstimate, budget: MemoryBudget): stri
     return `its tensors need ${formatBytes(estimate.tensorBytes)}, more than the ${formatBytes(budget.tensorBytes)} the wasm heap can hold`;
   }
   if (estimate.processBytes > budget.processBytes) {
-    return `it needs ${formatBytes(estimate.processBytes)} of memory, more than the ${formatBytes(budget.processBytes)} available (90 % of RAM, or ${MEMORY_LIMIT_ENV})`;
+    const source = process.env[MEMORY_LIMIT_ENV] ? `${MEMORY_LIMIT_ENV}=${process.env[MEMORY_LIMIT_ENV]}` : '90 % of the RAM';
+    return `it needs ${formatBytes(estimate.processBytes)} of memory, more than the ${formatBytes(budget.processBytes)} available (${source})`;
   }
   return null;
 }
