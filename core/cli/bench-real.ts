@@ -49,6 +49,7 @@ export const REAL_CONFIGS: RealConfig[] = [
   { name: 'SmolLM2-135M', shape: 'smollm2-135m', batch: 4, seq: 256, steps: 3, peer: true },
   { name: 'Qwen2.5-0.5B', shape: 'qwen2.5-0.5b', batch: 2, seq: 256, steps: 2, peer: true },
   { name: 'Qwen2.5-1.5B nf4', shape: 'qwen2.5-1.5b', batch: 1, seq: 512, baseDtype: 'nf4', steps: 2, peer: false },
+  { name: 'Qwen2.5-0.5B, long sequence', shape: 'qwen2.5-0.5b', batch: 1, seq: 2048, steps: 1, peer: false },
 ];
 
 function benchDir(): string {
@@ -146,7 +147,8 @@ function loraStepFlops(c: ModelConfig, batch: number, seq: number): number {
 
 export async function realBench(flags: Flags, out: (line: string) => void): Promise<Record<string, unknown>> {
   const wanted = typeof flags.models === 'string' ? flags.models.split(',') : null;
-  const configs = REAL_CONFIGS.filter((c, i) => (wanted ? wanted.includes(c.shape) : i < 3));
+  // --models picks by shape (all configurations of a shape) or by name; the default is the three the ratio is asked for.
+  const configs = REAL_CONFIGS.filter((c, i) => (wanted ? wanted.includes(c.shape) || wanted.includes(c.name) : i < 3));
   const peer = flags.peer === 'torch';
   if (flags.peer !== undefined && !peer) throw new LowrankError('BAD_ARGUMENT', `--peer ${String(flags.peer)}: the one peer is torch`);
   fs.mkdirSync(benchDir(), { recursive: true });

@@ -1,5 +1,8 @@
 /** Dataset readers: each file type, with source locations worked out by hand from the fixtures. */
 import { afterAll, describe, expect, it } from 'vitest';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { LowrankError } from '../errors.ts';
 import { parseCsvRows, parseDatasetText, readDatasetFile } from './readers.ts';
 import { writeFixtures } from './test-tokenizers.ts';
@@ -106,5 +109,40 @@ describe('file errors', () => {
     await expect(readDatasetFile(fixtures.at('empty.jsonl'))).rejects.toThrow(`${fixtures.at('empty.jsonl')}: the file is empty`);
     await expect(readDatasetFile(fixtures.at('notes.md'))).rejects.toThrow('extension ".md"; a dataset must be a .jsonl, .json, .csv or .txt file');
     await expect(readDatasetFile(fixtures.dir + '/x.parquet')).rejects.toBeInstanceOf(LowrankError);
+  });
+});
+
+describe('invalid UTF-8', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-utf8-'));
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const write = (name: string, ...parts: Array<string | number[]>) => {
+    const file = path.join(dir, name);
+    fs.writeFileSync(file, Buffer.concat(parts.map((p) => (typeof p === 'string' ? Buffer.from(p, 'utf8') : Buffer.from(p)))));
+    return file;
+  };
+
+  it('reports each bad line as file:line: not valid UTF-8 at byte N, and keeps the others with their numbers', async () => {
+    // Line 2: a lone 0xff at byte 12; line 4: an overlong "/" (C0 AF); line 5: a UTF-16 surrogate (ED A0 80); "é" and "日" are fine.
+    const file = write('bad.jsonl',
+      '{"text": "caf\u00e9"}\n', '{"text": "a', [0xff], 'b"}\n', '{"text": "\u65e5"}\n', '{"text": "', [0xc0, 0xaf], '"}\n', '{"t": "', [0xed, 0xa0, 0x80], '"}\n');
+    const raw = await readDatasetFile(file);
+    expect(raw.entries.map((e) => [e.where.slice(file.length), e.problem ?? e.record])).toEqual([
+      [':1', { text: 'café' }],
+      [':2', 'not valid UTF-8 at byte 12'],
+      [':3', { text: '日' }],
+      [':4', 'not valid UTF-8 at byte 11'],
+      [':5', 'not valid UTF-8 at byte 8'],
+    ]);
+  });
+
+  it('a .json file with a bad byte is refused whole, at its line', async () => {
+    const file = write('bad.json', '[\n {"text": "x"},\n {"text": "', [0xfe], '"}\n]\n');
+    await expect(readDatasetFile(file)).rejects.toThrow(`${file}:3: not valid UTF-8 at byte 12`);
+  });
+
+  it('a truncated multi-byte sequence at the end of the file is caught too', async () => {
+    const file = write('cut.txt', 'first document\n\nsecond ', [0xe6, 0x97]);
+    const raw = await readDatasetFile(file);
+    expect(raw.entries.find((e) => e.problem)?.problem).toBe('not valid UTF-8 at byte 8');
   });
 });

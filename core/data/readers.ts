@@ -42,17 +42,83 @@ export function fileKindOf(file: string): FileKind {
 
 export async function readDatasetFile(file: string): Promise<RawFile> {
   const kind = fileKindOf(file);
-  let text: string;
+  let bytes: Buffer;
   try {
     if ((await stat(file)).isDirectory()) throw new LowrankError('BAD_DATA', `${file} is a folder; pass one dataset file`);
-    text = await readFile(file, 'utf8');
+    bytes = await readFile(file);
   } catch (e) {
     if (e instanceof LowrankError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') throw new LowrankError('FILE_NOT_FOUND', `${file}: no such file`);
     throw new LowrankError('BAD_DATA', `${file}: cannot read (${code ?? String(e)})`);
   }
-  return { file, kind, entries: parseDatasetText(file, kind, text) };
+  const { text, invalid } = decodeLines(bytes);
+  if (invalid.length === 0) return { file, kind, entries: parseDatasetText(file, kind, text) };
+  // A .json file is one document: a bad byte anywhere spoils it. Line formats lose just that line,
+  // reported like any bad record (under --on-bad-line).
+  if (kind === 'json') throw new LowrankError('BAD_DATA', `${file}:${invalid[0].line}: not valid UTF-8 at byte ${invalid[0].byte}`);
+  const problems: RawEntry[] = invalid.map(({ line, byte }) => ({ where: `${file}:${line}`, problem: `not valid UTF-8 at byte ${byte}` }));
+  const entries = text.trim() === '' ? [] : parseDatasetText(file, kind, text);
+  const lineOf = (where: string) => Number(/^:(\d+)/.exec(where.slice(file.length))?.[1] ?? 0);
+  return { file, kind, entries: [...entries, ...problems].sort((a, b) => lineOf(a.where) - lineOf(b.where)) };
+}
+
+/**
+ * The file as text, line by line: a line that is not valid UTF-8 is blanked (so every other line
+ * keeps its number) and reported with its 1-based line number and the 1-based position of its first
+ * bad byte within the line. Replacing bad bytes with U+FFFD, as a lenient decoder does, would train
+ * on mojibake without a word.
+ */
+export function decodeLines(bytes: Uint8Array): { text: string; invalid: Array<{ line: number; byte: number }> } {
+  const strict = new TextDecoder('utf-8', { fatal: true });
+  try {
+    return { text: strict.decode(bytes), invalid: [] };
+  } catch {
+    // Fall through to the line-by-line pass that finds the places.
+  }
+  const invalid: Array<{ line: number; byte: number }> = [];
+  const lines: string[] = [];
+  let start = 0;
+  let line = 1;
+  while (start <= bytes.length) {
+    let end = bytes.indexOf(0x0a, start);
+    if (end < 0) end = bytes.length;
+    const raw = bytes.subarray(start, end);
+    try {
+      lines.push(strict.decode(raw));
+    } catch {
+      invalid.push({ line, byte: firstInvalidByte(raw) + 1 });
+      lines.push('');
+    }
+    start = end + 1;
+    line++;
+  }
+  return { text: lines.join('\n'), invalid };
+}
+
+/** Index of the first byte that starts no valid UTF-8 sequence (RFC 3629: no overlongs, surrogates or values above U+10FFFF). */
+function firstInvalidByte(b: Uint8Array): number {
+  for (let i = 0; i < b.length; ) {
+    const c = b[i];
+    let n = 0;
+    let min = 0;
+    if (c < 0x80) {
+      i++;
+      continue;
+    } else if (c >= 0xc2 && c <= 0xdf) [n, min] = [1, 0x80];
+    else if (c >= 0xe0 && c <= 0xef) [n, min] = [2, 0x800];
+    else if (c >= 0xf0 && c <= 0xf4) [n, min] = [3, 0x10000];
+    else return i;
+    let value = c & (0x3f >> n);
+    for (let k = 1; k <= n; k++) {
+      const d = b[i + k];
+      if (d === undefined || (d & 0xc0) !== 0x80) return i;
+      value = (value << 6) | (d & 0x3f);
+    }
+    if (value < min || value > 0x10ffff || (value >= 0xd800 && value <= 0xdfff)) return i;
+    i += n + 1;
+  }
+  return b.length;
 }
 
 /** Parses file contents already in memory (the tests and the UI's drag-and-drop use this). */

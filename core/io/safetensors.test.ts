@@ -239,6 +239,16 @@ describe('SafetensorsFile.open errors', () => {
     expectLowrankError(() => SafetensorsFile.open(file), 'BAD_SAFETENSORS', file, '"w"', 'span 12 bytes', 'needs 16');
   });
 
+  it('two tensors sharing bytes (overlapping data_offsets) are refused, naming both', () => {
+    const header = '{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}';
+    const file = fileWith('overlap.safetensors', handWrittenSafetensors(header, new Array(12).fill(0)));
+    expectLowrankError(() => SafetensorsFile.open(file), 'BAD_SAFETENSORS', file, '"a"', '"b"', 'overlap');
+    // The same bytes for two names (an aliased tied weight) are refused too; empty tensors share offsets harmlessly.
+    const alias = '{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"y":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"z":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},"e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]}}';
+    const aliased = fileWith('alias.safetensors', handWrittenSafetensors(alias, new Array(4).fill(0)));
+    expectLowrankError(() => SafetensorsFile.open(aliased), 'BAD_SAFETENSORS', aliased, '"x"', '"y"', 'overlap');
+  });
+
   it('malformed shape and offsets', () => {
     const shape = fileWith('shape.safetensors', handWrittenSafetensors('{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}', [0, 0, 0, 0]));
     expectLowrankError(() => SafetensorsFile.open(shape), 'BAD_SAFETENSORS', shape, 'non-negative integers');

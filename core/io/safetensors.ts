@@ -237,7 +237,15 @@ function parseHeader(file: string, headerBytes: Buffer, dataBytes: number): { te
     }
     list.push(parseEntry(file, name, entry));
   }
-  list.sort((a, b) => a.begin - b.begin);
+  list.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  // The format requires the buffers to be contiguous and not to overlap (the reference library refuses
+  // both): two tensors sharing bytes would alias, and a gap hides data no tensor owns.
+  for (let i = 1; i < list.length; i++) {
+    const [previous, t] = [list[i - 1], list[i]];
+    if (t.begin < previous.end && t.end > t.begin && previous.end > previous.begin) {
+      bad(file, `tensors ${quote(previous.name)} (bytes ${previous.begin}–${previous.end}) and ${quote(t.name)} (bytes ${t.begin}–${t.end}) overlap in data_offsets; the header is corrupt, ${REFETCH}`);
+    }
+  }
   const needed = list.reduce((most, t) => Math.max(most, t.end), 0);
   if (needed > dataBytes) {
     const expected = 8 + headerBytes.length + needed;
