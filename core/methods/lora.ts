@@ -136,8 +136,10 @@ export const plainLora: LoraVariant = {
   forward(layer, x, base, _weight, dropout) {
     // h = W₀x + s·B·A·dropout(x): peft applies dropout to the adapter's input only.
     const input = dropout ? dropout(x) : x;
-    const update = tf.matMul(tf.matMul(input, layer.A, false, true), layer.B, false, true); // [N, out]
-    return tf.add(base(x), tf.mul(update, layer.scaling));
+    // s is applied to B [out, r], not to the [N, out] product: the same update for a pass over r·out
+    // values instead of N·out, forward and backward.
+    const update = tf.matMul(tf.matMul(input, layer.A, false, true), tf.mul(layer.B, layer.scaling), false, true); // [N, out]
+    return tf.add(base(x), update);
   },
 
   mergedWeight(layer, weight) {
