@@ -17,6 +17,7 @@
  * float32 composite ops they replace; the tests hold them to 1e-5 relative of those.
  */
 import { getKernel, registerKernel, util } from '../tf.ts';
+import { activeNative } from './native/addon.ts';
 import type { KernelConfig, KernelFunc, NamedAttrMap, TensorInfo } from '../tf.ts';
 
 /** Kernel names, registered per backend; tf.getKernel(name, backend) tells whether one is fused. */
@@ -81,6 +82,8 @@ const rmsNorm: FusedKernelDefinition = {
   compute([x, w], [y], [shape], attrs) {
     const [rows, C] = rowsAndWidth(shape);
     const eps = epsOf(attrs);
+    const native = activeNative();
+    if (native) return native.rmsNorm(x, w, y, eps);
     for (let i = 0, base = 0; i < rows; i++, base += C) {
       const r = rmsInverse(x, base, C, eps);
       for (let j = 0; j < C; j++) y[base + j] = x[base + j] * r * w[j];
@@ -95,6 +98,8 @@ const rmsNormGrad: FusedKernelDefinition = {
   compute([dy, x, w], [dx], [shape], attrs) {
     const [rows, C] = rowsAndWidth(shape);
     const eps = epsOf(attrs);
+    const native = activeNative();
+    if (native) return native.rmsNormGradX(dy, x, w, dx, eps);
     for (let i = 0, base = 0; i < rows; i++, base += C) {
       // Σ x² and Σ g·x in one pass, two partial sums each (see rmsInverse).
       let ss0 = 0;
@@ -128,6 +133,8 @@ const rmsNormWeightGrad: FusedKernelDefinition = {
   compute([dy, x], [dw], [, shape], attrs) {
     const [rows, C] = rowsAndWidth(shape);
     const eps = epsOf(attrs);
+    const native = activeNative();
+    if (native) return native.rmsNormGradW(dy, x, dw, eps);
     const sum = new Float64Array(C);
     for (let i = 0, base = 0; i < rows; i++, base += C) {
       const r = rmsInverse(x, base, C, eps);

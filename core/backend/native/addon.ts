@@ -61,6 +61,12 @@ export interface NativeAddon {
   /** dh [n, cols] of that loss times dy, written at dhOffset. */
   frozenLinearCrossEntropyGrad(handle: FrozenHandle, heap: Float32Array, hOffset: number, n: number, targets: Int32Array,
     weights: Float32Array, lse: Float32Array, dy: number, dhOffset: number): void;
+  /** RMSNorm over rows of x [rows, C] with weight [C]: out = x·r·w, r = 1/√(mean(x²) + eps). */
+  rmsNorm(x: Float32Array, w: Float32Array, out: Float32Array, eps: number): void;
+  /** dx = r·(g − x·r²·mean(g·x)), g = dy·w */
+  rmsNormGradX(dy: Float32Array, x: Float32Array, w: Float32Array, dx: Float32Array, eps: number): void;
+  /** dw = Σ_rows dy·x·r */
+  rmsNormGradW(dy: Float32Array, x: Float32Array, dw: Float32Array, eps: number): void;
   setThreads(n: number): void;
   threads(): number;
   /** e.g. "OpenBLAS 0.3.21 … Haswell kernels" */
@@ -103,6 +109,9 @@ function load(): NativeState {
       swiglu: raw.swiglu.bind(raw),
       swigluGrad: raw.swigluGrad.bind(raw),
       adamw: raw.adamw.bind(raw),
+      rmsNorm: raw.rmsNorm.bind(raw),
+      rmsNormGradX: raw.rmsNormGradX.bind(raw),
+      rmsNormGradW: raw.rmsNormGradW.bind(raw),
       frozenCreate: raw.frozenCreate.bind(raw),
       frozenFree: raw.frozenFree.bind(raw),
       frozenInfo: raw.frozenInfo.bind(raw),
