@@ -71,6 +71,16 @@ describe.each<[RealShape, string]>([
     store.close();
   });
 
+  it('a slow step and a long evaluation say where they are (pass, layer, examples)', async () => {
+    const store = openStore(path.join(root, `home-progress-${shape}`));
+    const messages: string[] = [];
+    await runFinetune(store, config(model(), { validation: 0.5 }), (e) => e.type === 'progress' && messages.push(e.message), { progressAfterMs: 0 });
+    expect(messages).toContain('step 1/2: forward pass, layer 1 of 1');
+    expect(messages).toContain('step 1/2: backward pass, layer 1 of 1');
+    expect(messages.some((m) => /^step 2\/2: evaluating \d+ of \d+ validation examples$/.test(m))).toBe(true);
+    store.close();
+  });
+
   it('checkpoints the last step before its evaluation, and a failure after training keeps the work', async () => {
     const store = openStore(path.join(root, `home-fail-${shape}`));
     let checkpointedAtEval: number | null = null;

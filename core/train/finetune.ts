@@ -253,6 +253,8 @@ export interface RunControl {
   afterTraining?(prepared: PreparedRun): void;
   /** How often the background heartbeat beats (tests shorten it). */
   heartbeatIntervalMs?: number;
+  /** After how long a step or an evaluation starts reporting where it is (default 2 s; at most once a second after that). */
+  progressAfterMs?: number;
 }
 
 function checkpointDir(store: RunStore, runId: string): string {
@@ -336,12 +338,13 @@ export async function runFinetune(
     let lastHeartbeat = 0;
     model.training = true;
     // A step that takes minutes (a first step at real size) says where it is.
+    const progressAfter = control.progressAfterMs ?? 2000;
     let stepStarted = Date.now();
     let stepNumber = startStep + 1;
     let lastProgress = 0;
     model.layerProgress = (layer, layers, pass) => {
       const now = Date.now();
-      if (now - stepStarted < 2000 || now - lastProgress < 1000) return;
+      if (now - stepStarted < progressAfter || now - lastProgress < Math.min(1000, progressAfter)) return;
       lastProgress = now;
       emit({ type: 'progress', runId, step: stepNumber, message: `step ${stepNumber}/${totalSteps}: ${pass} pass, layer ${layer} of ${layers}` });
     };
@@ -390,7 +393,7 @@ export async function runFinetune(
           lastVal = validationLoss(model, dataset.validation.slice(0, 256), config.batchSize, (done, total) => {
             // A long evaluation says where it is, as a slow step does.
             const now = Date.now();
-            if (now - evalStarted < 2000 || now - lastEvalProgress < 1000) return;
+            if (now - evalStarted < progressAfter || now - lastEvalProgress < Math.min(1000, progressAfter)) return;
             lastEvalProgress = now;
             emit({ type: 'progress', runId, step, message: `step ${step}/${totalSteps}: evaluating ${done} of ${total} validation examples` });
           });
