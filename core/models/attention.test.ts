@@ -6,6 +6,7 @@
  */
 import { beforeAll, describe, expect, it } from 'vitest';
 import * as tf from '../tf.ts';
+import { peakBufferBytes } from '../train/memory.test-helpers.ts';
 import { initBackend } from '../backend/index.ts';
 import { relativeError, seededTensor } from '../backend/cpu-parity.ts';
 import {
@@ -128,39 +129,6 @@ describe('chunked attention equals the plain path (value, dq, dk, dv)', () => {
     }
   }
 });
-
-/**
- * Peak bytes of distinct tensor buffers allocated while `fn` runs (a reshape or a clone shares its
- * input's buffer, which tf.memory().numBytes counts twice), from the engine's buffer registry.
- */
-function peakBufferBytes(fn: () => void): number {
-  const registry = (tf.engine() as unknown as { state: { tensorInfo: WeakMap<object, { bytes: number }> } }).state.tensorInfo;
-  if (!(registry instanceof WeakMap)) throw new Error('tfjs engine internals changed: state.tensorInfo is not a WeakMap');
-  const ours = new Set<object>();
-  let live = 0;
-  let peak = 0;
-  Object.assign(registry, {
-    set(key: object, value: { bytes: number }) {
-      if (!registry.has(key)) {
-        ours.add(key);
-        live += value.bytes;
-        peak = Math.max(peak, live);
-      }
-      return WeakMap.prototype.set.call(registry, key, value);
-    },
-    delete(key: object) {
-      if (ours.delete(key)) live -= registry.get(key)!.bytes;
-      return WeakMap.prototype.delete.call(registry, key);
-    },
-  });
-  try {
-    fn();
-  } finally {
-    delete (registry as { set?: unknown }).set;
-    delete (registry as { delete?: unknown }).delete;
-  }
-  return peak;
-}
 
 describe('memory', () => {
   it('B=1, H=4, KV=2, T=S=1024, D=32: each path holds what attentionActivationBytes predicts, and the chunked path saves it', async () => {

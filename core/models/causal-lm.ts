@@ -7,7 +7,7 @@ import * as tf from '../tf.ts';
 import { expectedWeights, type ModelConfig } from './config.ts';
 import { CROSS_ENTROPY_KERNELS } from '../backend/cross-entropy-kernels.ts';
 import { fusedOpActive } from './fused-ops.ts';
-import type { CheckpointPlan } from './recompute.ts';
+import { recomputed, type CheckpointPlan } from './recompute.ts';
 import { linearCrossEntropy } from './linear-cross-entropy.ts';
 
 /** Logits of more bytes than this go through the chunked head + loss (linear-cross-entropy.ts) instead of one tensor. */
@@ -178,6 +178,27 @@ export abstract class CausalLM {
     const f = this.frozen.get(name);
     if (!f) throw new Error(`internal: weight ${name} not loaded`);
     return f.toTensor();
+  }
+
+  /**
+   * x through every decoder layer, checkpointing those the plan names (recompute.ts) while training
+   * without a cache. `constants` are the tensors the layers read that this forward pass creates (RoPE
+   * tables, the mask): a recomputed layer gets the saved copies, so `layer` takes them as arguments.
+   */
+  protected decoderStack(
+    x: tf.Tensor2D,
+    wantCache: boolean,
+    constants: tf.Tensor[],
+    layer: (i: number, x: tf.Tensor2D, constants: tf.Tensor[]) => tf.Tensor2D,
+  ): tf.Tensor2D {
+    const plan = this.checkpointing && this.training && !wantCache ? this.checkpointing : null;
+    for (let i = 0; i < this.config.numLayers; i++) {
+      const y = plan?.checkpointed(i)
+        ? recomputed((input, saved) => layer(i, input, saved), x, constants, plan.layerVariables(i), plan.random)
+        : layer(i, x, constants);
+      x = this.afterLayer(i, y);
+    }
+    return x;
   }
 
   /** Reports layer i's forward pass, and marks x so that its backward pass reports too (layerProgress). */

@@ -6,7 +6,6 @@
 import * as tf from '../tf.ts';
 import { CausalLM, attentionBias, type ForwardOptions, type KVCache } from './causal-lm.ts';
 import { layerNorm } from './fused-ops.ts';
-import { recomputed } from './recompute.ts';
 
 /** gelu_new: the tanh approximation, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
 function geluTanh(x: tf.Tensor2D): tf.Tensor2D {
@@ -53,16 +52,7 @@ export class Gpt2Model extends CausalLM {
       past: opts.cache,
       cache: wantCache ? { keys: [], values: [], length: past + T } : null,
     };
-    // Checkpointing (recompute.ts) only while training without a cache.
-    const plan = this.checkpointing && this.training && !wantCache ? this.checkpointing : null;
-    for (let i = 0; i < c.numLayers; i++) {
-      if (!plan?.checkpointed(i)) {
-        x = this.afterLayer(i, this.block(i, x, ctx));
-        continue;
-      }
-      const layer = (input: tf.Tensor2D, [bias]: tf.Tensor[]) => this.block(i, input, { ...ctx, bias: bias as tf.Tensor4D });
-      x = this.afterLayer(i, recomputed(layer, x, [ctx.bias], plan!.layerVariables(i), plan!.random));
-    }
+    x = this.decoderStack(x, wantCache, [ctx.bias], (i, input, [bias]) => this.block(i, input, { ...ctx, bias: bias as tf.Tensor4D }));
     const final = layerNorm(x, this.weight('transformer.ln_f.weight'), this.weight('transformer.ln_f.bias'), c.normEps); // [B*T, C]
     return { hidden: final, cache: ctx.cache ?? undefined };
   }

@@ -8,7 +8,6 @@ import * as tf from '../tf.ts';
 import { CausalLM, attentionBias, type ForwardOptions, type KVCache } from './causal-lm.ts';
 import { applyRope, rmsNorm, swiGlu } from './fused-ops.ts';
 import { ropeTables } from './rope.ts';
-import { recomputed } from './recompute.ts';
 import { attentionChunked, attentionTuning } from './attention.ts';
 
 export class LlamaModel extends CausalLM {
@@ -46,25 +45,17 @@ export class LlamaModel extends CausalLM {
       past: opts.cache,
       cache: wantCache ? { keys: [], values: [], length: past + T } : null,
     };
-    // Checkpointing only while training without a cache: generation keeps its keys and values.
-    const plan = this.checkpointing && this.training && !wantCache ? this.checkpointing : null;
-    let x = this.embed('model.embed_tokens.weight', ids.reshape([B * T])); // [B*T, C]
-    for (let i = 0; i < c.numLayers; i++) {
-      if (!plan?.checkpointed(i)) {
-        x = this.afterLayer(i, this.decoderLayer(i, x, ctx));
-        continue;
-      }
-      // The recomputation gets the RoPE tables and the mask as saved inputs (the forward pass disposes its own).
-      const constants = ([ctx.rope.cos, ctx.rope.sin, ctx.bias ?? ctx.mask] as Array<tf.Tensor | null | undefined>).filter((t): t is tf.Tensor => t != null);
-      const layer = (input: tf.Tensor2D, [cos, sin, third]: tf.Tensor[]) =>
-        this.decoderLayer(i, input, {
-          ...ctx,
-          rope: { cos: cos as tf.Tensor2D, sin: sin as tf.Tensor2D },
-          bias: ctx.bias ? (third as tf.Tensor4D) : null,
-          mask: ctx.bias ? ctx.mask : (third as tf.Tensor2D | undefined),
-        });
-      x = this.afterLayer(i, recomputed(layer, x, constants, plan!.layerVariables(i), plan!.random));
-    }
+    const x0 = this.embed('model.embed_tokens.weight', ids.reshape([B * T])); // [B*T, C]
+    // The RoPE tables and the mask (or, on the chunked path, the padding mask) as the layers' constants.
+    const constants = ([ctx.rope.cos, ctx.rope.sin, ctx.bias ?? ctx.mask] as Array<tf.Tensor | null | undefined>).filter((t): t is tf.Tensor => t != null);
+    const x = this.decoderStack(x0, wantCache, constants, (i, input, [cos, sin, third]) =>
+      this.decoderLayer(i, input, {
+        ...ctx,
+        rope: { cos: cos as tf.Tensor2D, sin: sin as tf.Tensor2D },
+        bias: ctx.bias ? (third as tf.Tensor4D) : null,
+        mask: ctx.bias ? ctx.mask : (third as tf.Tensor2D | undefined),
+      }),
+    );
     const final = rmsNorm(x, this.weight('model.norm.weight'), c.normEps); // [B*T, C]
     return { hidden: final, cache: ctx.cache ?? undefined };
   }
