@@ -1,4 +1,5 @@
 import { defineConfig } from 'vitest/config';
+import { OPTIONAL_PARTS } from './test/helpers/optional-parts.ts';
 
 export default defineConfig({
   test: {
@@ -11,5 +12,9 @@ export default defineConfig({
     env: { LOWRANK_THREADS: '1' },
     fileParallelism: true,
     maxWorkers: 2,
+    // Tests that need an optional part carry its tag (test/helpers/optional-parts.ts `needs`); the
+    // second reporter prints one line at the end naming what skipped for a missing part and how to install it.
+    tags: Object.entries(OPTIONAL_PARTS).map(([name, part]) => ({ name, description: `needs ${part.description}` })),
+    reporters: ['default', './test/helpers/skipped-parts-reporter.ts'],
   },
 });

@@ -4,10 +4,12 @@
  * from the system BLAS, a fused softmax cross-entropy) against OpenBLAS on Linux (Debian/Ubuntu:
  * `apt-get install libopenblas-dev`) or Accelerate on macOS. Runs as npm's postinstall and by hand (`node scripts/build-native.js`).
  *
- * It never fails an install: without a compiler, Node's headers or a BLAS it says so in one line
- * and exits 0, and the engine keeps the wasm kernels (core/backend/native/addon.ts). No node-gyp
- * and no download: a plain `cc` against the headers Node ships in <prefix>/include/node.
- * LOWRANK_SKIP_NATIVE=1 skips the build.
+ * Outside CI it never fails an install: without a compiler, Node's headers or a BLAS it says so in
+ * one line and exits 0, and the engine keeps the wasm kernels (core/backend/native/addon.ts). With
+ * CI set (.ci/run installs OpenBLAS and a compiler) a build or load failure exits 1 with the same
+ * line, so `npm ci` fails there instead of the native tests quietly running without the addon.
+ * No node-gyp and no download: a plain `cc` against the headers Node ships in <prefix>/include/node.
+ * LOWRANK_SKIP_NATIVE=1 skips the build (exit 0, even on CI).
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -18,12 +20,18 @@ const sources = ['kernels.c', 'frozen.c'].map((f) => path.join(root, 'native', f
 const outDir = path.join(root, 'build', 'native');
 const target = path.join(outDir, 'lowrank_native.node');
 
-function skip(reason) {
+const onCI = process.env.CI != null && process.env.CI !== '';
+
+function skip(reason, { failOnCI = true } = {}) {
+  if (onCI && failOnCI) {
+    console.error(`lowrank: native kernels not built (${reason}); CI is set, so this fails the install.`);
+    process.exit(1);
+  }
   console.log(`lowrank: native kernels not built (${reason}); the engine uses its wasm kernels.`);
   process.exit(0);
 }
 
-if (process.env.LOWRANK_SKIP_NATIVE === '1') skip('LOWRANK_SKIP_NATIVE=1');
+if (process.env.LOWRANK_SKIP_NATIVE === '1') skip('LOWRANK_SKIP_NATIVE=1', { failOnCI: false });
 if (process.platform !== 'linux' && process.platform !== 'darwin') skip(`no build recipe for ${process.platform}`);
 for (const file of sources) if (!fs.existsSync(file)) skip(`${path.relative(root, file)} is missing`);
 
@@ -52,6 +60,7 @@ fs.renameSync(`${target}.tmp`, target);
 const probe = spawnSync(process.execPath, ['-e', `console.log(require(${JSON.stringify(target)}).library())`], { encoding: 'utf8' });
 if (probe.status !== 0) {
   fs.rmSync(target, { force: true });
-  skip(`the built addon does not load: ${`${probe.stderr}`.trim().split('\n')[0]}`);
+  const lines = `${probe.stderr}`.trim().split('\n');
+  skip(`the built addon does not load: ${(lines.find((line) => /Error/.test(line)) ?? lines[0]).trim()}`);
 }
 console.log(`lowrank: native kernels built (${probe.stdout.trim()}) → ${path.relative(root, target)}`);

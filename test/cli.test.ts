@@ -44,7 +44,7 @@ describe('lowrank CLI', () => {
       maxDiff = Math.max(maxDiff, Math.abs(out.logits.flat()[i] - w));
       maxRef = Math.max(maxRef, Math.abs(w));
     });
-    expect(maxDiff / maxRef).toBeLessThanOrEqual(1e-4);
+    expect(maxDiff / maxRef).toBeLessThanOrEqual(1e-5); // measured ~1e-6, as test/parity.test.ts
   });
 
   it('inspect --json reports architecture, parameters and adapter targets', () => {

@@ -20,8 +20,12 @@ import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { chromium } from 'playwright-core';
 import { buildEngineWindowBundle } from '../core/service/engine-window/bundle.ts';
+import { chromiumPath, needs } from './helpers/optional-parts.ts';
 
-const CHROMIUM = process.env.LOWRANK_CHROMIUM ?? '/usr/bin/chromium';
+// Skipped without Chromium on a developer's machine; CI installs it (.ci/run), so there a missing one fails (needs).
+const CHROMIUM = chromiumPath() ?? '/usr/bin/chromium';
+/** The architectures the page compares; each must come back with its own parity entry. */
+const KINDS = ['qwen2', 'gpt2'] as const;
 const FLAGS = ['--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vulkan=swiftshader', '--use-webgpu-adapter=swiftshader', '--use-angle=swiftshader'];
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-chromium-'));
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
@@ -39,7 +43,7 @@ interface PageResult {
   gpuErrors: string[];
 }
 
-describe.skipIf(!fs.existsSync(CHROMIUM))(`engine window compute in Chromium (${CHROMIUM}, WebGPU on SwiftShader)`, () => {
+describe(`engine window compute in Chromium (${CHROMIUM}, WebGPU on SwiftShader)`, needs('chromium'), () => {
   it('webgpu on the page\'s navigator.gpu matches cpu: reads, forward/backward, LoRA steps', async () => {
     const bundle = await buildEngineWindowBundle({ outDir: root, entry: path.join(import.meta.dirname, 'browser', 'engine-window-page.ts'), nodeBuiltins: 'unavailable' });
     const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS });
@@ -52,7 +56,7 @@ describe.skipIf(!fs.existsSync(CHROMIUM))(`engine window compute in Chromium (${
       expect(hasGpu, 'Chromium exposes no navigator.gpu with these flags').toBe(true);
       const r = (await page.evaluate(
         ([kinds, steps]) => (globalThis as unknown as { runEngineWindowCheck(k: unknown, s: unknown): Promise<unknown> }).runEngineWindowCheck(kinds, steps),
-        [['qwen2', 'gpt2'], 3] as const,
+        [KINDS, 3] as const,
       )) as PageResult;
       expect(pageErrors).toEqual([]);
       expect(r.info).toMatchObject({ backend: 'webgpu', softwareAdapter: true });
@@ -60,6 +64,7 @@ describe.skipIf(!fs.existsSync(CHROMIUM))(`engine window compute in Chromium (${
       expect(r.reads.sync).toEqual([3, -4, 6.5, 2e-7].map(Math.fround));
       expect(r.reads.async).toEqual([1.5, -2, 3.25, 1e-7].map(Math.fround));
       expect(r.bigWrong).toBe(0);
+      expect(Object.keys(r.parities)).toEqual([...KINDS]);
       for (const [kind, p] of Object.entries(r.parities)) {
         expect(p.logits, `${kind} logits`).toBeLessThanOrEqual(PARITY_TOLERANCE);
         expect(p.grads, `${kind} worst gradient ${p.worstGrad}`).toBeLessThanOrEqual(PARITY_TOLERANCE);

@@ -38,6 +38,12 @@ function config(overrides: Partial<FinetuneConfig> = {}): FinetuneConfig {
   };
 }
 
+/** NaN equals NaN under toBe/toEqual (Object.is), and NaN goes through JSON as null: a diverged run must not pass as "the same". */
+function expectFiniteLosses(losses: unknown[], label: string): void {
+  expect(losses.length, label).toBeGreaterThan(0);
+  losses.forEach((loss, i) => expect(Number.isFinite(loss), `${label}[${i}] = ${loss}`).toBe(true));
+}
+
 function lowrank(args: string[]) {
   return spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env: { ...process.env, LOWRANK_HOME: home } });
 }
@@ -67,6 +73,8 @@ describe('fine-tuning', () => {
     }
     store.close();
     expect(curves[0]).toHaveLength(8);
+    expectFiniteLosses(curves[0], 'first run losses');
+    expectFiniteLosses(curves[1], 'second run losses');
     expect(curves[1]).toEqual(curves[0]);
     expect(curves[0][7]).toBeLessThan(curves[0][0]);
     // Within a run every step ends with the same number of live tensors.
@@ -104,6 +112,7 @@ describe('fine-tuning', () => {
     expect(resumed.status, resumed.stderr).toBe(0);
     const resumedDone = resumed.stdout.trim().split('\n').map((l) => JSON.parse(l)).find((l) => l.event === 'done');
     expect(resumedDone.run_id).toBe(runId);
+    expectFiniteLosses([done.train_loss, resumedDone.train_loss], 'uninterrupted, resumed train_loss');
     expect(resumedDone.train_loss).toBe(done.train_loss);
   });
 
@@ -132,6 +141,9 @@ describe('fine-tuning', () => {
     const rest: number[] = [];
     const resumed = await runFinetune(store, cfg, record(rest), {}, stopped.runId);
     expect(resumed.status).toBe('completed');
+    expect(uninterrupted).toHaveLength(8);
+    expectFiniteLosses(uninterrupted, 'uninterrupted losses');
+    expectFiniteLosses([...first, ...rest], 'stopped + resumed losses');
     expect([...first, ...rest]).toEqual(uninterrupted);
     expect(uninterrupted[7]).toBeLessThan(uninterrupted[0]);
     // The run records the method's optimizer state, smaller than AdamW's 8 bytes per weight.
@@ -193,6 +205,9 @@ describe('fine-tuning', () => {
     const resumed = await runFinetune(store, cfg, record(rest), {}, stopped.runId);
     expect(resumed.status).toBe('completed');
     expect(rest).toHaveLength(4);
+    expect(uninterrupted).toHaveLength(8);
+    expectFiniteLosses(uninterrupted, 'uninterrupted losses');
+    expectFiniteLosses([...first, ...rest], 'stopped + resumed losses');
     expect([...first, ...rest]).toEqual(uninterrupted);
     store.close();
   });

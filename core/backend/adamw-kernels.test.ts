@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { seededTensor } from './cpu-parity.ts';
 import { initBackend } from './index.ts';
 import { nativeAddon, nativeSwitch } from './native/addon.ts';
+import { needs } from '../../test/helpers/optional-parts.ts';
 import { ADAMW_KERNEL } from './adamw-kernels.ts';
 import { AdamW } from '../optim/adamw.ts';
 import { fusedOpActive, setFusedOps } from '../models/fused-ops.ts';
@@ -43,7 +44,7 @@ afterAll(() => {
 });
 
 {
-  describe.skipIf(!native.ok)('fused AdamW on wasm', () => {
+  describe('fused AdamW on wasm', needs('native'), () => {
 
     it('gives bit-identical parameters to the tfjs ops on wasm after 4 steps, and runs one kernel per parameter', async () => {
       expect(fusedOpActive('adamW')).toBe(true);

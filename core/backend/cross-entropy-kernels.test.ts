@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { errorVsCpu, seededValues } from './cpu-parity.ts';
 import { initBackend } from './index.ts';
 import { nativeAddon, nativeSwitch } from './native/addon.ts';
+import { needs } from '../../test/helpers/optional-parts.ts';
 import { CROSS_ENTROPY_KERNELS } from './cross-entropy-kernels.ts';
 import { causalLmLoss, compositeWeightedCrossEntropy, weightedCrossEntropy } from '../models/causal-lm.ts';
 import { fusedOpActive, setFusedOps } from '../models/fused-ops.ts';
@@ -34,7 +35,7 @@ afterAll(() => {
 const SHAPES: Array<[number, number]> = [[1, 2], [2, 3], [5, 7], [9, 8], [33, 257], [17, 4099]];
 
 {
-  describe.skipIf(!native.ok)('wasm native kernels match the composite loss on cpu', () => {
+  describe('wasm native kernels match the composite loss on cpu', needs('native'), () => {
     for (const [rows, vocab] of SHAPES) {
       for (const scale of [1, 40]) {
         it(`[${rows}, ${vocab}] logits ±${scale}: loss and d(logits)`, async () => {
@@ -56,7 +57,7 @@ const SHAPES: Array<[number, number]> = [[1, 2], [2, 3], [5, 7], [9, 8], [33, 25
   });
 }
 
-describe.skipIf(!native.ok)('the causal-LM loss on wasm', () => {
+describe('the causal-LM loss on wasm', needs('native'), () => {
   beforeAll(() => {
     nativeSwitch.enabled = true;
   });
@@ -124,7 +125,7 @@ describe.skipIf(!native.ok)('the causal-LM loss on wasm', () => {
   });
 });
 
-describe.skipIf(!native.ok)('bad input to the addon', () => {
+describe('bad input to the addon', needs('native'), () => {
   const logits = new Float32Array([0, 1, 2, 3, 4, 5]);
   const weights = new Float32Array([1, 1]);
   it('a target outside the vocabulary is an error', () => {

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { errorVsCpu, seededTensor } from './cpu-parity.ts';
 import { initBackend } from './index.ts';
 import { nativeAddon, nativeSwitch } from './native/addon.ts';
+import { needs } from '../../test/helpers/optional-parts.ts';
 import { SWIGLU_KERNELS } from './swiglu-kernels.ts';
 import { fusedOpActive, swiGlu, swiGluComposite } from '../models/fused-ops.ts';
 
@@ -26,7 +27,7 @@ function valueAndGrads(op: (g: tf.Tensor, u: tf.Tensor) => tf.Tensor, shape: num
   return [op(gate, up), ...tf.grads(f)([gate, up])];
 }
 
-describe.skipIf(!native.ok)('native SwiGLU on wasm', () => {
+describe('native SwiGLU on wasm', needs('native'), () => {
   for (const shape of [[1, 1], [3, 7], [9, 8], [17, 33], [5, 344]]) {
     for (const scale of [1, 30]) {
       it(`[${shape}] gate ±${scale}: value, d gate and d up match the composite on cpu`, async () => {

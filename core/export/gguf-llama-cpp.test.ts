@@ -3,7 +3,8 @@
  * loads the f32 / f16 / q8_0 files of a tiny Llama with a real byte-level BPE tokenizer, tokenizes
  * like our tokenizer, and predicts what our tfjs model predicts: at every position of a prompt the
  * full next-token distribution (llama.cpp returns softmax probabilities; we compare log-probabilities)
- * and the greedy continuation. Skipped, saying why, only when the binary cannot load here.
+ * and the greedy continuation. Skipped, saying why, only when the binary cannot load here, and
+ * never on CI: `npm ci` installs node-llama-cpp's prebuilt binaries there, so it must load.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -42,6 +43,7 @@ beforeAll(async () => {
     llama = await getLlama({ gpu: false, build: 'never', skipDownload: true, progressLogs: false, logLevel: LlamaLogLevel.error, maxThreads: 2 });
   } catch (e) {
     unavailable = `node-llama-cpp's prebuilt llama.cpp binary cannot load on this machine (${(e as Error).message.split('\n')[0]})`;
+    if (process.env.CI) throw new Error(`${unavailable}: on CI it must (npm ci installs node-llama-cpp and its prebuilt binaries)`);
   }
 }, 120_000);
 afterAll(async () => {
@@ -146,7 +148,7 @@ describe('GGUF in llama.cpp (node-llama-cpp 3.21.1)', () => {
     { label: 'tied embeddings, llama3 rope scaling', quant: 'f32', tied: true, llama3Rope: true },
   ];
   for (const c of cases) {
-    it(`${c.label}, ${c.quant}: same tokens, same next-token distributions, same greedy text`, async (ctx) => {
+    it(`${c.label}, ${c.quant}: same tokens, same next-token distributions, same greedy text`, { tags: ['llama-cpp'] }, async (ctx) => {
       if (!llama) return ctx.skip(unavailable);
       const baseDir = path.join(root, `base-${c.tied}-${c.llama3Rope}`);
       if (!fs.existsSync(baseDir)) {
@@ -166,8 +168,13 @@ describe('GGUF in llama.cpp (node-llama-cpp 3.21.1)', () => {
       );
       expect(r.maxLikelyLogProbDiff).toBeLessThan(TOLERANCE[c.quant].logProb);
       expect(r.meanKl).toBeLessThan(TOLERANCE[c.quant].kl);
-      if (c.quant === 'f32') expect(r.theirs).toEqual(r.ours);
-      else expect(r.theirs[0]).toBe(r.ours[0]); // rounding may flip a later near-tie; the first token must agree
+      // A tiny random model never emits an end-of-generation token here: both sides generate in full.
+      expect(r.ours).toHaveLength(NEW_TOKENS);
+      expect(r.theirs).toHaveLength(NEW_TOKENS);
+      // f16's rounding (max |Δ log p| 1.2e-2) leaves all 24 greedy tokens identical (measured); Q8_0's
+      // (0.26) flips a near-tie after 18, so there the first token must agree.
+      if (c.quant === 'q8_0') expect(r.theirs[0]).toBe(r.ours[0]);
+      else expect(r.theirs).toEqual(r.ours);
       if (c.quant === 'q8_0') {
         // With our weights rounded through the same Q8_0 blocks, what is left is llama.cpp rounding
         // the activations: the gap must shrink, which a wrong block layout or scale could not do.

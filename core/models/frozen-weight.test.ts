@@ -11,7 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as tf from '../tf.ts';
 import { initBackend } from '../backend/index.ts';
-import { nativeAddon } from '../backend/native/addon.ts';
+import { needs } from '../../test/helpers/optional-parts.ts';
 import { relativeError, seededValues } from '../backend/cpu-parity.ts';
 import { float32ToBfloat16, float32ToFloat16, bfloat16ToFloat32, float16ToFloat32 } from '../io/dtype.ts';
 import { FrozenWeight, frozenGather, frozenLinear, frozenLinearCrossEntropy, frozenWeightsAvailable } from './frozen-weight.ts';
@@ -20,9 +20,6 @@ import { loadModel } from './load.ts';
 import { getMethod } from '../methods/index.ts';
 import { int8RoundTrip, nf4RoundTrip, NF4_THRESHOLDS } from '../../test/reference/quantize-reference.ts';
 import { writeRealShape } from '../../test/fixtures/real-shapes.ts';
-
-const native = nativeAddon();
-if (process.env.CI && !native.ok) throw new Error(`CI builds the native addon, but it did not load: ${native.reason}`);
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-frozen-'));
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
@@ -53,7 +50,7 @@ function product64(x: Float32Array, n: number, w: Float32Array, rows: number, co
   return out;
 }
 
-describe.skipIf(!native.ok)('frozen weights in native memory', () => {
+describe('frozen weights in native memory', needs('native'), () => {
   it('store f32, f16 and bf16 exactly as given, and read them back bit for bit', () => {
     const values = weights(37 * 29, 1);
     const f16 = float32ToFloat16(values);

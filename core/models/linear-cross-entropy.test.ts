@@ -12,6 +12,7 @@ import * as tf from '../tf.ts';
 import { initBackend } from '../backend/index.ts';
 import { relativeError, runOn, seededValues } from '../backend/cpu-parity.ts';
 import { nativeAddon } from '../backend/native/addon.ts';
+import { needs } from '../../test/helpers/optional-parts.ts';
 import { compositeWeightedCrossEntropy, weightedCrossEntropy } from './causal-lm.ts';
 import { fusedOpActive } from './fused-ops.ts';
 import { chunkRows, linearCrossEntropy, linearCrossEntropyBytes } from './linear-cross-entropy.ts';
@@ -285,7 +286,7 @@ function lossAndGradient(N: number, C: number, V: number, fused: boolean, chunkB
 
 // The unfused figures assume the wasm cross-entropy kernel (one [N, V] gradient); without the addon
 // the composite gradient holds several, and cross-entropy-kernels.test.ts says so already.
-describe.skipIf(!native.ok)('memory on wasm: N=512, V=32768, C=64, chunks of 4 MB', () => {
+describe('memory on wasm: N=512, V=32768, C=64, chunks of 4 MB', needs('native'), () => {
   const [N, V, C, chunkBytes] = [512, 32768, 64, 4 * 2 ** 20];
 
   it('the fused peak is below the unfused one by the predicted saving (±25 %); each path\'s peak is its prediction (±25 %)', async () => {

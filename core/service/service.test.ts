@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import WebSocket from 'ws';
 import { StudioService } from '../service.ts';
 import { startServer } from '../serve/server.ts';
+import { BUNDLED_MODEL_DIR, RESOURCES_DIR } from '../resources.ts';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-service-'));
 const service = new StudioService({ home: path.join(root, 'home'), transport: 'websocket', fileDialog: false });
@@ -36,15 +37,52 @@ describe('service contract', () => {
     expect(Array.isArray(await service.call('methods.list', {}))).toBe(true);
   });
 
-  it('refuses paths outside the allowed roots, also through ../ and symlinks', async () => {
-    for (const p of ['/etc', path.join(root, 'home', 'uploads', '..', '..', '..')]) {
-      expect((await rejection(service.call('models.inspect', { path: p })))?.message).toMatch(/file picker/);
-    }
-    fs.mkdirSync(path.join(root, 'home', 'uploads'), { recursive: true });
-    fs.symlinkSync('/etc/passwd', path.join(root, 'home', 'uploads', 'passwd.txt'));
-    const viaLink = await rejection(service.call('datasets.preview', { model: '/nope', data: path.join(root, 'home', 'uploads', 'passwd.txt'), seqLen: 64, format: 'auto', count: 1, validation: 0 }));
-    expect(viaLink?.code).toBe('BAD_ARGUMENT');
-    expect((await rejection(service.call('files.browse', { dir: '/' })))?.code).toBe('BAD_ARGUMENT');
+  // Each rule gets a request that is valid in every other respect (the bundled model, a real
+  // dataset file), so the only thing that can refuse it is the allowed-paths check named.
+  const uploads = path.join(root, 'home', 'uploads');
+  const outside = path.join(root, 'outside');
+  const outsideData = path.join(outside, 'reviews.jsonl');
+  const preview = (data: string) =>
+    service.call('datasets.preview', { model: BUNDLED_MODEL_DIR, data, seqLen: 64, format: 'auto', count: 1, validation: 0 });
+  const notAllowed = (p: string) => `${p}: not a dataset this app may open; choose it with the file picker`;
+  fs.mkdirSync(uploads, { recursive: true });
+  fs.mkdirSync(outside, { recursive: true });
+  fs.copyFileSync(path.join(RESOURCES_DIR, 'datasets', 'review-sentiment.jsonl'), outsideData);
+
+  it('refuses a path outside every allowed root', async () => {
+    const etc = await rejection(service.call('models.inspect', { path: '/etc' }));
+    expect(etc?.code).toBe('BAD_ARGUMENT');
+    expect(etc?.message).toBe('/etc: not a model this app may open; choose it with the file picker (or start `lowrank serve --allow DIR` with its folder)');
+    const browse = await rejection(service.call('files.browse', { dir: '/' }));
+    expect(browse?.code).toBe('BAD_ARGUMENT');
+    expect(browse?.message).toBe('/: outside the folders this server may show');
+  });
+
+  it('refuses a raw ../ path that starts inside uploads/ and climbs out of it', async () => {
+    // Built as a string, not with path.join, so the `..` segments reach the service unnormalised.
+    const climbing = `${uploads}/../../outside/reviews.jsonl`;
+    expect(climbing.startsWith(`${uploads}/`)).toBe(true);
+    const refused = await rejection(preview(climbing));
+    expect(refused?.code).toBe('BAD_ARGUMENT');
+    expect(refused?.message).toContain(notAllowed(climbing));
+    // The same file is accepted once it is inside uploads/: the refusal was the path, not the file.
+    fs.copyFileSync(outsideData, path.join(uploads, 'reviews-copy.jsonl'));
+    const accepted = (await preview(path.join(uploads, 'reviews-copy.jsonl'))) as { problems: unknown[] };
+    expect(accepted.problems).toEqual([]);
+  });
+
+  it('refuses a symlink inside uploads/ that points outside the allowed roots', async () => {
+    const link = path.join(uploads, 'linked-reviews.jsonl');
+    fs.symlinkSync(outsideData, link);
+    const refused = await rejection(preview(link));
+    expect(refused?.code).toBe('BAD_ARGUMENT');
+    expect(refused?.message).toContain(notAllowed(link));
+    // A link to a file that is itself inside uploads/ is fine: the rule is where it leads.
+    const inner = path.join(uploads, 'linked-inside.jsonl');
+    fs.copyFileSync(outsideData, path.join(uploads, 'reviews-inside.jsonl'));
+    fs.symlinkSync(path.join(uploads, 'reviews-inside.jsonl'), inner);
+    const accepted = (await preview(inner)) as { problems: unknown[] };
+    expect(accepted.problems).toEqual([]);
   });
 
   it('keeps uploads inside uploads/ whatever their name', async () => {

@@ -13,7 +13,8 @@ import { getMethod, resolveParams, resolveTargets } from '../methods/index.ts';
 import { lmLoss } from './pretrain.ts';
 import { adapterActivationFloats, estimateTrainingMemory } from './memory.ts';
 import { setFusedOps } from '../models/fused-ops.ts';
-import { nativeAddon, nativeSwitch } from '../backend/native/addon.ts';
+import { nativeSwitch } from '../backend/native/addon.ts';
+import { needs } from '../../test/helpers/optional-parts.ts';
 import { peakBufferBytes } from './memory.test-helpers.ts';
 
 beforeAll(async () => {
@@ -38,12 +39,8 @@ describe.each([
   ['llama', llama, 'lora', 'composite'],
   ['gpt2', gpt2, 'full', 'composite'],
 ] as const)('%s %s, fused ops: %s', (_name, raw, mode, fused) => {
-  it('estimated peak tensor bytes are within 20 % of the measured peak', async (ctx) => {
-    // The "native" rows need the addon: CI builds it, so there its absence is a failure.
-    if (fused === 'native' && !nativeAddon().ok) {
-      if (process.env.CI) throw new Error(`the native addon did not load on CI: ${(nativeAddon() as { reason: string }).reason}`);
-      ctx.skip();
-    }
+  // The "native" rows need the addon: CI builds it, so there its absence is a failure (needs).
+  it('estimated peak tensor bytes are within 20 % of the measured peak', fused === 'native' ? needs('native') : {}, async () => {
     setFusedOps(fused !== 'composite');
     nativeSwitch.enabled = fused === 'native';
     const config = parseModelConfig(raw as Record<string, unknown>);

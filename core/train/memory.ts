@@ -221,15 +221,15 @@ export function peakRssBytes(): number {
 
 /**
  * Forward intermediates a LoRA-style adapter adds per token, summed over the wrapped modules:
- * x·Aᵀ [r], its product with Bᵀ, the scaling and the sum with the base output [3·out], and the
- * dropped-out input [in] when dropout is on.
+ * x·Aᵀ [r], its product with (s·B)ᵀ and the sum with the base output [2·out], and the dropped-out
+ * input [in] when dropout is on.
  */
 export function adapterActivationFloats(model: CausalLM, targets: string[], rank: number, dropout: number): number {
   let floats = 0;
   for (const path of targets) {
     const [rows, cols] = model.weightShape(`${path}.weight`) as [number, number];
     const [out, inFeatures] = model.isTransposedLinear(path) ? [cols, rows] : [rows, cols];
-    floats += rank + 3 * out + (dropout > 0 ? inFeatures : 0);
+    floats += rank + 2 * out + (dropout > 0 ? inFeatures : 0);
   }
   return floats;
 }

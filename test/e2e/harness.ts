@@ -9,11 +9,11 @@ import * as path from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import WebSocket from 'ws';
 import type { ServerFrame, StudioEvent } from '../../core/contract.ts';
+// Where Chromium is: one definition for the tests that skip without it and the end-of-run summary.
+import { chromiumPath } from '../helpers/optional-parts.ts';
 
 export const REPO = path.resolve(import.meta.dirname, '..', '..');
 export const ARTIFACTS = path.join(REPO, 'test-artifacts', 'e2e');
-export const CHROMIUM_PATHS = ['/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome'];
-export const chromiumPath = (): string | undefined => process.env.CHROMIUM_PATH ?? CHROMIUM_PATHS.find((p) => fs.existsSync(p));
 
 export async function buildRenderer(): Promise<void> {
   const { build } = await import('vite');

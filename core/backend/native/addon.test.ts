@@ -5,6 +5,7 @@ import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { nativeAddon } from './addon.ts';
+import { needs } from '../../../test/helpers/optional-parts.ts';
 
 const state = nativeAddon();
 
@@ -36,7 +37,7 @@ function reference(heap: Float32Array, tA: boolean, tB: boolean, m: number, n: n
   return c;
 }
 
-describe.skipIf(!state.ok)('native GEMM addon', () => {
+describe('native GEMM addon', needs('native'), () => {
   const addon = state.ok ? state.addon : null!;
 
   for (const [tA, tB] of [[false, false], [true, false], [false, true], [true, true]] as const) {
@@ -112,12 +113,22 @@ describe.skipIf(!state.ok)('native GEMM addon', () => {
 
 describe('scripts/build-native.js', () => {
   const script = path.resolve(import.meta.dirname, '../../../scripts/build-native.js');
-  it('never fails an install: a broken or missing compiler is one line and exit 0', () => {
+  const withoutCI = () => Object.fromEntries(Object.entries(process.env).filter(([name]) => name !== 'CI'));
+  it('never fails an install outside CI: a broken or missing compiler is one line and exit 0', () => {
     for (const cc of ['false', '/nonexistent/cc']) {
-      const run = spawnSync(process.execPath, [script], { env: { ...process.env, CC: cc }, encoding: 'utf8' });
+      const run = spawnSync(process.execPath, [script], { env: { ...withoutCI(), CC: cc }, encoding: 'utf8' });
       expect(run.status).toBe(0);
       expect(run.stdout.trim()).toMatch(/^lowrank: native kernels not built \(.+\); the engine uses its wasm kernels\.$/);
       expect(run.stderr).toBe('');
+    }
+  });
+
+  it('fails the install on CI (which installs OpenBLAS and a compiler) with the same one line', () => {
+    for (const cc of ['false', '/nonexistent/cc']) {
+      const run = spawnSync(process.execPath, [script], { env: { ...withoutCI(), CI: 'true', CC: cc }, encoding: 'utf8' });
+      expect(run.status).toBe(1);
+      expect(run.stderr.trim()).toMatch(/^lowrank: native kernels not built \(.+\); CI is set, so this fails the install\.$/);
+      expect(run.stdout).toBe('');
     }
   });
 });

@@ -82,6 +82,8 @@ const LOAD_TIME: Record<string, string> = {
   'path.join': `(...parts) => normalizePath(parts.join('/'))`,
   'path.resolve': `(...parts) => normalizePath(parts.reduce((r, p) => (p.startsWith('/') ? p : r + '/' + p), ''))`,
   'path.dirname': `(p) => normalizePath(p + '/..')`,
+  // native/addon.ts names the addon in its not-loaded reason, so the kernels fall back to JS in a page.
+  'path.basename': `(p) => p.split('/').filter(Boolean).pop() ?? ''`,
   'os.endianness': `() => 'LE'`,
   // threads.ts: the default thread count.
   'os.cpus': `() => Array.from({ length: navigator.hardwareConcurrency || 1 }, () => ({}))`,
