@@ -91,18 +91,33 @@ export function detectFormat(entries: RawEntry[], file: string): DatasetFormat {
     const format = formatOfRecord(entry.record!);
     if (format) votes.set(format, (votes.get(format) ?? 0) + 1);
   }
+  if (sample.length === 0) throw noReadableRecord(entries, file);
   let best: DatasetFormat | undefined;
   for (const format of [...DATASET_FORMATS].reverse()) {
     if ((votes.get(format) ?? 0) > (best ? votes.get(best)! : 0)) best = format;
   }
   if (best) return best;
   const keys = [...new Set(sample.flatMap((e) => Object.keys(e.record!)))].slice(0, 12);
-  const seen = sample.length ? `the records have keys ${keys.map((k) => `"${k}"`).join(', ') || '(none)'}` : 'no record could be read';
   throw new LowrankError(
     'BAD_DATA',
-    `${file}: cannot tell the dataset format: ${seen}; expected "text", "prompt"+"completion", "instruction"+"output" (Alpaca), ` +
+    `${file}: cannot tell the dataset format: the records have keys ${keys.map((k) => `"${k}"`).join(', ') || '(none)'}; expected "text", "prompt"+"completion", "instruction"+"output" (Alpaca), ` +
       `"messages" (chat) or "conversations" (ShareGPT); rename the fields or force a format with --format ${DATASET_FORMATS.join('|')}`,
   );
+}
+
+/**
+ * No record to detect the format from: say why (the bad records, by file:line, or that there are
+ * none) rather than ask the user to rename fields the file does not have.
+ */
+function noReadableRecord(entries: RawEntry[], file: string): LowrankError {
+  const bad = entries.filter((e) => e.problem !== undefined);
+  if (bad.length === 0) {
+    const onlyHeader = /\.csv$/i.test(file) ? ' (only a header row)' : '';
+    return new LowrankError('BAD_DATA', `${file}: the file holds no records${onlyHeader}; add some`);
+  }
+  const count = bad.length === 1 ? '1 bad record' : `${bad.length} bad records${bad.length > 3 ? ', the first 3' : ''}`;
+  const listed = bad.slice(0, 3).map((e) => `${e.where}: ${e.problem}`).join('; ');
+  return new LowrankError('BAD_DATA', `${file}: no record could be read (${count}: ${listed}); fix the file`);
 }
 
 /** A --format value: one of DATASET_FORMATS, or 'auto' (detect). */
@@ -194,7 +209,8 @@ function listField(record: Record<string, unknown>, key: string): unknown[] {
 }
 
 function normalizeChat(record: Record<string, unknown>): ChatMessage[] {
-  const key = 'messages' in record ? 'messages' : 'conversations';
+  // "conversations" is accepted holding chat messages; a record with neither key is missing "messages".
+  const key = 'conversations' in record && !('messages' in record) ? 'conversations' : 'messages';
   const messages = listField(record, key).map((m, i): ChatMessage => {
     const at = `"${key}"[${i}]`;
     if (typeof m !== 'object' || m === null || Array.isArray(m)) throw new RecordError(`${at} must be an object with "role" and "content"`);
@@ -212,7 +228,7 @@ function normalizeChat(record: Record<string, unknown>): ChatMessage[] {
 }
 
 function normalizeShareGpt(record: Record<string, unknown>): ChatMessage[] {
-  const key = 'conversations' in record ? 'conversations' : 'messages';
+  const key = 'messages' in record && !('conversations' in record) ? 'messages' : 'conversations';
   const messages = listField(record, key).map((m, i): ChatMessage => {
     const at = `"${key}"[${i}]`;
     if (typeof m !== 'object' || m === null || Array.isArray(m)) throw new RecordError(`${at} must be an object with "from" and "value"`);

@@ -310,15 +310,17 @@ function readCsv(file: string, text: string): RawEntry[] {
   const seen = new Set<string>();
   for (const name of columns) {
     if (name === '') throw new LowrankError('BAD_DATA', `${file}:${header.line}: the header row has an empty column name`);
-    if (seen.has(name)) throw new LowrankError('BAD_DATA', `${file}:${header.line}: column "${name}" appears twice in the header row`);
+    if (seen.has(name)) throw new LowrankError('BAD_DATA', `${file}:${header.line}: column ${JSON.stringify(name)} appears twice in the header row`);
     seen.add(name);
   }
+  // A quoted header field may hold a newline or a carriage return; messages stay on one line.
+  const listed = columns.map((name) => (/[\u0000-\u001f"]/.test(name) ? JSON.stringify(name) : name)).join(', ');
   return rows.map((row) => {
     const where = `${file}:${row.line}`;
     if (row.problem) return { where, problem: row.problem };
     if (row.fields.length !== columns.length) {
-      const what = row.fields.length < columns.length ? `missing column "${columns[row.fields.length]}"` : 'more fields than columns';
-      return { where, problem: `${what}: the row has ${row.fields.length} fields, the header has ${columns.length} (${columns.join(', ')})` };
+      const what = row.fields.length < columns.length ? `missing column ${JSON.stringify(columns[row.fields.length])}` : 'more fields than columns';
+      return { where, problem: `${what}: the row has ${row.fields.length} fields, the header has ${columns.length} (${listed})` };
     }
     const record: Record<string, unknown> = {};
     columns.forEach((name, c) => (record[name] = row.fields[c]));

@@ -15,6 +15,13 @@ export interface JsonErrorLocation {
   reason: string;
 }
 
+/**
+ * The scan recurses once per nesting level; past this depth it stops with an error at that place
+ * instead of overflowing the stack (a corrupt or hostile file can open 100,000 brackets). Real
+ * config, header and dataset files nest a handful of levels.
+ */
+export const MAX_JSON_DEPTH = 1000;
+
 class JsonScanError extends Error {
   constructor(
     readonly offset: number,
@@ -24,10 +31,10 @@ class JsonScanError extends Error {
   }
 }
 
-/** First syntax error in `text`, or null when it is valid JSON. */
+/** First syntax error in `text` (nesting past MAX_JSON_DEPTH counts as one), or null when it is valid JSON. */
 export function locateJsonError(text: string): JsonErrorLocation | null {
   try {
-    const end = scanValue(text, skipWhitespace(text, 0));
+    const end = scanValue(text, skipWhitespace(text, 0), 0);
     const after = skipWhitespace(text, end);
     if (after < text.length) throw new JsonScanError(after, 'unexpected text after the JSON value');
     return null;
@@ -70,11 +77,14 @@ function unexpected(text: string, i: number, wanted: string): JsonScanError {
   return new JsonScanError(i, `unexpected ${JSON.stringify(text[i])}, expected ${wanted}`);
 }
 
-/** Scans one value starting at `i` (no leading whitespace); returns the offset just past it. */
-function scanValue(text: string, i: number): number {
+/** Scans one value starting at `i` (no leading whitespace) at nesting `depth`; returns the offset just past it. */
+function scanValue(text: string, i: number, depth: number): number {
   const c = text[i];
-  if (c === '{') return scanObject(text, i);
-  if (c === '[') return scanArray(text, i);
+  if ((c === '{' || c === '[') && depth >= MAX_JSON_DEPTH) {
+    throw new JsonScanError(i, `arrays and objects nested deeper than ${MAX_JSON_DEPTH} levels`);
+  }
+  if (c === '{') return scanObject(text, i, depth + 1);
+  if (c === '[') return scanArray(text, i, depth + 1);
   if (c === '"') return scanString(text, i);
   if (c === '-' || (c !== undefined && c >= '0' && c <= '9')) return scanNumber(text, i);
   for (const literal of ['true', 'false', 'null']) {
@@ -83,25 +93,25 @@ function scanValue(text: string, i: number): number {
   throw unexpected(text, i, 'a value');
 }
 
-function scanObject(text: string, i: number): number {
+function scanObject(text: string, i: number, depth: number): number {
   i = skipWhitespace(text, i + 1);
   if (text[i] === '}') return i + 1;
   for (;;) {
     if (text[i] !== '"') throw unexpected(text, i, 'a double-quoted property name');
     i = skipWhitespace(text, scanString(text, i));
     if (text[i] !== ':') throw unexpected(text, i, "':'");
-    i = skipWhitespace(text, scanValue(text, skipWhitespace(text, i + 1)));
+    i = skipWhitespace(text, scanValue(text, skipWhitespace(text, i + 1), depth));
     if (text[i] === '}') return i + 1;
     if (text[i] !== ',') throw unexpected(text, i, "',' or '}'");
     i = skipWhitespace(text, i + 1);
   }
 }
 
-function scanArray(text: string, i: number): number {
+function scanArray(text: string, i: number, depth: number): number {
   i = skipWhitespace(text, i + 1);
   if (text[i] === ']') return i + 1;
   for (;;) {
-    i = skipWhitespace(text, scanValue(text, i));
+    i = skipWhitespace(text, scanValue(text, i, depth));
     if (text[i] === ']') return i + 1;
     if (text[i] !== ',') throw unexpected(text, i, "',' or ']'");
     i = skipWhitespace(text, i + 1);

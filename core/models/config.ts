@@ -53,18 +53,27 @@ export interface ModelConfig {
 
 type Json = Record<string, unknown>;
 
-function field(raw: Json, file: string, name: string, kind: 'int' | 'number'): number {
+/** How a value looks in a message: JSON, except numbers JSON cannot show (1e400 parses to Infinity). */
+function shown(v: unknown): string {
+  return typeof v === 'number' && !Number.isFinite(v) ? String(v) : JSON.stringify(v);
+}
+
+/**
+ * A numeric field: 'int' non-negative integer, 'count' positive integer (a size of zero layers,
+ * heads or vocabulary builds a model with nothing in it, which the weight check would then blame
+ * on the weights), 'number' non-negative finite number.
+ */
+function field(raw: Json, file: string, name: string, kind: 'int' | 'count' | 'number'): number {
   const v = raw[name];
-  if (typeof v !== 'number' || !Number.isFinite(v) || (kind === 'int' && !Number.isInteger(v)) || v < 0) {
-    throw new LowrankError(
-      'BAD_CONFIG',
-      `${file}: field "${name}" must be a ${kind === 'int' ? 'non-negative integer' : 'number'}, got ${JSON.stringify(v)}`,
-    );
+  const integer = kind !== 'number';
+  if (typeof v !== 'number' || !Number.isFinite(v) || (integer && !Number.isInteger(v)) || v < 0 || (kind === 'count' && v === 0)) {
+    const want = kind === 'count' ? 'a positive integer' : kind === 'int' ? 'a non-negative integer' : 'a non-negative number';
+    throw new LowrankError('BAD_CONFIG', `${file}: field "${name}" must be ${want}, got ${shown(v)}`);
   }
   return v;
 }
 
-function optional(raw: Json, file: string, name: string, kind: 'int' | 'number', fallback: number): number {
+function optional(raw: Json, file: string, name: string, kind: 'int' | 'count' | 'number', fallback: number): number {
   return raw[name] === undefined || raw[name] === null ? fallback : field(raw, file, name, kind);
 }
 
@@ -75,19 +84,22 @@ function firstId(v: unknown): number | null {
 }
 
 function parseRopeScaling(raw: Json, file: string): RopeScaling | null {
-  const rs = raw.rope_scaling as Json | null | undefined;
+  const rs = raw.rope_scaling;
   if (rs === undefined || rs === null) return null;
-  const type = (rs.rope_type ?? rs.type) as string | undefined;
+  if (typeof rs !== 'object' || Array.isArray(rs)) {
+    throw new LowrankError('BAD_CONFIG', `${file}: rope_scaling must be an object such as {"rope_type": "linear", "factor": 2.0} or null, got ${shown(rs)}`);
+  }
+  const type = ((rs as Json).rope_type ?? (rs as Json).type) as string | undefined;
   if (type === 'default' || type === undefined) return null;
-  const factor = field(rs, `${file} rope_scaling`, 'factor', 'number');
+  const factor = field(rs as Json, `${file} rope_scaling`, 'factor', 'number');
   if (type === 'linear') return { type, factor };
   if (type === 'llama3') {
     return {
       type,
       factor,
-      lowFreqFactor: field(rs, `${file} rope_scaling`, 'low_freq_factor', 'number'),
-      highFreqFactor: field(rs, `${file} rope_scaling`, 'high_freq_factor', 'number'),
-      originalMaxPositionEmbeddings: field(rs, `${file} rope_scaling`, 'original_max_position_embeddings', 'int'),
+      lowFreqFactor: field(rs as Json, `${file} rope_scaling`, 'low_freq_factor', 'number'),
+      highFreqFactor: field(rs as Json, `${file} rope_scaling`, 'high_freq_factor', 'number'),
+      originalMaxPositionEmbeddings: field(rs as Json, `${file} rope_scaling`, 'original_max_position_embeddings', 'count'),
     };
   }
   throw new LowrankError(
@@ -98,6 +110,9 @@ function parseRopeScaling(raw: Json, file: string): RopeScaling | null {
 
 export function parseModelConfig(raw: Json, file = 'config.json'): ModelConfig {
   const archs = raw.architectures;
+  if (archs !== undefined && archs !== null && !Array.isArray(archs)) {
+    throw new LowrankError('BAD_CONFIG', `${file}: "architectures" must be a list such as ["LlamaForCausalLM"], got ${shown(archs)}`);
+  }
   const arch = Array.isArray(archs) ? archs[0] : undefined;
   if (typeof arch !== 'string') {
     throw new LowrankError('BAD_CONFIG', `${file}: "architectures" is missing; expected e.g. ["LlamaForCausalLM"]`);
@@ -119,8 +134,8 @@ export function parseModelConfig(raw: Json, file = 'config.json'): ModelConfig {
   };
 
   if (architecture === 'GPT2LMHeadModel') {
-    const hiddenSize = field(raw, file, 'n_embd', 'int');
-    const numHeads = field(raw, file, 'n_head', 'int');
+    const hiddenSize = field(raw, file, 'n_embd', 'count');
+    const numHeads = field(raw, file, 'n_head', 'count');
     if (hiddenSize % numHeads !== 0) {
       throw new LowrankError('BAD_CONFIG', `${file}: n_embd (${hiddenSize}) must be divisible by n_head (${numHeads})`);
     }
@@ -131,14 +146,14 @@ export function parseModelConfig(raw: Json, file = 'config.json'): ModelConfig {
     return {
       ...common,
       family: 'gpt2',
-      vocabSize: field(raw, file, 'vocab_size', 'int'),
+      vocabSize: field(raw, file, 'vocab_size', 'count'),
       hiddenSize,
-      intermediateSize: optional(raw, file, 'n_inner', 'int', 4 * hiddenSize),
-      numLayers: field(raw, file, 'n_layer', 'int'),
+      intermediateSize: optional(raw, file, 'n_inner', 'count', 4 * hiddenSize),
+      numLayers: field(raw, file, 'n_layer', 'count'),
       numHeads,
       numKvHeads: numHeads,
       headDim: hiddenSize / numHeads,
-      maxPositions: field(raw, file, 'n_positions', 'int'),
+      maxPositions: field(raw, file, 'n_positions', 'count'),
       normEps: optional(raw, file, 'layer_norm_epsilon', 'number', 1e-5),
       ropeTheta: 0,
       ropeScaling: null,
@@ -148,10 +163,10 @@ export function parseModelConfig(raw: Json, file = 'config.json'): ModelConfig {
     };
   }
 
-  const hiddenSize = field(raw, file, 'hidden_size', 'int');
-  const numHeads = field(raw, file, 'num_attention_heads', 'int');
-  const numKvHeads = optional(raw, file, 'num_key_value_heads', 'int', numHeads);
-  const headDim = optional(raw, file, 'head_dim', 'int', Math.floor(hiddenSize / numHeads));
+  const hiddenSize = field(raw, file, 'hidden_size', 'count');
+  const numHeads = field(raw, file, 'num_attention_heads', 'count');
+  const numKvHeads = optional(raw, file, 'num_key_value_heads', 'count', numHeads);
+  const headDim = optional(raw, file, 'head_dim', 'count', Math.floor(hiddenSize / numHeads));
   if (numHeads % numKvHeads !== 0) {
     throw new LowrankError(
       'BAD_CONFIG',
@@ -173,14 +188,14 @@ export function parseModelConfig(raw: Json, file = 'config.json'): ModelConfig {
   return {
     ...common,
     family: 'llama',
-    vocabSize: field(raw, file, 'vocab_size', 'int'),
+    vocabSize: field(raw, file, 'vocab_size', 'count'),
     hiddenSize,
-    intermediateSize: field(raw, file, 'intermediate_size', 'int'),
-    numLayers: field(raw, file, 'num_hidden_layers', 'int'),
+    intermediateSize: field(raw, file, 'intermediate_size', 'count'),
+    numLayers: field(raw, file, 'num_hidden_layers', 'count'),
     numHeads,
     numKvHeads,
     headDim,
-    maxPositions: optional(raw, file, 'max_position_embeddings', 'int', 2048),
+    maxPositions: optional(raw, file, 'max_position_embeddings', 'count', 2048),
     normEps: optional(raw, file, 'rms_norm_eps', 'number', 1e-6),
     ropeTheta: optional(raw, file, 'rope_theta', 'number', 10000),
     ropeScaling: parseRopeScaling(raw, file),

@@ -13,6 +13,8 @@ import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { Template } from '@huggingface/jinja';
 import { z } from 'zod';
 import { LowrankError } from '../errors.ts';
+import { describeJsonError } from '../io/json-error.ts';
+import { checkTokenizerJson } from './tokenizer-json.ts';
 
 export interface ChatMessage {
   role: string;
@@ -108,6 +110,7 @@ export async function loadTokenizer(dir: string): Promise<Tokenizer> {
   if (!isObject(json) || !isObject(json.model)) {
     throw new LowrankError('BAD_TOKENIZER', `${tokenizerFile}: not a tokenizer.json (no "model" object)`);
   }
+  checkTokenizerJson(json, tokenizerFile);
   const tokenizerJson = json as TokenizerJson;
 
   const config = parseWith(tokenizerConfigSchema, (await readJson(configFile, false)) ?? {}, configFile);
@@ -350,8 +353,8 @@ async function readJson(file: string, required: boolean): Promise<unknown> {
   }
   try {
     return JSON.parse(text) as unknown;
-  } catch (e) {
-    throw new LowrankError('BAD_TOKENIZER', `${file}: not valid JSON (${messageOf(e)}); fix or re-download the file`);
+  } catch {
+    throw new LowrankError('BAD_TOKENIZER', `${file}: not valid JSON (${describeJsonError(text)}); fix or re-download the file`);
   }
 }
 
