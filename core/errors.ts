@@ -21,7 +21,9 @@ export type ErrorCode =
   | 'BAD_RUN_STATE'
   | 'STORE_TOO_NEW'
   | 'STORE_UNAVAILABLE'
-  | 'DOES_NOT_FIT';
+  | 'DOES_NOT_FIT'
+  /** Training diverged: a NaN or infinite loss, gradient or weight. */
+  | 'NUMERIC';
 
 export class LowrankError extends Error {
   readonly code: ErrorCode;

@@ -9,12 +9,14 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { LowrankError } from '../errors.ts';
 import { syncFolder } from '../io/safetensors.ts';
+import { processAlive } from '../store/store.ts';
 
 /**
  * Runs `write(tmpDir)` into a fresh temporary folder next to `out`, then moves it to `out`.
  * Refuses an `out` that already exists (nothing is ever overwritten) and a parent folder that is
  * missing or not writable, before any work starts. On any failure the temporary folder is removed
- * and the error is rethrown (file-system errors become WRITE_FAILED naming `out`).
+ * and the error is rethrown (file-system errors become WRITE_FAILED naming `out`). A process killed
+ * mid-export cannot remove its own: the next export to the same `out` does.
  */
 export async function withFreshDestination<T>(out: string, write: (tmpDir: string) => T | Promise<T>): Promise<T> {
   const target = path.resolve(out);
@@ -22,6 +24,7 @@ export async function withFreshDestination<T>(out: string, write: (tmpDir: strin
   refuseExisting(out, target);
   requireWritableFolder(parent);
 
+  removeLeftovers(parent, path.basename(target));
   const tmpDir = path.join(parent, `.${path.basename(target)}.partial-${process.pid}-${randomBytes(4).toString('hex')}`);
   try {
     fs.mkdirSync(tmpDir);
@@ -31,6 +34,7 @@ export async function withFreshDestination<T>(out: string, write: (tmpDir: strin
   try {
     const result = await write(tmpDir);
     syncTree(tmpDir);
+    pauseForFaultTest();
     // Checked again: the write may have taken minutes, and rename(2) silently replaces an empty folder.
     refuseExisting(out, target);
     fs.renameSync(tmpDir, target);
@@ -40,6 +44,28 @@ export async function withFreshDestination<T>(out: string, write: (tmpDir: strin
     fs.rmSync(tmpDir, { recursive: true, force: true });
     throw isSystemError(e) ? writeFailed(out, e) : e;
   }
+}
+
+/** Temporary folders for the same `out` left by an export that was killed (its process is gone). Best effort. */
+function removeLeftovers(parent: string, name: string): void {
+  const prefix = `.${name}.partial-`;
+  try {
+    for (const entry of fs.readdirSync(parent)) {
+      const pid = entry.startsWith(prefix) ? /^(\d+)-[0-9a-f]{8}$/.exec(entry.slice(prefix.length))?.[1] : undefined;
+      if (pid !== undefined && !processAlive(Number(pid))) fs.rmSync(path.join(parent, entry), { recursive: true, force: true });
+    }
+  } catch {
+    // A folder we may write into but not list, or a leftover we may not remove: it stays, and is ignored.
+  }
+}
+
+/**
+ * Test-only: with LOWRANK_FAULT_PAUSE_MS set, a finished folder waits that long before its rename, so
+ * the fault suite (test/faults) can SIGKILL the export there. Unset, this does nothing.
+ */
+function pauseForFaultTest(): void {
+  const ms = Number(process.env.LOWRANK_FAULT_PAUSE_MS ?? 0);
+  if (ms > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
 function refuseExisting(out: string, target: string): void {

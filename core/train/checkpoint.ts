@@ -19,8 +19,24 @@ export interface CheckpointManifest {
   extra?: Record<string, unknown>;
 }
 
-function toWrite(tensors: Iterable<[string, tf.Tensor]>) {
-  return [...tensors].map(([name, t]) => ({ name, shape: t.shape, data: t.dataSync() as Float32Array }));
+/**
+ * The tensors' values, refused if any is NaN or infinite: a diverged run keeps the checkpoint it had,
+ * as resuming from NaN weights could never recover.
+ */
+function finiteValues(dir: string, step: number, tensors: Iterable<[string, tf.Tensor]>) {
+  return [...tensors].map(([name, t]) => {
+    const data = t.dataSync() as Float32Array;
+    for (let i = 0; i < data.length; i++) {
+      if (!Number.isFinite(data[i])) {
+        throw new LowrankError(
+          'NUMERIC',
+          `step ${step}: "${name}" holds ${data[i]} at index ${i}: training diverged, so ${dir} keeps its previous checkpoint; ` +
+            'start again with a lower learning rate',
+        );
+      }
+    }
+    return { name, shape: t.shape, data };
+  });
 }
 
 export function saveTrainingCheckpoint(
@@ -32,19 +48,48 @@ export function saveTrainingCheckpoint(
 ): void {
   const tmp = `${dir}.tmp`;
   const old = `${dir}.old`;
-  fs.rmSync(tmp, { recursive: true, force: true });
-  fs.mkdirSync(tmp, { recursive: true });
-  writeSafetensors(path.join(tmp, 'trainable.safetensors'), toWrite(params));
-  const state = optimizer.getWeights();
-  writeSafetensors(path.join(tmp, 'optimizer.safetensors'), toWrite(state.tensors));
-  const manifest: CheckpointManifest = { step, optimizerStep: state.step, savedAt: new Date().toISOString(), extra };
-  writeJsonFile(path.join(tmp, 'manifest.json'), manifest);
-  syncFolder(tmp);
+  try {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    fs.mkdirSync(tmp, { recursive: true });
+    writeSafetensors(path.join(tmp, 'trainable.safetensors'), finiteValues(dir, step, params));
+    pauseForFaultTest();
+    const state = optimizer.getWeights();
+    writeSafetensors(path.join(tmp, 'optimizer.safetensors'), finiteValues(dir, step, state.tensors));
+    pauseForFaultTest();
+    const manifest: CheckpointManifest = { step, optimizerStep: state.step, savedAt: new Date().toISOString(), extra };
+    writeJsonFile(path.join(tmp, 'manifest.json'), manifest);
+    syncFolder(tmp);
+  } catch (e) {
+    // Neither a full disk nor a diverged run leaves half a checkpoint behind; the previous one is untouched so far.
+    fs.rmSync(tmp, { recursive: true, force: true });
+    throw writeFailed(dir, step, e);
+  }
   fs.rmSync(old, { recursive: true, force: true });
   if (fs.existsSync(dir)) fs.renameSync(dir, old);
+  pauseForFaultTest();
   fs.renameSync(tmp, dir);
   syncFolder(path.dirname(dir));
   fs.rmSync(old, { recursive: true, force: true });
+}
+
+function writeFailed(dir: string, step: number, e: unknown): LowrankError {
+  if (e instanceof LowrankError && e.code !== 'WRITE_FAILED') return e;
+  const code = (e as NodeJS.ErrnoException)?.code;
+  const why =
+    e instanceof LowrankError ? e.message
+    : code === 'ENOSPC' ? 'the disk is full'
+    : e instanceof Error ? e.message : String(e);
+  const kept = fs.existsSync(dir) ? 'the previous checkpoint there is kept' : 'there is no earlier checkpoint';
+  return new LowrankError('WRITE_FAILED', `cannot write the checkpoint of step ${step} to ${dir} (${why}); ${kept}`);
+}
+
+/**
+ * Test-only: with LOWRANK_FAULT_PAUSE_MS set, each phase of the write above is held open that long,
+ * so the fault suite (test/faults) can SIGKILL the process inside it. Unset, this does nothing.
+ */
+function pauseForFaultTest(): void {
+  const ms = Number(process.env.LOWRANK_FAULT_PAUSE_MS ?? 0);
+  if (ms > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
 /**

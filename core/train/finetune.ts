@@ -288,11 +288,19 @@ export async function runFinetune(
   const runId = run.id;
   let lastTrain = NaN;
   let background: BackgroundHeartbeat | null = null;
+  let owned = false;
   try {
+    // Running, owned by this process, before the (slow) load: a crash while loading leaves a run that
+    // the next open marks interrupted and `--resume` continues, not one stuck in 'queued'.
+    store.startRun(runId);
+    owned = true;
+    // Liveness from a worker thread: a step that takes minutes must not get the run taken for dead.
+    background = startBackgroundHeartbeat(store.layout.databasePath, runId, control.heartbeatIntervalMs);
     prepared = await prepareRun(config);
     const { model, tokenizer, dataset, attached, totalSteps, estimate } = prepared;
     const backend = await initBackend();
-    if (!resumeRunId) {
+    // A new run, or one whose first process died before it got here.
+    if (run.trainableParams === null || run.baseModelFingerprint === null) {
       store.updateRun(runId, {
         trainableParams: attached.trainableParameterCount(),
         totalParams: parameterCount(model.config),
@@ -304,9 +312,6 @@ export async function runFinetune(
       const [modelPrint, dataPrint] = await Promise.all([fingerprintModel(config.model), fingerprintFile(config.data)]);
       store.db.prepare('UPDATE runs SET base_model_fingerprint = ?, dataset_fingerprint = ? WHERE id = ?').run(modelPrint.sha256, dataPrint.sha256, runId);
     }
-    store.startRun(runId);
-    // Liveness from a worker thread: a step that takes minutes must not get the run taken for dead.
-    background = startBackgroundHeartbeat(store.layout.databasePath, runId, control.heartbeatIntervalMs);
     emit({ type: 'run-started', runId, totalSteps, trainableParams: attached.trainableParameterCount(), estimate });
     emit({ type: 'log', runId, message: `backend: ${backend.backend}${backend.adapter ? ` (${backend.adapter})` : ''}` });
     // Exact match needs a prompt to complete: plain text (trained from its first token) has no task metric.
@@ -324,6 +329,8 @@ export async function runFinetune(
     if (resumeRunId && store.latestCheckpoint(runId)) {
       const manifest = loadTrainingCheckpoint(ckptDir, attached.trainable, optimizer);
       startStep = manifest.step;
+      // A process killed after its last checkpoint leaves no step to run: the run ends on the loss that step logged.
+      lastTrain = store.metrics(runId, { split: 'train', name: 'loss' }).filter((m) => m.step === startStep).pop()?.value ?? NaN;
       const randomState = manifest.extra?.methodRandomState;
       if (typeof randomState === 'number') attached.setRandomState?.(randomState);
       emit({ type: 'log', runId, message: `resuming from step ${startStep}` });
@@ -460,12 +467,15 @@ export async function runFinetune(
   } catch (e) {
     const code = isLowrankError(e) ? e.code : 'INTERNAL';
     const message = e instanceof Error ? e.message : String(e);
-    try {
-      // A failure after some steps keeps their last loss beside the checkpoint they wrote.
-      if (!Number.isNaN(lastTrain)) store.updateRun(runId, { finalTrainLoss: lastTrain });
-      store.failRun(runId, { code, message });
-    } catch {
-      /* the run may never have started; the original error matters */
+    // A run this process could not start (another process is training it) is not this process's to fail.
+    if (owned) {
+      try {
+        // A failure after some steps keeps their last loss beside the checkpoint they wrote.
+        if (!Number.isNaN(lastTrain)) store.updateRun(runId, { finalTrainLoss: lastTrain });
+        store.failRun(runId, { code, message });
+      } catch {
+        /* the original error matters */
+      }
     }
     emit({ type: 'run-failed', runId, code, message });
     throw e;

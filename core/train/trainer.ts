@@ -5,6 +5,7 @@
  * a pure function of the step so a resumed run sees exactly the data the uninterrupted run saw.
  */
 import * as tf from '../tf.ts';
+import { LowrankError } from '../errors.ts';
 import { clipByGlobalNorm } from '../optim/adamw.ts';
 import type { Optimizer } from '../optim/registry.ts';
 import { learningRate, type ScheduleOptions } from './schedule.ts';
@@ -140,13 +141,24 @@ export async function train(
       grads = averaged;
     }
     const clipped = clipByGlobalNorm(grads, opts.clipNorm ?? 0);
+    const loss = lossSum / accumulation;
+    // One NaN or infinite gradient turns every weight it reaches into NaN, and the run would train on
+    // (and checkpoint) garbage: stop before the optimizer applies it, so the weights stay as they were.
+    if (!Number.isFinite(loss) || !Number.isFinite(clipped.norm)) {
+      for (const g of clipped.grads.values()) g.dispose();
+      throw new LowrankError(
+        'NUMERIC',
+        `step ${step + 1}: the loss is ${loss} and the gradient norm ${clipped.norm}: training diverged; ` +
+          `start again with a lower learning rate (it was ${lr} at this step)${opts.clipNorm ? '' : ' or with gradient clipping on'}`,
+      );
+    }
     optimizer.step(clipped.grads, lr);
     for (const g of clipped.grads.values()) g.dispose();
     hooks.afterOptimizerStep?.(step, lr);
 
     stepsRun++;
     tokensSeen += tokenSum;
-    lastLoss = lossSum / accumulation;
+    lastLoss = loss;
     const elapsedSeconds = (performance.now() - started) / 1000;
     hooks.onStep?.({
       step: step + 1,
