@@ -22,6 +22,12 @@ export type ErrorCode =
   | 'STORE_TOO_NEW'
   | 'STORE_UNAVAILABLE'
   | 'DOES_NOT_FIT'
+  /** The Hugging Face Hub refused access: private or gated without a (valid) token. */
+  | 'HUB_ACCESS'
+  /** A download could not reach the Hub or was interrupted (resumable). */
+  | 'NETWORK'
+  /** A downloaded file's hash differs from the one the Hub publishes. */
+  | 'INTEGRITY'
   /** Training diverged: a NaN or infinite loss, gradient or weight. */
   | 'NUMERIC';
 
