@@ -14,6 +14,7 @@ import { dataPreviewCommand, methodsCommand, runsCommand, trainCommand } from '.
 import { exportCommand } from './cli/export-command.ts';
 import { demoCommand } from './cli/demo.ts';
 import { serveCommand } from './serve/command.ts';
+import { modelsCommand, resolveModelFlag } from './cli/hub-commands.ts';
 
 export type Flags = Record<string, string | boolean | undefined>;
 
@@ -151,6 +152,13 @@ const COMMANDS: Record<string, Command> = {
     options: { quick: { type: 'boolean' }, real: { type: 'boolean' }, ...strings('peer', 'models', 'write'), ...json },
     run: benchCommand,
   },
+  models: {
+    summary: 'models in the Hugging Face cache: download one from the Hub, list them, remove one',
+    usage: 'lowrank models pull ORG/NAME[@REVISION] [--revision R] [--json] | list [--json] | rm ORG/NAME[@REVISION]  (HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE, HF_HUB_OFFLINE)',
+    options: { ...strings('revision'), ...json },
+    positionals: true,
+    run: modelsCommand,
+  },
   serve: {
     summary: 'the app in a browser: the service over a WebSocket on 127.0.0.1, with a token in the URL',
     usage: 'lowrank serve [--port 7860] [--allow DIR,...]',
@@ -168,7 +176,8 @@ const COMMANDS: Record<string, Command> = {
 function help(): string {
   const lines = ['Lowrank Studio — fine-tune and pre-train language models on your own machine.', '', 'Commands:'];
   for (const [name, c] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(10)} ${c.summary}`);
-  lines.push('', 'Run `lowrank <command> --help` for its flags. --debug shows stack traces. LOWRANK_BACKEND=wasm|cpu|tensorflow|webgpu forces a backend.');
+  lines.push('', '--model takes a model folder or a Hugging Face Hub id, org/name[@revision] (the HF cache first, then a download unless HF_HUB_OFFLINE=1).');
+  lines.push('Run `lowrank <command> --help` for its flags. --debug shows stack traces. LOWRANK_BACKEND=wasm|cpu|tensorflow|webgpu forces a backend.');
   return lines.join('\n');
 }
 
@@ -196,6 +205,8 @@ export async function main(argv: string[]): Promise<number> {
     } catch (e) {
       throw new LowrankError('BAD_ARGUMENT', `${(e as Error).message.split('\n')[0]}; usage: ${command.usage}`);
     }
+    // --model takes a folder or a Hub id (org/name[@revision]); commands see a folder.
+    if (typeof values.model === 'string' && values.model !== '') values.model = await resolveModelFlag(values.model);
     await command.run(values, positionals);
     return 0;
   } catch (e) {

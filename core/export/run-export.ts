@@ -12,6 +12,7 @@ import { writePeftAdapter } from './peft.ts';
 import { exportMerged } from './merged.ts';
 import { exportGguf, type GgufQuant } from './gguf.ts';
 import { mergedOntoOriginal } from './weights.ts';
+import { baseModelReference, writeModelCard } from './model-card.ts';
 import type * as tf from '../tf.ts';
 import type { MethodParams } from '../methods/method.ts';
 
@@ -52,7 +53,8 @@ export async function exportRun(store: RunStore, request: ExportRequest, log: (m
       }
       const adapter = attached.peftAdapter();
       try {
-        await writePeftAdapter(request.out, adapter, config.model);
+        // A base from the Hugging Face cache is named by its Hub id, so AutoPeftModel finds it.
+        await writePeftAdapter(request.out, adapter, baseModelReference(config.model));
       } finally {
         dispose(adapter.tensors);
       }
@@ -64,6 +66,7 @@ export async function exportRun(store: RunStore, request: ExportRequest, log: (m
         const weights = mergedOntoOriginal(model, merged, config.model);
         if (request.format === 'merged') {
           const r = await exportMerged(request.out, config.model, weights, { dtype: request.dtype ?? 'float32' });
+          writeModelCard(request.out, prepared.run, prepared.step);
           detail = `${r.dtype}, ${r.replaced} merged tensors`;
         } else {
           const quant = request.quant ?? 'f16';

@@ -114,7 +114,9 @@ class TransferMeter {
     private readonly repo: string,
     readonly total: number,
     private readonly report?: (p: PullProgress) => void,
-  ) {}
+  ) {
+    this.samples.push([performance.now(), 0]);
+  }
 
   add(bytes: number): void {
     this.done += bytes;
@@ -126,13 +128,14 @@ class TransferMeter {
 
   /** Bytes a resumed file already had: counted as done, not as transfer rate. */
   resumedFrom(bytes: number): void {
+    if (bytes === 0) return;
     this.done += bytes;
-    this.samples.length = 0;
+    this.samples.splice(0, this.samples.length, [performance.now(), this.done]);
   }
 
   emit(now = performance.now()): void {
     this.lastReport = now;
-    const [t0, b0] = this.samples[0] ?? [now, this.done];
+    const [t0, b0] = this.samples[0];
     const seconds = (now - t0) / 1000;
     const rate = seconds > 0 ? (this.done - b0) / seconds : 0;
     this.report?.({ repo: this.repo, file: this.file, bytes: this.done, totalBytes: this.total, bytesPerSecond: rate, etaSeconds: rate > 0 ? (this.total - this.done) / rate : NaN });
