@@ -63,6 +63,8 @@ export const CALLS = {
   'app.info': none,
   'models.list': none,
   'models.inspect': z.object({ path }).strict(),
+  /** Downloads a Hub model (`org/name[@revision]`) into the Hugging Face cache; progress comes as `model-pull` events. */
+  'models.pull': z.object({ id: z.string().regex(/^[A-Za-z0-9][\w.-]*\/[\w.-]+(@[\w./-]+)?$/, 'a Hub id: org/name or org/name@revision').max(300) }).strict(),
   'datasets.list': none,
   /** Serve mode's upload: the file's text, written under the store's uploads/ folder. */
   'datasets.upload': z.object({ name: z.string().min(1).max(200), content: z.string().max(64 * 1024 * 1024) }).strict(),
@@ -117,9 +119,20 @@ export type CallName = keyof typeof CALLS;
 export type Request<K extends CallName> = z.infer<(typeof CALLS)[K]>;
 
 export interface ModelEntry {
+  /** The folder (for a Hub model, its snapshot in the Hugging Face cache). */
   path: string;
   name: string;
   bundled: boolean;
+  /** Where it was found: the bundled model, an allowed or picked folder, the HF cache, a run's merged export. */
+  source: 'bundled' | 'folder' | 'hf-cache' | 'export';
+  /** `org/name` for a model of the Hugging Face cache. */
+  hubId: string | null;
+  architecture: string | null;
+  parameters: number | null;
+  /** Size on disk. */
+  bytes: number;
+  /** Why the engine cannot load it (unsupported architecture, missing files), or null. */
+  problem: string | null;
 }
 
 export interface ModelInfo {
@@ -223,6 +236,7 @@ export interface Replies {
   'app.info': AppInfo;
   'models.list': ModelEntry[];
   'models.inspect': ModelInfo;
+  'models.pull': ModelEntry;
   'datasets.list': DatasetEntry[];
   'datasets.upload': DatasetEntry;
   'datasets.preview': DatasetPreview & { trainExamples: number; validationExamples: number };
@@ -248,7 +262,22 @@ export type Calls = { [K in CallName]: (request: Request<K>) => Promise<Replies[
 export type StudioEvent =
   | FinetuneEvent
   | { type: 'run-status'; runId: string; status: RunStatus }
-  | { type: 'export-progress'; runId: string; message: string };
+  | { type: 'export-progress'; runId: string; message: string }
+  | ModelPullEvent;
+
+/** A Hub download's progress (≤ 10/s), and its end: `done` with the error, if any. */
+export interface ModelPullEvent {
+  type: 'model-pull';
+  id: string;
+  file: string | null;
+  bytes: number;
+  totalBytes: number;
+  bytesPerSecond: number;
+  /** null while no rate is known. */
+  etaSeconds: number | null;
+  done: boolean;
+  error: string | null;
+}
 export type { FinetuneEvent, FinetuneResult };
 
 /** How errors cross a transport. */

@@ -22,6 +22,10 @@ import { startJob, type Job, type JobRunner } from './service/jobs.ts';
 import type { RunEstimateFigures } from './service/estimates.ts';
 import { AllowedPaths, DATASET_EXTENSIONS } from './service/allowed-paths.ts';
 import type { ExportResult } from './export/run-export.ts';
+import { hubCacheDir, hubIdOfFolder, parseHubId } from './hub/cache.ts';
+import { pullModel } from './hub/pull.ts';
+import { resolveCachedModel } from './hub/resolve.ts';
+import { describeModelFolder, listModelEntries } from './service/model-list.ts';
 
 export interface ServiceOptions {
   /** The run store's folder (LOWRANK_HOME). */
@@ -60,13 +64,15 @@ export class StudioService {
   private readonly live = new Map<string, LiveJob>();
   private readonly handlers: Calls;
   private readonly startJob: JobRunner;
+  private readonly hubCacheDir = hubCacheDir();
   private closed = false;
 
   constructor(readonly options: ServiceOptions) {
     this.startJob = options.jobRunner ?? startJob;
     this.store = openStore(options.home);
     this.paths = new AllowedPaths({
-      models: [path.dirname(BUNDLED_MODEL_DIR), ...(options.roots ?? [])],
+      // Models: the bundled one, the Hugging Face cache and the app's own merged exports too.
+      models: [path.dirname(BUNDLED_MODEL_DIR), hubCacheDir(), this.exportsDir(), ...(options.roots ?? [])],
       datasets: [path.join(RESOURCES_DIR, 'datasets'), this.uploadsDir(), ...(options.roots ?? [])],
       exports: [this.exportsDir()],
     });
@@ -125,10 +131,19 @@ export class StudioService {
     return path.join(this.options.home, 'exports');
   }
 
-  private checkConfigPaths(config: FinetuneConfigInput): void {
-    this.paths.check(config.model, 'model');
+  /** A model folder or a Hub id (from the HF cache: the service downloads only through models.pull), checked. */
+  private modelPath(p: string): string {
+    const dir = resolveCachedModel(p)!;
+    this.paths.check(dir, 'model');
+    return dir;
+  }
+
+  /** The config with its model named by folder, every path checked. */
+  private checkConfigPaths(config: FinetuneConfigInput): FinetuneConfigInput {
+    const model = this.modelPath(config.model);
     this.paths.check(config.data, 'dataset');
     if (config.adapter) this.paths.check(config.adapter, 'model');
+    return { ...config, model };
   }
 
   private onTrainEvent(live: LiveJob, e: FinetuneEvent): void {
@@ -225,14 +240,36 @@ export class StudioService {
           finetuneDefaults: FINETUNE_DEFAULTS,
         };
       },
-      'models.list': async () => this.paths.listModels(BUNDLED_MODEL_DIR),
-      'models.inspect': async ({ path: dir }) => {
-        this.paths.check(dir, 'model');
+      'models.list': async () => {
+        const entries = listModelEntries({ paths: this.paths, bundledDir: BUNDLED_MODEL_DIR, hubCacheDir: this.hubCacheDir, exportsDir: this.exportsDir(), store });
+        // The app's own merged exports open wherever they were written.
+        for (const e of entries) if (e.source === 'export') this.paths.grant(e.path, 'model');
+        return entries;
+      },
+      'models.pull': async ({ id }) => {
+        const hubId = parseHubId(id);
+        if (!hubId) throw new LowrankError('BAD_ARGUMENT', `models.pull: "${id}" is not a Hub id (org/name or org/name@revision)`);
+        const event = { type: 'model-pull' as const, id, file: null, bytes: 0, totalBytes: 0, bytesPerSecond: 0, etaSeconds: null, done: false, error: null };
+        try {
+          const result = await pullModel(hubId.repo, {
+            revision: hubId.revision,
+            cacheDir: this.hubCacheDir,
+            onProgress: (p) => this.emit({ ...event, file: p.file, bytes: p.bytes, totalBytes: p.totalBytes, bytesPerSecond: p.bytesPerSecond, etaSeconds: Number.isFinite(p.etaSeconds) ? p.etaSeconds : null }),
+          });
+          this.emit({ ...event, bytes: result.bytes, totalBytes: result.bytes, done: true });
+          return { path: result.dir, name: id, bundled: false, source: 'hf-cache' as const, hubId: hubId.repo, ...describeModelFolder(result.dir) };
+        } catch (e) {
+          this.emit({ ...event, done: true, error: e instanceof Error ? e.message : String(e) });
+          throw e;
+        }
+      },
+      'models.inspect': async ({ path: given }) => {
+        const dir = this.modelPath(given);
         const { config, reader, dtypes } = openCheckpoint(dir);
         reader.close();
         return {
           path: dir,
-          name: path.basename(dir),
+          name: hubIdOfFolder(dir)?.repo ?? path.basename(dir),
           architecture: config.architecture,
           parameters: parameterCount(config),
           dtype: [...dtypes].join(', '),
@@ -254,8 +291,8 @@ export class StudioService {
         fs.writeFileSync(file, content);
         return { path: file, name: base, bytes: Buffer.byteLength(content), source: 'uploaded' as const };
       },
-      'datasets.preview': async ({ model, data, seqLen, format, count, validation }) => {
-        this.paths.check(model, 'model');
+      'datasets.preview': async ({ model: given, data, seqLen, format, count, validation }) => {
+        const model = this.modelPath(given);
         this.paths.check(data, 'dataset');
         const tokenizer = await loadTokenizer(model);
         const preview = await previewDataset(data, tokenizer, { seqLen, format, count });
@@ -271,12 +308,12 @@ export class StudioService {
       'files.browse': async ({ dir }) => this.paths.browse(dir),
       'methods.list': async () => listMethods().map(({ attach: _attach, ...info }) => info),
       'methods.estimates': async (request) => {
-        this.paths.check(request.model, 'model');
+        const model = this.modelPath(request.model);
         // Loading a model is heavy for a large one: a job process, so the socket stays free.
-        return this.startJob<MethodEstimate[]>({ kind: 'estimate-methods', home: this.options.home, ...request }).result;
+        return this.startJob<MethodEstimate[]>({ kind: 'estimate-methods', home: this.options.home, ...request, model }).result;
       },
-      'runs.estimate': async ({ config }) => {
-        this.checkConfigPaths(config);
+      'runs.estimate': async ({ config: given }) => {
+        const config = this.checkConfigPaths(given);
         getMethod(config.method);
         const r = await this.startJob<RunEstimateFigures>({
           kind: 'estimate-run',
@@ -286,8 +323,8 @@ export class StudioService {
         const { tokens, parameters, ...rest } = r;
         return { ...rest, availableBytes: os.totalmem(), estimatedSeconds: tokens / this.throughputGuess(config.model, parameters) };
       },
-      'runs.start': async ({ config }) => {
-        this.checkConfigPaths(config);
+      'runs.start': async ({ config: given }) => {
+        const config = this.checkConfigPaths(given);
         getMethod(config.method);
         resolveParams(config.method, getMethod(config.method).schema, config.params);
         return this.startTraining(config);

@@ -9,7 +9,7 @@ import type { CallName, StudioEvent } from '../core/contract.ts';
 
 /** Every call of the contract; the type below fails to compile if one is missing or unknown. */
 const CALL_NAMES = [
-  'app.info', 'models.list', 'models.inspect', 'datasets.list', 'datasets.upload', 'datasets.preview', 'files.browse',
+  'app.info', 'models.list', 'models.inspect', 'models.pull', 'datasets.list', 'datasets.upload', 'datasets.preview', 'files.browse',
   'methods.list', 'methods.estimates', 'runs.estimate', 'runs.start', 'runs.list', 'runs.get', 'runs.pause', 'runs.resume',
   'runs.cancel', 'runs.delete', 'runs.compare', 'runs.export', 'playground.generate',
 ] as const satisfies readonly CallName[];

@@ -61,8 +61,8 @@ export class AllowedPaths {
     return [...new Set([...this.roots.model, ...this.roots.dataset, ...this.granted.model, ...this.granted.directory])].filter((r) => fs.existsSync(r));
   }
 
-  listModels(bundled: string): ModelEntry[] {
-    const found = new Map<string, ModelEntry>();
+  listModels(bundled: string): Array<Pick<ModelEntry, 'path' | 'name' | 'bundled'>> {
+    const found = new Map<string, Pick<ModelEntry, 'path' | 'name' | 'bundled'>>();
     const bundledReal = real(bundled);
     for (const root of [...this.roots.model, ...this.granted.model]) {
       const candidates = isModelDir(root) ? [root] : fs.existsSync(root) ? fs.readdirSync(root).map((n) => path.join(root, n)) : [];
