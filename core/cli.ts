@@ -205,8 +205,11 @@ export async function main(argv: string[]): Promise<number> {
     } catch (e) {
       throw new LowrankError('BAD_ARGUMENT', `${(e as Error).message.split('\n')[0]}; usage: ${command.usage}`);
     }
-    // --model takes a folder or a Hub id (org/name[@revision]); commands see a folder.
-    if (typeof values.model === 'string' && values.model !== '') values.model = await resolveModelFlag(values.model);
+    // --model (and pretrain's --init-from) take a folder or a Hub id (org/name[@revision]); commands see a folder.
+    for (const flag of ['model', 'init-from']) {
+      const value = values[flag];
+      if (typeof value === 'string' && value !== '') values[flag] = await resolveModelFlag(value);
+    }
     await command.run(values, positionals);
     return 0;
   } catch (e) {

@@ -65,6 +65,7 @@ export class StudioService {
   private readonly handlers: Calls;
   private readonly startJob: JobRunner;
   private readonly hubCacheDir = hubCacheDir();
+  private readonly estimates = new Map<string, Promise<MethodEstimate[]>>();
   private closed = false;
 
   constructor(readonly options: ServiceOptions) {
@@ -309,8 +310,17 @@ export class StudioService {
       'methods.list': async () => listMethods().map(({ attach: _attach, ...info }) => info),
       'methods.estimates': async (request) => {
         const model = this.modelPath(request.model);
-        // Loading a model is heavy for a large one: a job process, so the socket stays free.
-        return this.startJob<MethodEstimate[]>({ kind: 'estimate-methods', home: this.options.home, ...request, model }).result;
+        // The model step (its fit figure) and the method step ask the same question: one job answers
+        // both, until the model's config.json changes.
+        const key = JSON.stringify([model, fs.statSync(path.join(model, 'config.json')).mtimeMs, request.batchSize, request.seqLen, request.targets]);
+        let answer = this.estimates.get(key);
+        if (!answer) {
+          // Loading a model is heavy for a large one: a job process, so the socket stays free.
+          answer = this.startJob<MethodEstimate[]>({ kind: 'estimate-methods', home: this.options.home, ...request, model }).result;
+          this.estimates.set(key, answer);
+          answer.catch(() => this.estimates.delete(key));
+        }
+        return answer;
       },
       'runs.estimate': async ({ config: given }) => {
         const config = this.checkConfigPaths(given);
