@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { CALLS, describeIssues, type CallName, type Calls, type FinetuneConfigInput, type LiveRun, type MethodEstimate, type Replies, type Request, type StudioEvent, type WireError } from './contract.ts';
+import { CALLS, describeIssues, type CallName, type Calls, type FinetuneConfigInput, type LiveRun, type MethodEstimate, type ModelEntry, type Replies, type Request, type StudioEvent, type WireError } from './contract.ts';
 import { LowrankError, isLowrankError, type ErrorCode } from './errors.ts';
 import { openStore, type RunStore } from './store/index.ts';
 import type { Run } from './store/types.ts';
@@ -22,7 +22,7 @@ import { startJob, type Job, type JobRunner } from './service/jobs.ts';
 import type { RunEstimateFigures } from './service/estimates.ts';
 import { AllowedPaths, DATASET_EXTENSIONS } from './service/allowed-paths.ts';
 import type { ExportResult } from './export/run-export.ts';
-import { hubCacheDir, hubIdOfFolder, parseHubId } from './hub/cache.ts';
+import { hubCacheDir, hubIdOfFolder, parseHubId, type HubId } from './hub/cache.ts';
 import { pullModel } from './hub/pull.ts';
 import { resolveCachedModel } from './hub/resolve.ts';
 import { describeModelFolder, listModelEntries } from './service/model-list.ts';
@@ -66,6 +66,7 @@ export class StudioService {
   private readonly startJob: JobRunner;
   private readonly hubCacheDir = hubCacheDir();
   private readonly estimates = new Map<string, Promise<MethodEstimate[]>>();
+  private readonly pulls = new Map<string, Promise<ModelEntry>>();
   private closed = false;
 
   constructor(readonly options: ServiceOptions) {
@@ -208,6 +209,23 @@ export class StudioService {
     });
   }
 
+  /** Downloads a Hub model into the HF cache, reporting `model-pull` events. */
+  private async pullModel(id: string, hubId: HubId): Promise<ModelEntry> {
+    const event = { type: 'model-pull' as const, id, file: null, bytes: 0, totalBytes: 0, bytesPerSecond: 0, etaSeconds: null, done: false, error: null };
+    try {
+      const result = await pullModel(hubId.repo, {
+        revision: hubId.revision,
+        cacheDir: this.hubCacheDir,
+        onProgress: (p) => this.emit({ ...event, file: p.file, bytes: p.bytes, totalBytes: p.totalBytes, bytesPerSecond: p.bytesPerSecond, etaSeconds: Number.isFinite(p.etaSeconds) ? p.etaSeconds : null }),
+      });
+      this.emit({ ...event, bytes: result.bytes, totalBytes: result.bytes, done: true });
+      return { path: result.dir, name: id, bundled: false, source: 'hf-cache' as const, hubId: hubId.repo, ...describeModelFolder(result.dir) };
+    } catch (e) {
+      this.emit({ ...event, done: true, error: e instanceof Error ? e.message : String(e) });
+      throw e;
+    }
+  }
+
   private liveRun(runId: string): LiveJob {
     const live = this.live.get(runId);
     if (!live) throw new LowrankError('BAD_RUN_STATE', `run ${runId} is not training in this session`);
@@ -250,19 +268,12 @@ export class StudioService {
       'models.pull': async ({ id }) => {
         const hubId = parseHubId(id);
         if (!hubId) throw new LowrankError('BAD_ARGUMENT', `models.pull: "${id}" is not a Hub id (org/name or org/name@revision)`);
-        const event = { type: 'model-pull' as const, id, file: null, bytes: 0, totalBytes: 0, bytesPerSecond: 0, etaSeconds: null, done: false, error: null };
-        try {
-          const result = await pullModel(hubId.repo, {
-            revision: hubId.revision,
-            cacheDir: this.hubCacheDir,
-            onProgress: (p) => this.emit({ ...event, file: p.file, bytes: p.bytes, totalBytes: p.totalBytes, bytesPerSecond: p.bytesPerSecond, etaSeconds: Number.isFinite(p.etaSeconds) ? p.etaSeconds : null }),
-          });
-          this.emit({ ...event, bytes: result.bytes, totalBytes: result.bytes, done: true });
-          return { path: result.dir, name: id, bundled: false, source: 'hf-cache' as const, hubId: hubId.repo, ...describeModelFolder(result.dir) };
-        } catch (e) {
-          this.emit({ ...event, done: true, error: e instanceof Error ? e.message : String(e) });
-          throw e;
-        }
+        // A second window asking for the same model joins the download under way (one writer per blob).
+        const running = this.pulls.get(id);
+        if (running) return running;
+        const pull = this.pullModel(id, hubId);
+        this.pulls.set(id, pull);
+        return pull.finally(() => this.pulls.delete(id));
       },
       'models.inspect': async ({ path: given }) => {
         const dir = this.modelPath(given);

@@ -11,7 +11,8 @@ import * as path from 'node:path';
 import { StudioService } from '../service.ts';
 import { BUNDLED_MODEL_DIR } from '../resources.ts';
 import { seedHubCache } from '../hub/cache.test-helpers.ts';
-import type { ModelEntry, ModelInfo } from '../contract.ts';
+import type { ModelEntry, ModelInfo, StudioEvent } from '../contract.ts';
+import { repoFromFolder, startHubStandIn } from '../../test/helpers/hub-stand-in.ts';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-model-list-'));
 const home = path.join(root, 'home');
@@ -66,5 +67,32 @@ describe('models in the service', () => {
     expect(missing?.message).toMatch(/lowrank-test\/not-cached: it is not in the Hugging Face cache/);
     const badId = await rejection(service.call('models.pull', { id: '../../etc' }));
     expect(badId?.code).toBe('BAD_ARGUMENT');
+  });
+
+  it('pulls through models.pull with progress events; a second request for the same id joins the first', async () => {
+    const hub = await startHubStandIn({ 'lowrank-test/hub-llama': repoFromFolder(BUNDLED_MODEL_DIR) });
+    const previousEndpoint = process.env.HF_ENDPOINT;
+    process.env.HF_ENDPOINT = hub.endpoint;
+    const events: StudioEvent[] = [];
+    const unsubscribe = service.subscribe((e) => events.push(e));
+    try {
+      const [a, b] = (await Promise.all([
+        service.call('models.pull', { id: 'lowrank-test/hub-llama' }),
+        service.call('models.pull', { id: 'lowrank-test/hub-llama' }),
+      ])) as ModelEntry[];
+      expect(b).toEqual(a);
+      expect(a).toMatchObject({ source: 'hf-cache', hubId: 'lowrank-test/hub-llama', architecture: 'LlamaForCausalLM', problem: null });
+      const weights = hub.requests.filter((r) => r.path.endsWith('/model.safetensors') && r.range !== 'bytes=0-0');
+      expect(weights.map((r) => r.bytesSent)).toEqual([fs.statSync(path.join(BUNDLED_MODEL_DIR, 'model.safetensors')).size]);
+      const pulls = events.filter((e) => e.type === 'model-pull');
+      expect(pulls.at(-1)).toMatchObject({ id: 'lowrank-test/hub-llama', done: true, error: null, bytes: a.bytes, totalBytes: a.bytes });
+      expect(pulls.some((e) => e.type === 'model-pull' && !e.done && e.file === 'model.safetensors')).toBe(true);
+      expect(((await service.call('models.list', {})) as ModelEntry[]).map((m) => m.name)).toContain('lowrank-test/hub-llama');
+    } finally {
+      unsubscribe();
+      if (previousEndpoint === undefined) delete process.env.HF_ENDPOINT;
+      else process.env.HF_ENDPOINT = previousEndpoint;
+      await hub.close();
+    }
   });
 });
