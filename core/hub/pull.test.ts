@@ -132,6 +132,20 @@ describe('pullModel', () => {
     expect(fs.readFileSync(path.join(result.dir, WEIGHTS)).equals(source.files[WEIGHTS])).toBe(true);
   });
 
+  it('leaves a file another live process is downloading alone, and takes over a dead one\'s lock', async () => {
+    const blobs = path.join(repoFolder(cacheDir, REPO), 'blobs');
+    const lock = path.join(blobs, `${sha256(source.files[WEIGHTS])}.incomplete.lock`);
+    fs.mkdirSync(blobs, { recursive: true });
+    fs.writeFileSync(lock, String(process.ppid));
+    await expectRefusal(pullModel(REPO, { env: env() }), 'WRITE_FAILED', new RegExp(`${WEIGHTS} is being downloaded .* by another process \\(pid ${process.ppid}\\)`));
+    expect(weightTransfers()).toEqual([]);
+    // A pid that no process has (Linux pids stay below 2^22): a crashed pull's lock.
+    fs.writeFileSync(lock, String(2 ** 22 + 7));
+    const result = await pullModel(REPO, { env: env() });
+    expect(fs.readFileSync(path.join(result.dir, WEIGHTS)).equals(source.files[WEIGHTS])).toBe(true);
+    expect(fs.existsSync(lock)).toBe(false);
+  });
+
   it('refuses a private repo without a token (401) and pulls it with HF_TOKEN', async () => {
     await expectRefusal(pullModel('lowrank-test/private-model', { env: env() }), 'HUB_ACCESS', /private or gated/, /HF_TOKEN/, /401/);
     expect(hub.requests.filter((r) => r.path.includes('/resolve/'))).toEqual([]);

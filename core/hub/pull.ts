@@ -16,10 +16,13 @@ import { createHash, type Hash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { downloadFile, fileDownloadInfo, HubApiError, listFiles, modelInfo, type ListFileEntry } from '@huggingface/hub';
+import { downloadFile, fileDownloadInfo, HubApiError, listFiles, modelInfo, type FileDownloadInfoOutput, type ListFileEntry } from '@huggingface/hub';
 import { LowrankError } from '../errors.ts';
 import { parseModelConfig } from '../models/config.ts';
 import { hubCacheDir, hubOffline, repoFolder } from './cache.ts';
+import { TransferMeter, type PullProgress } from './transfer-meter.ts';
+
+export type { PullProgress };
 
 export const DEFAULT_ENDPOINT = 'https://huggingface.co';
 
@@ -31,16 +34,6 @@ const MODEL_FILES = new Set([
 ]);
 const PICKLE = /\.(bin|pt|pth|ckpt)$/;
 
-export interface PullProgress {
-  repo: string;
-  /** The file being transferred, or null before the first and after the last. */
-  file: string | null;
-  bytes: number;
-  totalBytes: number;
-  bytesPerSecond: number;
-  /** NaN until a rate is known. */
-  etaSeconds: number;
-}
 
 export interface PullOptions {
   revision?: string | null;
@@ -101,45 +94,6 @@ function hubFailure(e: unknown, repo: string, endpoint: string, token: string | 
   }
   const cause = e instanceof Error ? ((e.cause as Error | undefined)?.message ?? e.message) : String(e);
   return new LowrankError('NETWORK', `${repo}: cannot reach ${endpoint} for ${what} (${cause}); check the network, or set HF_HUB_OFFLINE=1 to use the cache only`);
-}
-
-/** Rate over the last few seconds and the time left; also throttles the reports. */
-class TransferMeter {
-  private readonly samples: Array<[number, number]> = [];
-  private lastReport = 0;
-  done = 0;
-  file: string | null = null;
-
-  constructor(
-    private readonly repo: string,
-    readonly total: number,
-    private readonly report?: (p: PullProgress) => void,
-  ) {
-    this.samples.push([performance.now(), 0]);
-  }
-
-  add(bytes: number): void {
-    this.done += bytes;
-    const now = performance.now();
-    this.samples.push([now, this.done]);
-    while (this.samples.length > 2 && now - this.samples[0][0] > 5000) this.samples.shift();
-    if (now - this.lastReport >= 100) this.emit(now);
-  }
-
-  /** Bytes a resumed file already had: counted as done, not as transfer rate. */
-  resumedFrom(bytes: number): void {
-    if (bytes === 0) return;
-    this.done += bytes;
-    this.samples.splice(0, this.samples.length, [performance.now(), this.done]);
-  }
-
-  emit(now = performance.now()): void {
-    this.lastReport = now;
-    const [t0, b0] = this.samples[0];
-    const seconds = (now - t0) / 1000;
-    const rate = seconds > 0 ? (this.done - b0) / seconds : 0;
-    this.report?.({ repo: this.repo, file: this.file, bytes: this.done, totalBytes: this.total, bytesPerSecond: rate, etaSeconds: rate > 0 ? (this.total - this.done) / rate : NaN });
-  }
 }
 
 interface HubFile {
@@ -216,6 +170,48 @@ async function downloadBlob(s: Session, f: HubFile): Promise<number> {
     throw new LowrankError('INTEGRITY', `${s.repo}: the Hub's ETag/size for ${f.path} (${etag}, ${info.size} bytes) differ from its tree (${f.oid}, ${f.size} bytes); try again later`);
   }
   if (s.meter) s.meter.file = f.path;
+  const release = lockBlob(incomplete, `${s.repo}/${f.path}`);
+  try {
+    return await transferBlob(s, f, info, incomplete, blobPath);
+  } finally {
+    release();
+  }
+}
+
+/** True while a process with this id runs (EPERM: it runs, as another user). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * One writer per partial blob, across processes (two `lowrank models pull`, the app and the CLI):
+ * `<blob>.incomplete.lock` holds the writer's pid; a dead writer's lock is taken over.
+ */
+function lockBlob(incomplete: string, what: string): () => void {
+  const lock = `${incomplete}.lock`;
+  for (;;) {
+    try {
+      fs.writeFileSync(lock, String(process.pid), { flag: 'wx' });
+      return () => fs.rmSync(lock, { force: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    const pid = Number(fs.readFileSync(lock, 'utf8'));
+    if (Number.isInteger(pid) && pid > 0 && processAlive(pid)) {
+      throw new LowrankError('WRITE_FAILED', `${what} is being downloaded into the cache by another process (pid ${pid}) right now; wait for it to finish, then pull again`);
+    }
+    fs.rmSync(lock, { force: true });
+  }
+}
+
+/** The transfer itself, resumed from the partial file, then the hash check and the rename. */
+async function transferBlob(s: Session, f: HubFile, info: FileDownloadInfoOutput, incomplete: string, blobPath: string): Promise<number> {
+  const common = { repo: s.repo, path: f.path, revision: s.commit, hubUrl: s.endpoint, ...(s.token ? { accessToken: s.token } : {}) };
   let moved = 0;
   for (let attempt = 0; ; attempt++) {
     let offset = fs.existsSync(incomplete) ? fs.statSync(incomplete).size : 0;
