@@ -148,13 +148,18 @@ interface Session {
   log: (message: string) => void;
 }
 
+/** What the client's per-file calls take: the file at the pinned commit, with the token if there is one. */
+function fileParams(s: Session, f: HubFile) {
+  return { repo: s.repo, path: f.path, revision: s.commit, hubUrl: s.endpoint, ...(s.token ? { accessToken: s.token } : {}) };
+}
+
 /** Downloads one file into blobs/<oid> (resuming a partial one), verified; returns bytes moved. */
 async function downloadBlob(s: Session, f: HubFile): Promise<number> {
   const blobPath = path.join(s.blobsDir, f.oid);
   if (existingBlob(blobPath, f.size)) return 0;
   fs.mkdirSync(s.blobsDir, { recursive: true });
   const incomplete = `${blobPath}.incomplete`;
-  const common = { repo: s.repo, path: f.path, revision: s.commit, hubUrl: s.endpoint, ...(s.token ? { accessToken: s.token } : {}) };
+  const common = fileParams(s, f);
   let info;
   try {
     info = await fileDownloadInfo(common);
@@ -211,7 +216,7 @@ function lockBlob(incomplete: string, what: string): () => void {
 
 /** The transfer itself, resumed from the partial file, then the hash check and the rename. */
 async function transferBlob(s: Session, f: HubFile, info: FileDownloadInfoOutput, incomplete: string, blobPath: string): Promise<number> {
-  const common = { repo: s.repo, path: f.path, revision: s.commit, hubUrl: s.endpoint, ...(s.token ? { accessToken: s.token } : {}) };
+  const common = fileParams(s, f);
   let moved = 0;
   for (let attempt = 0; ; attempt++) {
     let offset = fs.existsSync(incomplete) ? fs.statSync(incomplete).size : 0;
@@ -241,6 +246,7 @@ async function transferBlob(s: Session, f: HubFile, info: FileDownloadInfoOutput
         throw new LowrankError('NETWORK', `${s.repo}: the download of ${f.path} was interrupted at ${have} of ${f.size} bytes (${e instanceof Error ? e.message : String(e)}); run the same pull again to resume`);
       }
       s.log(`${f.path}: transfer interrupted at ${have} of ${f.size} bytes; resuming`);
+      await new Promise((resolve) => setTimeout(resolve, 250 * (attempt + 1)));
       continue;
     }
     fs.fsyncSync(fd);
