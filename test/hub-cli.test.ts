@@ -100,6 +100,10 @@ describe('models by Hub id', () => {
     const missing = await lowrankWithStderr(['models', 'pull', 'lowrank-test/no-such-model']);
     expect(missing.code).toBe(2);
     expect(missing.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^lowrank models: lowrank-test\/no-such-model: no such model or revision on http:\/\/127\.0\.0\.1:\d+ \(404/)]);
+    // As --model it may be a mistyped folder too: the line says both.
+    const typo = await lowrankWithStderr(['inspect', '--model', 'lowrank-test/typo']);
+    expect(typo.code).toBe(2);
+    expect(typo.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^lowrank inspect: no folder lowrank-test\/typo here, and as a Hub id: lowrank-test\/typo: no such model or revision .*\(404/)]);
     const bad = await lowrankWithStderr(['models', 'pull', 'not-an-id']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/"not-an-id" is not a Hub id/);

@@ -20,8 +20,14 @@ export async function resolveModel(text: string, opts: ResolveOptions = {}): Pro
   const cached = resolveCachedModel(text, env, opts.download !== false && !hubOffline(env));
   if (cached !== null) return cached;
   const id = parseHubId(text)!;
-  const pulled = await pullModel(id.repo, { revision: id.revision, env, onProgress: opts.onProgress, onLog: opts.onLog });
-  return pulled.dir;
+  try {
+    const pulled = await pullModel(id.repo, { revision: id.revision, env, onProgress: opts.onProgress, onLog: opts.onLog });
+    return pulled.dir;
+  } catch (e) {
+    // `models/llama` may be a mistyped folder as much as a Hub id: say both.
+    if (e instanceof LowrankError && e.code === 'FILE_NOT_FOUND') throw new LowrankError(e.code, `no folder ${text} here, and as a Hub id: ${e.message}`);
+    throw e;
+  }
 }
 
 /**
