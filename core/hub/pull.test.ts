@@ -13,6 +13,7 @@ import { BUNDLED_MODEL_DIR } from '../resources.ts';
 import { repoFromFolder, startHubStandIn, type HubStandIn } from '../../test/helpers/hub-stand-in.ts';
 import { pullModel, type PullProgress } from './pull.ts';
 import { findCachedSnapshot, repoFolder } from './cache.ts';
+import { seedHubCache } from './cache.test-helpers.ts';
 
 const REPO = 'lowrank-test/brown-llama';
 const WEIGHTS = 'model.safetensors';
@@ -144,6 +145,19 @@ describe('pullModel', () => {
     const result = await pullModel(REPO, { env: env() });
     expect(fs.readFileSync(path.join(result.dir, WEIGHTS)).equals(source.files[WEIGHTS])).toBe(true);
     expect(fs.existsSync(lock)).toBe(false);
+  });
+
+  it('completes a snapshot another tool left partial, keeping its files', async () => {
+    const commit = hub.commitOf(REPO);
+    const snapshot = seedHubCache(cacheDir, REPO, BUNDLED_MODEL_DIR, { commit, refs: ['main'], links: false, only: ['config.json'] });
+    const before = fs.statSync(path.join(snapshot, 'config.json'));
+    const result = await pullModel(REPO, { env: env() });
+    expect(result.dir).toBe(snapshot);
+    expect(fs.readdirSync(snapshot).sort()).toEqual(Object.keys(source.files).sort());
+    expect(fs.lstatSync(path.join(snapshot, 'config.json')).isSymbolicLink()).toBe(false);
+    expect(fs.statSync(path.join(snapshot, 'config.json')).ino).toBe(before.ino);
+    expect(fs.readFileSync(path.join(snapshot, WEIGHTS)).equals(source.files[WEIGHTS])).toBe(true);
+    expect(fs.readdirSync(path.join(cacheDir, 'models--lowrank-test--brown-llama', 'snapshots'))).toEqual([commit]);
   });
 
   it('refuses a private repo without a token (401) and pulls it with HF_TOKEN', async () => {
