@@ -74,7 +74,7 @@ export class StudioService {
     this.store = openStore(options.home);
     this.paths = new AllowedPaths({
       // Models: the bundled one, the Hugging Face cache and the app's own merged exports too.
-      models: [path.dirname(BUNDLED_MODEL_DIR), hubCacheDir(), this.exportsDir(), ...(options.roots ?? [])],
+      models: [path.dirname(BUNDLED_MODEL_DIR), this.hubCacheDir, this.exportsDir(), ...(options.roots ?? [])],
       datasets: [path.join(RESOURCES_DIR, 'datasets'), this.uploadsDir(), ...(options.roots ?? [])],
       exports: [this.exportsDir()],
     });
@@ -323,7 +323,8 @@ export class StudioService {
         const model = this.modelPath(request.model);
         // The model step (its fit figure) and the method step ask the same question: one job answers
         // both, until the model's config.json changes.
-        const key = JSON.stringify([model, fs.statSync(path.join(model, 'config.json')).mtimeMs, request.batchSize, request.seqLen, request.targets]);
+        const configTime = fs.statSync(path.join(model, 'config.json'), { throwIfNoEntry: false })?.mtimeMs ?? 0;
+        const key = JSON.stringify([model, configTime, request.batchSize, request.seqLen, request.targets]);
         let answer = this.estimates.get(key);
         if (!answer) {
           // Loading a model is heavy for a large one: a job process, so the socket stays free.
