@@ -17,6 +17,8 @@ export interface MergedExportOptions {
   dtype: 'float32' | 'base';
   /** Largest shard; default 2 GB (writeModelFolder's default). */
   maxShardBytes?: number;
+  /** The model card, written as README.md inside the folder before it appears under its name. */
+  modelCard?: string;
 }
 
 /** Tokenizer files transformers may need besides the ones writeModelFolder copies. */
@@ -44,6 +46,7 @@ export async function exportMerged(
         const from = path.join(baseDir, file);
         if (fs.existsSync(from)) fs.copyFileSync(from, path.join(dir, file));
       }
+      if (opts.modelCard !== undefined) fs.writeFileSync(path.join(dir, 'README.md'), opts.modelCard);
     });
     return { dtype, tensors: tensors.length, replaced: source.weights.filter((w) => w.replaced).length };
   } finally {

@@ -5,7 +5,6 @@
  * its commit, the method and every hyper-parameter, the data file's name and sha256, the metrics,
  * and the exact `lowrank train` command.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { hubIdOfFolder } from '../hub/cache.ts';
 import type { Run } from '../store/types.ts';
@@ -104,8 +103,4 @@ export function modelCard(run: Run, step: number): string {
   for (const [k, v] of metrics) lines.push(`| ${k} | ${figure(v)} |`);
   lines.push('', '## Reproduce', '', 'With the data file beside you:', '', '```sh', reproduceCommand(config), '```', '');
   return lines.join('\n');
-}
-
-export function writeModelCard(dir: string, run: Run, step: number): void {
-  fs.writeFileSync(path.join(dir, 'README.md'), modelCard(run, step));
 }

@@ -12,7 +12,7 @@ import { writePeftAdapter } from './peft.ts';
 import { exportMerged } from './merged.ts';
 import { exportGguf, type GgufQuant } from './gguf.ts';
 import { mergedOntoOriginal } from './weights.ts';
-import { baseModelReference, writeModelCard } from './model-card.ts';
+import { baseModelReference, modelCard } from './model-card.ts';
 import type * as tf from '../tf.ts';
 import type { MethodParams } from '../methods/method.ts';
 
@@ -65,8 +65,7 @@ export async function exportRun(store: RunStore, request: ExportRequest, log: (m
         // A quantized base: the update goes onto the original-precision weights (weights.ts).
         const weights = mergedOntoOriginal(model, merged, config.model);
         if (request.format === 'merged') {
-          const r = await exportMerged(request.out, config.model, weights, { dtype: request.dtype ?? 'float32' });
-          writeModelCard(request.out, prepared.run, prepared.step);
+          const r = await exportMerged(request.out, config.model, weights, { dtype: request.dtype ?? 'float32', modelCard: modelCard(prepared.run, prepared.step) });
           detail = `${r.dtype}, ${r.replaced} merged tensors`;
         } else {
           const quant = request.quant ?? 'f16';
