@@ -4,6 +4,7 @@
  * stand-in was asked for), the refusals before any weight moves. No test touches the real Hub.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -34,6 +35,16 @@ async function expectRefusal(promise: Promise<unknown>, code: ErrorCode, ...ment
   expect(e.message).not.toMatch(/[\r\n]/);
   for (const m of mentions) expect(e.message).toMatch(m);
   return e;
+}
+
+/** Whether this process may mount a tmpfs (root and mount(2): this sandbox, not a CI runner). */
+function canMountTmpfs(): boolean {
+  if (process.getuid?.() !== 0) return false;
+  const probe = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-hub-probe-'));
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', probe]).status === 0;
+  if (mounted) spawnSync('umount', [probe]);
+  fs.rmSync(probe, { recursive: true, force: true });
+  return mounted;
 }
 
 /** Body bytes the stand-in sent for the weights (the `bytes=0-0` probes excluded). */
@@ -180,6 +191,19 @@ describe('pullModel', () => {
     // Of the refused repos only config.json was fetched (to read the architecture); no weights.
     const fetched = hub.requests.filter((r) => r.path.includes('/resolve/')).map((r) => r.path.split('/').pop());
     expect(new Set(fetched)).toEqual(new Set(['config.json']));
+  });
+
+  // A real small disk needs root and mount(2) (this sandbox; CI runners skip it, as test/faults/disk-full does).
+  it.runIf(canMountTmpfs())('refuses before the weights move when the cache\'s disk is too small', async () => {
+    const small = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-hub-small-'));
+    expect(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', small]).status).toBe(0);
+    try {
+      await expectRefusal(pullModel(REPO, { env: { ...env(), HF_HUB_CACHE: small } }), 'WRITE_FAILED', /needs 7\.\d MB more in .* but that disk has [34]\.\d MB free/, /HF_HUB_CACHE/);
+      expect(weightTransfers()).toEqual([]);
+    } finally {
+      spawnSync('umount', ['-l', small]);
+      fs.rmSync(small, { recursive: true, force: true });
+    }
   });
 
   it('honours HF_HUB_OFFLINE', async () => {

@@ -19,6 +19,7 @@ import * as path from 'node:path';
 import { downloadFile, fileDownloadInfo, HubApiError, listFiles, modelInfo, type FileDownloadInfoOutput, type ListFileEntry } from '@huggingface/hub';
 import { LowrankError } from '../errors.ts';
 import { parseModelConfig } from '../models/config.ts';
+import { formatBytes } from '../train/memory.ts';
 import { hubCacheDir, hubOffline, repoFolder } from './cache.ts';
 import { TransferMeter, type PullProgress } from './transfer-meter.ts';
 
@@ -242,6 +243,11 @@ async function transferBlob(s: Session, f: HubFile, info: FileDownloadInfoOutput
       fs.closeSync(fd);
       const have = fs.statSync(incomplete).size;
       if (e instanceof LowrankError || (e instanceof HubApiError && e.statusCode < 500)) throw hubFailure(e, s.repo, s.endpoint, s.token, f.path);
+      // A full disk or a read-only cache is not the network's fault: no retry, the partial file stays.
+      const fsCode = (e as NodeJS.ErrnoException).code;
+      if (typeof fsCode === 'string' && /^E(NOSPC|DQUOT|ROFS|ACCES|PERM|IO)$/.test(fsCode)) {
+        throw new LowrankError('WRITE_FAILED', `${incomplete}: cannot write the download of ${s.repo}/${f.path} (${fsCode}) at ${have} of ${f.size} bytes; free space or fix the folder, then pull again to resume`);
+      }
       if (attempt >= s.retries) {
         throw new LowrankError('NETWORK', `${s.repo}: the download of ${f.path} was interrupted at ${have} of ${f.size} bytes (${e instanceof Error ? e.message : String(e)}); run the same pull again to resume`);
       }
@@ -368,6 +374,15 @@ export async function pullModel(repo: string, opts: PullOptions = {}): Promise<P
 
   // 3. The transfer, then the snapshot by one rename.
   const pending = files.filter((f) => !existingBlob(path.join(blobsDir, f.oid), f.size));
+  const partialBytes = (f: HubFile) => fs.statSync(path.join(blobsDir, `${f.oid}.incomplete`), { throwIfNoEntry: false })?.size ?? 0;
+  const needed = pending.reduce((n, f) => n + Math.max(f.size - partialBytes(f), 0), 0);
+  const disk = fs.statfsSync(blobsDir);
+  if (needed > disk.bavail * disk.bsize) {
+    throw new LowrankError(
+      'WRITE_FAILED',
+      `${repo} needs ${formatBytes(needed)} more in ${cacheDir} but that disk has ${formatBytes(disk.bavail * disk.bsize)} free; free some space or set HF_HUB_CACHE to a folder on a larger disk`,
+    );
+  }
   const meter = new TransferMeter(repo, pending.reduce((n, f) => n + f.size, 0), opts.onProgress);
   session.meter = meter;
   meter.emit();
