@@ -22,6 +22,7 @@ import { parseModelConfig } from '../models/config.ts';
 import { formatBytes } from '../train/memory.ts';
 import { hubCacheDir, hubOffline, repoFolder } from './cache.ts';
 import { TransferMeter, type PullProgress } from './transfer-meter.ts';
+import { lockBlob } from './blob-lock.ts';
 
 export type { PullProgress };
 
@@ -181,37 +182,6 @@ async function downloadBlob(s: Session, f: HubFile): Promise<number> {
     return await transferBlob(s, f, info, incomplete, blobPath);
   } finally {
     release();
-  }
-}
-
-/** True while a process with this id runs (EPERM: it runs, as another user). */
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-/**
- * One writer per partial blob, across processes (two `lowrank models pull`, the app and the CLI):
- * `<blob>.incomplete.lock` holds the writer's pid; a dead writer's lock is taken over.
- */
-function lockBlob(incomplete: string, what: string): () => void {
-  const lock = `${incomplete}.lock`;
-  for (;;) {
-    try {
-      fs.writeFileSync(lock, String(process.pid), { flag: 'wx' });
-      return () => fs.rmSync(lock, { force: true });
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-    }
-    const pid = Number(fs.readFileSync(lock, 'utf8'));
-    if (Number.isInteger(pid) && pid > 0 && processAlive(pid)) {
-      throw new LowrankError('WRITE_FAILED', `${what} is being downloaded into the cache by another process (pid ${pid}) right now; wait for it to finish, then pull again`);
-    }
-    fs.rmSync(lock, { force: true });
   }
 }
 
