@@ -20,6 +20,13 @@ export type SchemaField =
   | { name: string; type: 'enum'; default: string; choices: string[]; description: string }
   | { name: string; type: 'string'; default: string; description: string };
 
+/** A learning rate read from a paper or its official code. */
+export interface PaperLearningRate {
+  value: number;
+  /** Where it is from: the script, table or file, e.g. `NVlabs/DoRA commonsense_reasoning/llama2_7B_DoRA.sh`. */
+  source: string;
+}
+
 export interface MethodInfo {
   /** Registry id, e.g. `lora` (METHODS.md, left column). */
   id: string;
@@ -27,6 +34,13 @@ export interface MethodInfo {
   paper: { title: string; year: number; url?: string };
   /** One line for the method card. */
   summary: string;
+  /**
+   * The learning rate the paper or its official code trains this method with, and where exactly it
+   * comes from (script or table): shown on the method card, the sweep centre of `npm run
+   * methods-report` and each method's rate in the app's method comparison. Absent where no source
+   * pins one (the card says so); those take the run's --lr.
+   */
+  paperLearningRate?: PaperLearningRate;
   /**
    * Prefix of the trainable tensor names this method owns (`lora_`), checked for clashes by the
    * registry. Empty for methods that train the base weights themselves (`full`, optimizers).
