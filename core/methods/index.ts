@@ -18,6 +18,11 @@ import './galore.ts';
 import './fira.ts';
 import './frugal.ts';
 import './galore-dct.ts';
+import './allora.ts';
+import './switchlora.ts';
+import './lorapro.ts';
+import './sara.ts';
+import './drslora.ts';
 
 export { getMethod, listMethods, registerMethod, methodRegistry, MethodRegistry } from './registry.ts';
 export { resolveTargets, targetableModules, ALL_LINEAR } from './targets.ts';
