@@ -104,6 +104,20 @@ describe.each(KINDS)('%s', (kind) => {
 });
 
 describe('switchlora on llama', () => {
+  it('takes a quarter of min(out, in) per module by default, counts it without attaching, and refuses a rank above min(out, in)', () => {
+    const { model } = tinyModel('llama-gqa-tied');
+    const targets = resolveTargets(model, ['q_proj', 'v_proj']); // q [32, 32], v [16, 32]
+    const want = 2 * (8 * 64 + 4 * 48);
+    expect(getMethod('switchlora').countTrainable!(model, {}, targets)).toBe(want);
+    const attached = getMethod('switchlora').attach(model, {}, { targets, seed: 1 }) as SwitchLoraAttached;
+    expect(attached.layers.map((l) => l.r)).toEqual([8, 4, 8, 4]);
+    expect(attached.trainableParameterCount()).toBe(want);
+    attached.detach();
+    expect(() => getMethod('switchlora').attach(model, { rank: 17 }, { targets, seed: 1 })).toThrow(/rank 17 exceeds min\(out, in\) = 16 of model\.layers\.0\.self_attn\.v_proj; choose rank ≤ 16/);
+    expect(model.adapters.size).toBe(0);
+    model.dispose();
+  });
+
   it('freezes the switched vectors’ counterparts for N_w steps with their Adam state reset', () => {
     const { model } = tinyModel('llama-gqa-tied');
     const ids = tokenIds(model.config.vocabSize, 2, 8, 2);

@@ -59,6 +59,14 @@ export function switchRate(step: number, descendSteps: number): number {
   return Math.max((0.3 ** (1 / descendSteps)) ** (step + 1), 1e-8);
 }
 
+/** The rank of a module: the given one, or for 0 a quarter of min(out, in); refused above min(out, in). */
+function moduleRank(rank: number, target: LinearTarget): number {
+  const K = Math.min(target.inFeatures, target.outFeatures);
+  const r = rank || Math.max(1, Math.floor(K / 4));
+  if (r > K) throw new LowrankError('BAD_ARGUMENT', `method switchlora: rank ${r} exceeds min(out, in) = ${K} of ${target.path}; choose rank ≤ ${K} (0 picks a quarter of it)`);
+  return r;
+}
+
 /** One wrapped module's state. */
 export interface SwitchLayer {
   readonly target: LinearTarget;
@@ -331,6 +339,12 @@ export const switchlora: Method = {
   mergeable: true,
   exportFormats: ['merged'],
 
+  // attach draws K·(out + in) candidates per module: the wizard counts without it.
+  countTrainable(model, given, paths) {
+    const params = resolveParams('switchlora', switchlora.schema, given);
+    return linearTargets(model, 'switchlora', paths).reduce((n, t) => n + moduleRank(params.rank as number, t) * (t.inFeatures + t.outFeatures), 0);
+  },
+
   attach(model, given, ctx): SwitchLoraAttached {
     const params = resolveParams('switchlora', switchlora.schema, given);
     if (ctx.initial) throw new LowrankError('BAD_ARGUMENT', 'method switchlora cannot start from a saved adapter (its switched weights are not in one); continue a run with --resume');
@@ -358,8 +372,7 @@ export const switchlora: Method = {
       for (const target of targets) {
         const { path, inFeatures: n, outFeatures: m } = target;
         const K = Math.min(m, n);
-        const r = (params.rank as number) || Math.max(1, Math.floor(K / 4));
-        if (r > K) throw new LowrankError('BAD_ARGUMENT', `method switchlora: rank ${r} exceeds min(out, in) = ${K} of ${path}; choose rank ≤ ${K} (0 picks a quarter of it)`);
+        const r = moduleRank(params.rank as number, target);
         const s = 1 / r; // lora_alpha = 1
         const { boundA, boundB } = candidateBounds(n, m, r);
         const uniform = (count: number, bound: number) => Float32Array.from({ length: count }, () => (2 * initRandom.next() - 1) * bound);
