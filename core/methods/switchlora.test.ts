@@ -104,14 +104,19 @@ describe.each(KINDS)('%s', (kind) => {
 });
 
 describe('switchlora on llama', () => {
-  it('takes a quarter of min(out, in) per module by default, counts it without attaching, and refuses a rank above min(out, in)', () => {
+  it('takes a quarter of min(out, in) per module by default, counts its exact state, and refuses a rank above min(out, in)', () => {
     const { model } = tinyModel('llama-gqa-tied');
     const targets = resolveTargets(model, ['q_proj', 'v_proj']); // q [32, 32], v [16, 32]
-    const want = 2 * (8 * 64 + 4 * 48);
-    expect(getMethod('switchlora').countTrainable!(model, {}, targets)).toBe(want);
     const attached = getMethod('switchlora').attach(model, {}, { targets, seed: 1 }) as SwitchLoraAttached;
     expect(attached.layers.map((l) => l.r)).toEqual([8, 4, 8, 4]);
-    expect(attached.trainableParameterCount()).toBe(want);
+    expect(attached.trainableParameterCount()).toBe(2 * (8 * 64 + 4 * 48));
+    // Adam's moments (2 per trainable value), per-row steps (2r), candidate pools K·(out + in) and
+    // 4r + 2 control values, float32; the optimizer's own count agrees.
+    const want = 4 * 2 * (2 * (8 * 64) + 2 * 8 + 32 * 64 + 4 * 8 + 2 + 2 * (4 * 48) + 2 * 4 + 16 * 48 + 4 * 4 + 2);
+    expect(attached.optimizerStateBytes!()).toBe(want);
+    const optimizer = attached.createOptimizer!({});
+    expect(optimizer.stateBytes()).toBe(want);
+    optimizer.dispose();
     attached.detach();
     expect(() => getMethod('switchlora').attach(model, { rank: 17 }, { targets, seed: 1 })).toThrow(/rank 17 exceeds min\(out, in\) = 16 of model\.layers\.0\.self_attn\.v_proj; choose rank ≤ 16/);
     expect(model.adapters.size).toBe(0);

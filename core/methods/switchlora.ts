@@ -339,11 +339,8 @@ export const switchlora: Method = {
   mergeable: true,
   exportFormats: ['merged'],
 
-  // attach draws K·(out + in) candidates per module: the wizard counts without it.
-  countTrainable(model, given, paths) {
-    const params = resolveParams('switchlora', switchlora.schema, given);
-    return linearTargets(model, 'switchlora', paths).reduce((n, t) => n + moduleRank(params.rank as number, t) * (t.inFeatures + t.outFeatures), 0);
-  },
+  // No countTrainable: the wizard attaches, so its state figure holds the candidate pools and
+  // per-row steps too (AdamW's 8 bytes per trainable value would leave them out).
 
   attach(model, given, ctx): SwitchLoraAttached {
     const params = resolveParams('switchlora', switchlora.schema, given);
