@@ -12,7 +12,9 @@ import { initBackend } from '../backend/index.ts';
 import { optimizerFor } from '../optim/registry.ts';
 import { getMethod } from './index.ts';
 import { resolveTargets } from './targets.ts';
-import type { SaraAttached } from './sara.ts';
+import { nuclearNormAndGradient, type SaraAttached } from './sara.ts';
+import { jacobiSvd } from '../linalg/svd.ts';
+import { Random } from '../random.ts';
 import { disposeAll, logits, modelWithWeights, relativeError, tinyModel, tokenIds, trainer } from './method-test-helpers.ts';
 import type { TinyCheckpointKind } from '../../test/fixtures/tiny-checkpoints.ts';
 
@@ -80,6 +82,31 @@ describe.each(KINDS)('%s', (kind) => {
     attached.detach();
     ids.dispose();
     model.dispose();
+  });
+});
+
+describe('SaRA rank term', () => {
+  it.each([
+    [12, 30],
+    [30, 12],
+  ])('on a sparse %d×%d matrix: Σσ and U·Vᵀ at the selected entries equal a Jacobi SVD’s', (rows, cols) => {
+    const rng = new Random(rows * 7 + cols);
+    const flat = Int32Array.from(Array.from({ length: rows * cols }, (_, i) => i).filter(() => rng.next() < 0.3));
+    const values = Float64Array.from(flat, () => rng.normal());
+    const { value, gradient } = nuclearNormAndGradient(flat, values, rows, cols);
+    const x = new Float64Array(rows * cols);
+    flat.forEach((i, k) => (x[i] = values[k]));
+    const svd = jacobiSvd(x, rows, cols);
+    expect(Math.abs(value - svd.S.reduce((a, b) => a + b, 0)) / value).toBeLessThanOrEqual(1e-10);
+    let worst = 0;
+    flat.forEach((index, k) => {
+      const i = Math.floor(index / cols);
+      const j = index % cols;
+      let uv = 0;
+      for (let t = 0; t < svd.k; t++) uv += svd.U[i * svd.k + t] * svd.Vt[t * cols + j];
+      worst = Math.max(worst, Math.abs(uv - gradient[k]));
+    });
+    expect(worst).toBeLessThanOrEqual(1e-8);
   });
 });
 

@@ -12,7 +12,8 @@
  *   gradient, hold |M| values — the memory saving.
  *   Rank term λ·‖W_k ⊙ M_k‖_* added to the training loss, k drawn uniformly each step among the
  *   targets with min(out, in) > 64 (and more than 100 selected entries, adamw2), its (sub)gradient
- *   U·Vᵀ from a full float64 SVD on the CPU (tfjs has none), gathered at M.
+ *   U·Vᵀ gathered at M, both from one float64 eigendecomposition of the small Gram matrix on the CPU
+ *   (tfjs has no SVD; see nuclearNormAndGradient).
  *   Progressive adjustment at optimizer step T_p + 1: M' = (|W_T| < ε) ∧ M; entries that grew past
  *   ε freeze at their value (restored after every later step), the rest train on with their Adam
  *   state kept.
@@ -29,7 +30,7 @@
 import * as tf from '../tf.ts';
 import { LowrankError } from '../errors.ts';
 import { Random } from '../random.ts';
-import { jacobiSvd } from '../linalg/svd.ts';
+import { symmetricEigen } from '../linalg/symmetric-eigen.ts';
 import { AdamW } from '../optim/adamw.ts';
 import type { Optimizer, OptimizerState } from '../optim/registry.ts';
 import type { AttachedMethod, Method, TrainingStep } from './method.ts';
@@ -97,31 +98,74 @@ function deltaWeight(layer: SaraLayer): tf.Tensor2D {
   return tf.reshape(flat, layer.shape) as tf.Tensor2D;
 }
 
-/** ‖X‖_* of X = scatter(p ⊙ active) [out, in] with gradient (U·Vᵀ)[M] ⊙ active to p. */
+/**
+ * ‖X‖_* and (U·Vᵀ)[M] for X = scatter(p ⊙ active) (stored layout: a Conv1D's [in, out] is the
+ * transpose of [out, in], with the same singular values and the transposed U·Vᵀ, so the value and
+ * the gradient at each entry are the same). From the Gram matrix of the shorter side, G = X·Xᵀ
+ * (or XᵀX) = Q·diag(σ²)·Qᵀ, one O(d³) symmetric eigendecomposition (d = min(out, in)) instead of a
+ * Jacobi SVD of X: ‖X‖_* = Σσ, U·Vᵀ = Q·diag(1/σ)·Qᵀ·X (or X·Q·diag(1/σ)·Qᵀ). Directions with
+ * σ ≤ 1e-7·σ_max (σ² at float64 rounding) take 0, a valid subgradient.
+ */
+export function nuclearNormAndGradient(flat: Int32Array, values: ArrayLike<number>, rows: number, cols: number): { value: number; gradient: Float64Array } {
+  const wide = rows <= cols;
+  const d = wide ? rows : cols;
+  // Nonzeros grouped by the longer side's index: [shorter-side index, value] pairs.
+  const groups = new Map<number, Array<[number, number]>>();
+  for (let k = 0; k < flat.length; k++) {
+    if (values[k] === 0) continue;
+    const i = Math.floor(flat[k] / cols);
+    const j = flat[k] % cols;
+    const [short, long] = wide ? [i, j] : [j, i];
+    const group = groups.get(long) ?? [];
+    group.push([short, values[k]]);
+    groups.set(long, group);
+  }
+  const gram = new Float64Array(d * d);
+  for (const group of groups.values()) {
+    for (const [s1, v1] of group) for (const [s2, v2] of group) gram[s1 * d + s2] += v1 * v2;
+  }
+  const { values: lambda, vectors: Q } = symmetricEigen(gram, d);
+  const cutoff = Math.max(lambda[d - 1] ?? 0, 0) * 1e-14;
+  const inverse = new Float64Array(d);
+  let value = 0;
+  for (let k = 0; k < d; k++) {
+    if (!(lambda[k] > cutoff) || lambda[k] <= 0) continue;
+    const sigma = Math.sqrt(lambda[k]);
+    value += sigma;
+    inverse[k] = 1 / sigma;
+  }
+  // P = Q·diag(1/σ)·Qᵀ [d, d]
+  const P = new Float64Array(d * d);
+  for (let s = 0; s < d; s++) {
+    for (let t = s; t < d; t++) {
+      let sum = 0;
+      for (let k = 0; k < d; k++) if (inverse[k] !== 0) sum += Q[s * d + k] * inverse[k] * Q[t * d + k];
+      P[s * d + t] = sum;
+      P[t * d + s] = sum;
+    }
+  }
+  const gradient = new Float64Array(flat.length);
+  for (let k = 0; k < flat.length; k++) {
+    const i = Math.floor(flat[k] / cols);
+    const j = flat[k] % cols;
+    const [short, long] = wide ? [i, j] : [j, i];
+    let sum = 0;
+    for (const [t, v] of groups.get(long) ?? []) sum += P[short * d + t] * v;
+    gradient[k] = sum;
+  }
+  return { value, gradient };
+}
+
+/** ‖X‖_* of X = scatter(p ⊙ active) with gradient (U·Vᵀ)[M] ⊙ active to p. */
 function nuclearNorm(layer: SaraLayer): tf.Scalar {
-  // In the stored layout: a Conv1D's [in, out] is the transpose of [out, in], with the same singular
-  // values and the transposed U·Vᵀ, so the gradient at each entry is the same.
-  const { flat } = layer;
   const [rows, cols] = layer.shape;
   const op = tf.customGrad(((values: tf.Tensor1D, active: tf.Tensor1D) => {
     const p = values.dataSync();
     const a = active.dataSync();
-    const x = new Float64Array(rows * cols);
-    for (let k = 0; k < flat.length; k++) x[flat[k]] = p[k] * a[k];
-    const svd = jacobiSvd(x, rows, cols);
-    let total = 0;
-    for (const s of svd.S) total += s;
-    const grad = new Float32Array(flat.length);
-    for (let k = 0; k < flat.length; k++) {
-      if (a[k] === 0) continue;
-      const i = Math.floor(flat[k] / cols);
-      const j = flat[k] % cols;
-      let uv = 0;
-      for (let t = 0; t < svd.k; t++) if (svd.S[t] > 0) uv += svd.U[i * svd.k + t] * svd.Vt[t * cols + j];
-      grad[k] = uv;
-    }
+    const { value, gradient } = nuclearNormAndGradient(layer.flat, Float64Array.from(p, (v, k) => v * a[k]), rows, cols);
+    const grad = Float32Array.from(gradient, (g, k) => (a[k] === 0 ? 0 : g));
     return {
-      value: tf.scalar(total),
+      value: tf.scalar(value),
       gradFunc: (dy: tf.Scalar) => [tf.mul(tf.tensor1d(grad), dy), tf.zerosLike(active)],
     };
   }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (values: tf.Tensor1D, active: tf.Tensor1D) => tf.Scalar;
