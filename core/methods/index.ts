@@ -18,6 +18,8 @@ import './galore.ts';
 import './fira.ts';
 import './frugal.ts';
 import './galore-dct.ts';
+import './loram.ts';
+import './pela.ts';
 
 export { getMethod, listMethods, registerMethod, methodRegistry, MethodRegistry } from './registry.ts';
 export { resolveTargets, targetableModules, ALL_LINEAR } from './targets.ts';

@@ -208,8 +208,8 @@ function batchSchedule(prepared: PreparedRun): (step: number, micro: number) => 
 }
 
 /** The training loss with the method's penalty term, if it has one (SoRA's sparsity term on its gates): trained on, not reported. */
-function withPenalty(attached: AttachedMethod, out: { loss: tf.Scalar; tokens: tf.Scalar }): ReturnType<LossFunction> {
-  return attached.trainingPenalty ? { ...out, penalty: attached.trainingPenalty() } : out;
+function withPenalty(attached: AttachedMethod, batch: Batch, out: { loss: tf.Scalar; tokens: tf.Scalar }): ReturnType<LossFunction> {
+  return attached.trainingPenalty ? { ...out, penalty: attached.trainingPenalty(batch) } : out;
 }
 
 /** Greedy completions of the first validation prompts: the samples shown at each evaluation. */
@@ -359,7 +359,7 @@ export async function runFinetune(
       attached.trainable,
       optimizer,
       batchSchedule(prepared),
-      (batch) => withPenalty(attached, lmLoss(model, batch)),
+      (batch) => withPenalty(attached, batch, lmLoss(model, batch)),
       {
         totalSteps,
         startStep,
@@ -386,6 +386,8 @@ export async function runFinetune(
             { step: r.step, split: 'train', name: 'lr', value: r.lr },
             { step: r.step, split: 'train', name: 'grad_norm', value: r.gradNorm },
             { step: r.step, split: 'train', name: 'tokens_per_second', value: r.tokensPerSecond },
+            // The method's own figures of the step (PELA's distillation loss).
+            ...Object.entries(attached.stepMetrics?.() ?? {}).map(([name, value]) => ({ step: r.step, split: 'train' as const, name, value })),
           ]);
           if (Date.now() - lastHeartbeat > 2000) {
             store.heartbeat(runId);
