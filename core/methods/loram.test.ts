@@ -117,7 +117,7 @@ describe('loram', () => {
     }
     const small = buildModel({ ...model.config, numHeads: keptKv * groups, numKvHeads: keptKv, intermediateSize: keptChannels }, weights);
     const want = logits(small, ids);
-    expect(relativeError(got, want)).toBeLessThan(1e-5);
+    expect(relativeError(got, want)).toBeLessThan(2e-6); // measured 2.4e-7 (float32)
     // The full model is a different function: the pruning did something.
     expect(relativeError(logits(model, ids), want)).toBeGreaterThan(1e-2);
     small.dispose();
@@ -179,17 +179,17 @@ describe('loram', () => {
     // peft's merge of the export on the ORIGINAL base, in float64, gives the in-engine logits.
     const merged = new Map([...referenceMerge(config, tensors, original)].map(([name, w]) => [name, tf.tensor(Float32Array.from(w), original.get(name)!.shape)]));
     const reference = modelWithWeights(model, merged);
-    expect(relativeError(logits(reference, ids), inEngine)).toBeLessThan(1e-5);
+    expect(relativeError(logits(reference, ids), inEngine)).toBeLessThan(2e-6); // measured 3.6e-7
     // So do the method's own merged weights.
     const own = attached.mergedWeights();
     const ownModel = modelWithWeights(model, own);
-    expect(relativeError(logits(ownModel, ids), inEngine)).toBeLessThan(1e-5);
+    expect(relativeError(logits(ownModel, ids), inEngine)).toBeLessThan(2e-6);
 
     // The export loads on the full model as a plain LoRA (the `lora` method, initial values).
     const initial = new Map([...tensors].map(([k, t]) => [k, t.dataSync() as Float32Array]));
     const fresh = tinyModel('llama-gqa-tied').model;
     const asLora = getMethod('lora').attach(fresh, { rank: r, alpha, dropout: 0 }, { targets, seed: 0, initial });
-    expect(relativeError(logits(fresh, ids), inEngine)).toBeLessThan(1e-5);
+    expect(relativeError(logits(fresh, ids), inEngine)).toBeLessThan(2e-6);
     // And re-attaching loram from it continues the same training state.
     asLora.detach();
     const again = getMethod('loram').attach(fresh, PARAMS, { targets, seed: 5, initial });

@@ -72,7 +72,7 @@ describe('pela', () => {
       }
     }
     const tail = Array.from(jacobiSvd(w, m, n).S.slice(r)).reduce((acc, s) => acc + s * s, 0);
-    expect(Math.abs(residual - tail) / tail).toBeLessThan(1e-4);
+    expect(Math.abs(residual - tail) / tail).toBeLessThan(1e-9); // measured 5e-15
     attached.detach();
     model.dispose();
   });
@@ -84,7 +84,10 @@ describe('pela', () => {
     const eps = 1e-3;
     const targets = pelaModules(model);
     const attached = getMethod('pela').attach(model, { svd: 'exact', perturbation_eps: eps }, { targets: [], seed: 0 });
-    // The reference before the step: the dense student W' = B·A against the teacher, block by block.
+    const loop = trainer(model, attached, ids, 1e-2, 4); // 4 steps, distill_fraction 0.5: steps 0 and 1 distil
+    loop.step(); // the student's embeddings, norms and factors move away from the teacher's
+    expect(attached.stepMetrics!().distill_loss).toBeGreaterThan(0);
+    // The reference for step 1: the dense student W' = B·A (and its trained weights) against the teacher, block by block.
     const merged = attached.mergedWeights();
     const student = modelWithWeights(teacherModel, merged);
     const [hs, ht] = [blockOutputs(student, ids), blockOutputs(teacherModel, ids)];
@@ -107,14 +110,10 @@ describe('pela', () => {
       wantPerturbation += (worst - eps) ** 2 / targets.length;
     }
     expect(wantDistill).toBeGreaterThan(1e-4); // the compressed model is not the original
-
-    const loop = trainer(model, attached, ids, 1e-3, 4); // 4 steps, distill_fraction 0.5: steps 0 and 1 distil
     loop.step();
-    const first = attached.stepMetrics!();
-    expect(Math.abs(first.distill_loss - wantDistill) / wantDistill).toBeLessThan(1e-4);
-    expect(Math.abs(first.weight_perturbation - wantPerturbation) / wantPerturbation).toBeLessThan(1e-4);
-    loop.step();
-    expect(attached.stepMetrics!().distill_loss).toBeGreaterThan(0);
+    const second = attached.stepMetrics!();
+    expect(Math.abs(second.distill_loss - wantDistill) / wantDistill).toBeLessThan(1e-6); // measured 3e-8
+    expect(Math.abs(second.weight_perturbation - wantPerturbation) / wantPerturbation).toBeLessThan(1e-6); // measured 5e-8
     loop.step();
     expect(attached.stepMetrics!()).toEqual({}); // fine-tuning: the task loss alone
     const penalty = attached.trainingPenalty!({ ids: ids.dataSync() as Int32Array, batchSize: 2, seqLen: 7 });
@@ -144,7 +143,7 @@ describe('pela', () => {
     // Every weight changed: the compressed ones are B·A, the others trained (embeddings, norms).
     expect(merged.size).toBe(model.weights.size);
     const dense = modelWithWeights(model, merged); // every name replaced: no tensor shared with `model`
-    expect(relativeError(logits(dense, ids), inEngine)).toBeLessThan(1e-5);
+    expect(relativeError(logits(dense, ids), inEngine)).toBeLessThan(2e-6); // measured 1.9e-7
     disposeAll(merged.values());
     attached.detach();
     expect(model.adapters.size).toBe(0);
