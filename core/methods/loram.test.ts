@@ -17,6 +17,7 @@ import { choosePruning, keptCount, prunedLayerRange, type LayerPruning } from '.
 import { resolveParams } from './params.ts';
 import { resolveTargets } from './targets.ts';
 import type { BaseGradientSource } from './method.ts';
+import type { TinyCheckpointKind } from '../../test/fixtures/tiny-checkpoints.ts';
 import {
   disposeAll,
   expectNeutralAttachAndCleanDetach,
@@ -57,8 +58,8 @@ describe('loram', () => {
     expect(keptCount(28672, 0.85)).toBe(4301);
   });
 
-  it('trains on the structurally pruned model: its training forward equals a smaller Llama built from the kept heads and channels', () => {
-    const { model, original } = tinyModel('llama-gqa-tied');
+  it.each<TinyCheckpointKind>(['llama-gqa-tied', 'qwen2'])('%s: trains on the structurally pruned model: its training forward equals a smaller model built from the kept heads and channels', (kind) => {
+    const { model, original } = tinyModel(kind);
     const { headDim: D, numHeads: H, numKvHeads: KV, hiddenSize: C, intermediateSize: I } = model.config;
     const groups = H / KV;
     const targets = resolveTargets(model, 'all-linear');
@@ -109,6 +110,8 @@ describe('loram', () => {
           }
         }
         weights.set(`${path}.weight`, tf.tensor2d(Float32Array.from(wp), [rows.length, cols.length]));
+        const bias = original.get(`${path}.bias`); // Qwen2's q/k/v biases: the kept rows
+        if (bias) weights.set(`${path}.bias`, tf.tensor1d(rows.map((i) => bias.data[i])));
       }
       for (const norm of ['input_layernorm', 'post_attention_layernorm']) {
         const n = original.get(`model.layers.${p.layer}.${norm}.weight`)!;
