@@ -50,6 +50,8 @@ export const REAL_CONFIGS: RealConfig[] = [
   { name: 'Qwen2.5-0.5B', shape: 'qwen2.5-0.5b', batch: 2, seq: 256, steps: 2, peer: true },
   { name: 'Qwen2.5-1.5B nf4', shape: 'qwen2.5-1.5b', batch: 1, seq: 512, baseDtype: 'nf4', steps: 2, peer: false },
   { name: 'Qwen2.5-0.5B, long sequence', shape: 'qwen2.5-0.5b', batch: 1, seq: 2048, steps: 1, peer: false },
+  { name: 'Llama 3.2-1B', shape: 'llama3.2-1b', batch: 1, seq: 256, steps: 2, peer: true },
+  { name: 'TinyLlama-1.1B', shape: 'tinyllama-1.1b', batch: 1, seq: 256, steps: 2, peer: true },
 ];
 
 function benchDir(): string {
