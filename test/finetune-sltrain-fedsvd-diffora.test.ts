@@ -16,15 +16,16 @@ import { cliWorkspace, logitsOf, lowrank, maxDiff } from './fixtures/cli-in-proc
 const ws = cliWorkspace('lowrank-finetune-sltrain-fedsvd-diffora-');
 const { root, modelDir, data } = ws;
 
-async function trainTwoSteps(id: string): Promise<{ runId: string; lr: number }> {
+async function trainTwoSteps(id: string): Promise<{ runId: string; lr: number; log: string[] }> {
   const trained = await lowrank(['train', '--model', modelDir, '--data', data, '--method', id, '--steps', '2', '--json']);
   expect(trained.code).toBe(0);
   const done = trained.lines.at(-1)!;
   expect(Number.isFinite(done.train_loss)).toBe(true);
+  const log = trained.lines.filter((l) => l.event === 'log').map((l) => String(l.message));
   const store = openStore();
   try {
     const run = store.getRun(done.run_id as string);
-    return { runId: run.id, lr: (run.config as unknown as FinetuneConfig).lr };
+    return { runId: run.id, lr: (run.config as unknown as FinetuneConfig).lr, log };
   } finally {
     store.close();
   }
@@ -47,8 +48,11 @@ describe('lowrank train --method sltrain|fedsvd|diffora', () => {
     // Both steps search (an A/B step, a γ step), then the top half of the 4 modules is kept: 2 of them, named by path.
     ['diffora', 2e-4, { peft_type: 'LORA', r: 8, lora_alpha: 16 }],
   ] as const)('%s trains 2 steps with default flags and its PEFT export gives the merged model’s logits', async (id, rate, fields) => {
-    const { runId, lr } = await trainTwoSteps(id);
+    const { runId, lr, log } = await trainTwoSteps(id);
     expect(lr).toBe(rate);
+    // The run's log reports the method's structure: FedSVD's round, DiffoRA's chosen modules.
+    if (id === 'fedsvd') expect(log).toContainEqual(expect.stringMatching(/^step 2: round 1: B averaged over clients \d; B·A re-factorised, max \|A·Aᵀ − I\| = \d\.\de-\d+$/));
+    else expect(log).toContainEqual(expect.stringMatching(/^step 2: search done: LoRA kept on 2 of 4 modules \(model\.layers\.\d\.self_attn\.[qv]_proj, model\.layers\.\d\.self_attn\.[qv]_proj\)$/));
     const peft = path.join(root, `${id}-peft`);
     const merged = path.join(root, `${id}-merged`);
     expect((await lowrank(['export', '--run', runId, '--format', 'peft', '--out', peft])).code).toBe(0);

@@ -156,6 +156,7 @@ export const diffora: Method = {
     let searching = false;
     let damStep = false;
     let mask: boolean[] | null = null;
+    const logLines: string[] = [];
 
     const detach = () => {
       for (const layer of layers) {
@@ -265,8 +266,11 @@ export const diffora: Method = {
         if (step === searchSteps(fraction, totalSteps) - 1) {
           searching = false;
           mask = null; // discretise from the final γ
+          const kept = layers.filter((_, i) => selected()[i]).map((l) => l.target.path);
+          logLines.push(`search done: LoRA kept on ${kept.length} of ${layers.length} modules (${kept.join(', ')})`);
         }
       },
+      takeLogLines: () => logLines.splice(0),
       mergedWeights() {
         const merged = new Map<string, tf.Tensor>();
         for (const layer of selectedLayers()) {

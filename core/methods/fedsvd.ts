@@ -177,6 +177,19 @@ export function refactorise(b: Float64Array, a: Float64Array, m: number, n: numb
   return { A, B };
 }
 
+/** max |A·Aᵀ − I| of A [r, n], row-major (A's rows are orthonormal after a re-factorisation). */
+export function orthonormalError(a: ArrayLike<number>, r: number, n: number): number {
+  let worst = 0;
+  for (let i = 0; i < r; i++) {
+    for (let j = 0; j < r; j++) {
+      let dot = 0;
+      for (let c = 0; c < n; c++) dot += a[i * n + c] * a[j * n + c];
+      worst = Math.max(worst, Math.abs(dot - (i === j ? 1 : 0)));
+    }
+  }
+  return worst;
+}
+
 /** torch.optim.SGD without momentum: p ← p − lr·(g + λ·p). No state. */
 class Sgd implements Optimizer {
   private t = 0;
@@ -314,6 +327,7 @@ export const fedsvd: Method = {
     const trainable = new Map<string, tf.Variable>();
     const onlyB = new Map<string, tf.Variable>();
     let optimizer: ClientOptimizer | null = null;
+    const logLines: string[] = [];
 
     const detach = () => {
       for (const layer of layers) {
@@ -375,6 +389,7 @@ export const fedsvd: Method = {
     const finishRound = (round: number, finished: number[]) => {
       const weight = finished.reduce((sum, k) => sum + shardSizes[k], 0);
       const refactor = svdPeriod > 0 && (round + 1) % svdPeriod === 0;
+      let worstOrthonormal = 0;
       for (const layer of layers) {
         const averaged = tf.tidy(() => tf.add(layer.serverB, tf.div(layer.roundSum, weight)) as tf.Tensor2D);
         if (refactor) {
@@ -382,6 +397,7 @@ export const fedsvd: Method = {
           const next = refactorise(Float64Array.from(averaged.dataSync()), Float64Array.from(layer.A.dataSync()), m, n, r);
           assignValues(layer.A, Float32Array.from(next.A));
           assignValues(layer.B, Float32Array.from(next.B));
+          worstOrthonormal = Math.max(worstOrthonormal, orthonormalError(layer.A.dataSync(), r, n));
         } else {
           layer.B.assign(averaged);
         }
@@ -389,6 +405,10 @@ export const fedsvd: Method = {
         layer.serverB.assign(layer.B);
         tf.tidy(() => layer.roundSum.assign(tf.zerosLike(layer.roundSum)));
       }
+      logLines.push(
+        `round ${round + 1}: B averaged over clients ${finished.join(', ')}` +
+          (refactor ? `; B·A re-factorised, max |A·Aᵀ − I| = ${worstOrthonormal.toExponential(1)}` : ''),
+      );
     };
 
     const dataShards: DataShards = {
@@ -440,6 +460,7 @@ export const fedsvd: Method = {
         // A client starts its local steps with a fresh optimizer (client.py re-creates it every round).
         if (schedule.at(step).localStep === 0 && step > 0) optimizer?.reset();
       },
+      takeLogLines: () => logLines.splice(0),
       afterOptimizerStep({ step, totalSteps }: TrainingStep) {
         const at = schedule.at(step);
         const lastOfRun = step === totalSteps - 1;

@@ -166,6 +166,11 @@ export interface AttachedMethod {
   beforeStep?(step: TrainingStep): void;
   trainingPenalty?(): tf.Scalar;
   afterOptimizerStep?(step: TrainingStep): void;
+  /**
+   * Lines for the run's log that the method wrote since it was last asked, taken after each optimizer
+   * step (DiffoRA's chosen modules when its search ends, FedSVD's rounds).
+   */
+  takeLogLines?(): string[];
   /** Which data shard each step trains on (FedSVD's simulated clients); absent: the whole training set. */
   readonly dataShards?: DataShards;
   /** Train with DP-SGD's per-example clipping and noise (FedSVD's private clients); absent: ordinary gradients. */

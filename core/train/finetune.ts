@@ -421,7 +421,10 @@ export async function runFinetune(
           stepNumber = step + 1;
           attached.beforeStep?.({ step, totalSteps, lr });
         },
-        afterOptimizerStep: (step, lr) => attached.afterOptimizerStep?.({ step, totalSteps, lr }),
+        afterOptimizerStep: (step, lr) => {
+          attached.afterOptimizerStep?.({ step, totalSteps, lr });
+          for (const message of attached.takeLogLines?.() ?? []) emit({ type: 'log', runId, message: `step ${step + 1}: ${message}` });
+        },
         onStep: (r) => {
           lastTrain = r.loss;
           lastReport = r;
