@@ -22,7 +22,10 @@
  *     (a file grouped by source or topic then gives non-IID clients, as federated data is).
  *   - Client optimizer: the code uses SGD for RoBERTa/ViT and AdamW for any other backbone
  *     (`get_optimizer`); these are decoder LMs, so AdamW by default, SGD selectable. Learning rate: the
- *     code's default 3e-4 (parser.py); its published RoBERTa runs use SGD at 0.5.
+ *     code's default 3e-4 (parser.py); its published RoBERTa runs use SGD at 0.5. The code's clients
+ *     run a constant rate (--scheduler-type constant): `--schedule constant` matches it; the run's
+ *     schedule otherwise spans all rounds. Non-private clients clip the global gradient norm to 1
+ *     (--clip-grad-norm), the run's default --clip-norm.
  *   - DP-SGD: per-example clipping to C = 2 (`--max-grad-norm`) and Gaussian noise σ·C, as Opacus with
  *     fixed-size batches instead of Poisson sampling. The code derives σ from (ε = 6, δ = 1e-5) with
  *     Opacus' PRV accountant over its whole run; no accountant here, so σ is a parameter (default 0:

@@ -20,7 +20,8 @@
  * Defaults from scripts/llm_pretrain: δ = 0.03 and α = 32 (the 60M run); r is d/4 there at 60M,
  * 350M, 1B and 7B (128 of 512, 256 of 1024, 512 of 2048, 1024 of 4096), so rank 0 means a quarter
  * of each module's smaller dimension. Every attention and MLP linear is replaced (`all-linear`).
- * Learning rate 3e-3 with AdamW, no weight decay (train_utils.py, the scripts' --lr 0.003).
+ * Learning rate 3e-3 with AdamW, no weight decay (the scripts' --lr 0.003), which the scripts warm up
+ * over 10 % of the steps and decay by cosine to 0.1 of it (`--warmup`, `--schedule cosine` here).
  * Export: merged only. S is sparse but not low-rank, so no PEFT LoRA is exact; the merged weights
  * are, and a merged folder is what every tool loads.
  */
