@@ -18,6 +18,7 @@ import {
   expectNeutralAttachAndCleanDetach,
   logits,
   modelWithWeights,
+  randomize,
   relativeError,
   tinyModel,
   tokenIds,
@@ -145,6 +146,19 @@ describe('sltrain', () => {
     const ids = tokenIds(model.config.vocabSize, 1, 6, 3);
     const dense = modelWithWeights(model, merged);
     expect(relativeError(logits(dense, ids), logits(model, ids))).toBeLessThan(1e-5);
+    disposeAll([...merged.values(), ids]);
+    attached.detach();
+    model.dispose();
+  });
+
+  it('on GPT-2’s Conv1D weights ([in, out]) the forward equals the merged weights in the stored layout', () => {
+    const { model } = tinyModel('gpt2');
+    const targets = resolveTargets(model, 'all-linear');
+    const attached = getMethod('sltrain').attach(model, { rank: 2, density: 0.1 }, { targets, seed: 2 });
+    randomize(attached, 6, 0.05);
+    const ids = tokenIds(model.config.vocabSize, 2, 6, 1);
+    const merged = attached.mergedWeights();
+    expect(relativeError(logits(modelWithWeights(model, merged), ids), logits(model, ids))).toBeLessThan(1e-5);
     disposeAll([...merged.values(), ids]);
     attached.detach();
     model.dispose();
