@@ -10,6 +10,7 @@ import { initBackend } from '../backend/index.ts';
 import { causalLmLoss } from '../models/causal-lm.ts';
 import { Random } from '../random.ts';
 import { optimizerFor } from '../optim/registry.ts';
+import { dataShard } from '../train/finetune.ts';
 import { getMethod } from './index.ts';
 import { resolveTargets } from './targets.ts';
 import { clientsPerRound, FederatedSchedule, refactorise, type FedsvdAttached } from './fedsvd.ts';
@@ -70,6 +71,9 @@ describe('fedsvd', () => {
     for (let round = 0; round < 10; round++) expect(new Set(schedule.selected(round)).size).toBe(2);
     expect(new Set(Array.from({ length: 10 }, (_, t) => schedule.selected(t).join())).size).toBeGreaterThan(1); // rounds differ
     expect(new FederatedSchedule(5, 2, 3, 42).selected(7)).toEqual(schedule.selected(7)); // a pure function of the seed
+    // Client k owns the k-th contiguous block of the training set, sizes within one of each other.
+    const examples = Array.from({ length: 10 }, (_, i) => i);
+    expect([0, 1, 2].map((k) => dataShard(examples, 3, k))).toEqual([[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]);
   });
 
   it('keeps the base model at step 0 and detaches cleanly', () => {
