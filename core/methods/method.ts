@@ -20,6 +20,13 @@ export type SchemaField =
   | { name: string; type: 'enum'; default: string; choices: string[]; description: string }
   | { name: string; type: 'string'; default: string; description: string };
 
+/** A learning rate read from a paper or its official code. */
+export interface PaperLearningRate {
+  value: number;
+  /** Where it is from: the script, table or file, e.g. `NVlabs/DoRA commonsense_reasoning/llama2_7B_DoRA.sh`. */
+  source: string;
+}
+
 export interface MethodInfo {
   /** Registry id, e.g. `lora` (METHODS.md, left column). */
   id: string;
@@ -27,6 +34,13 @@ export interface MethodInfo {
   paper: { title: string; year: number; url?: string };
   /** One line for the method card. */
   summary: string;
+  /**
+   * The learning rate the paper or its official code trains this method with, and where exactly it
+   * comes from (script or table): shown on the method card, the sweep centre of `npm run
+   * methods-report` and each method's rate in the app's method comparison. Absent where no source
+   * pins one (the card says so); those take the run's --lr.
+   */
+  paperLearningRate?: PaperLearningRate;
   /**
    * Prefix of the trainable tensor names this method owns (`lora_`), checked for clashes by the
    * registry. Empty for methods that train the base weights themselves (`full`, optimizers).
@@ -93,11 +107,42 @@ export interface BaseGradientSource {
   firstStepLearningRate: number;
 }
 
+/**
+ * Methods that choose the data of each step: FedSVD's simulated clients (client k owns shard k),
+ * DiffoRA's held-out half for its module-selection steps. The fine-tuning run splits its training
+ * examples into `count` contiguous, near-equal shards in file order and asks, for each step, which
+ * shard it trains on and how many steps that shard trained before it (its own batch cursor; each
+ * shard has its own seeded epoch order), or null: the whole training set, in the run's usual order.
+ */
+export interface DataShards {
+  readonly count: number;
+  /** The shards' example counts and the run's length, once, before the first step (FedAvg weighs clients by the counts). */
+  setSizes(sizes: number[], totalSteps: number): void;
+  shardAt(step: number): { shard: number; cursor: number } | null;
+}
+
+/**
+ * DP-SGD (Abadi et al., arXiv:1607.00133, Alg. 1; Opacus): every example's gradient, L2 over all
+ * trainable tensors, is scaled to at most `clipNorm`; the clipped gradients are summed, Gaussian
+ * noise N(0, (noiseMultiplier·clipNorm)²) is added per element, and the sum is divided by the
+ * step's example count. No global clipping follows (Opacus clips per example only).
+ */
+export interface PrivateGradients {
+  clipNorm: number;
+  noiseMultiplier: number;
+  /** Standard normal values of `shape`, from the method's generator (saved through getRandomState). */
+  normal(shape: number[]): tf.Tensor;
+}
+
 /** A method attached to one model instance. */
 export interface AttachedMethod {
   readonly method: MethodInfo;
   readonly params: MethodParams;
-  /** Trainable variables by name; adapters use PEFT's key names without `base_model.model.`. */
+  /**
+   * Trainable variables by name; adapters use PEFT's key names without `base_model.model.`. A method
+   * may also list state that checkpoints must carry but nothing differentiates, as variables created
+   * with trainable = false (FedSVD's server-side A and B): the trainer computes no gradient for them.
+   */
   readonly trainable: Map<string, tf.Variable>;
   /** Learning-rate multiplier per trainable name (LoRA+ gives B a larger rate); default 1. */
   lrScale(name: string): number;
@@ -121,6 +166,15 @@ export interface AttachedMethod {
   beforeStep?(step: TrainingStep): void;
   trainingPenalty?(): tf.Scalar;
   afterOptimizerStep?(step: TrainingStep): void;
+  /**
+   * Lines for the run's log that the method wrote since it was last asked, taken after each optimizer
+   * step (DiffoRA's chosen modules when its search ends, FedSVD's rounds).
+   */
+  takeLogLines?(): string[];
+  /** Which data shard each step trains on (FedSVD's simulated clients); absent: the whole training set. */
+  readonly dataShards?: DataShards;
+  /** Train with DP-SGD's per-example clipping and noise (FedSVD's private clients); absent: ordinary gradients. */
+  readonly privateGradients?: PrivateGradients;
   /**
    * The optimizer the method trains with (GaLore, Fira), over `trainable`, taking the run's AdamW
    * settings; absent: AdamW (core/optim/registry.ts `optimizerFor`).
