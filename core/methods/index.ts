@@ -18,6 +18,9 @@ import './galore.ts';
 import './fira.ts';
 import './frugal.ts';
 import './galore-dct.ts';
+import './sltrain.ts';
+import './fedsvd.ts';
+import './diffora.ts';
 import './loram.ts';
 import './pela.ts';
 

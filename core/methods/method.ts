@@ -119,11 +119,42 @@ export interface BaseGradientSource {
   firstStepLearningRate: number;
 }
 
+/**
+ * Methods that choose the data of each step: FedSVD's simulated clients (client k owns shard k),
+ * DiffoRA's held-out half for its module-selection steps. The fine-tuning run splits its training
+ * examples into `count` contiguous, near-equal shards in file order and asks, for each step, which
+ * shard it trains on and how many steps that shard trained before it (its own batch cursor; each
+ * shard has its own seeded epoch order), or null: the whole training set, in the run's usual order.
+ */
+export interface DataShards {
+  readonly count: number;
+  /** The shards' example counts and the run's length, once, before the first step (FedAvg weighs clients by the counts). */
+  setSizes(sizes: number[], totalSteps: number): void;
+  shardAt(step: number): { shard: number; cursor: number } | null;
+}
+
+/**
+ * DP-SGD (Abadi et al., arXiv:1607.00133, Alg. 1; Opacus): every example's gradient, L2 over all
+ * trainable tensors, is scaled to at most `clipNorm`; the clipped gradients are summed, Gaussian
+ * noise N(0, (noiseMultiplier·clipNorm)²) is added per element, and the sum is divided by the
+ * step's example count. No global clipping follows (Opacus clips per example only).
+ */
+export interface PrivateGradients {
+  clipNorm: number;
+  noiseMultiplier: number;
+  /** Standard normal values of `shape`, from the method's generator (saved through getRandomState). */
+  normal(shape: number[]): tf.Tensor;
+}
+
 /** A method attached to one model instance. */
 export interface AttachedMethod {
   readonly method: MethodInfo;
   readonly params: MethodParams;
-  /** Trainable variables by name; adapters use PEFT's key names without `base_model.model.`. */
+  /**
+   * Trainable variables by name; adapters use PEFT's key names without `base_model.model.`. A method
+   * may also list state that checkpoints must carry but nothing differentiates, as variables created
+   * with trainable = false (FedSVD's server-side A and B): the trainer computes no gradient for them.
+   */
   readonly trainable: Map<string, tf.Variable>;
   /** Learning-rate multiplier per trainable name (LoRA+ gives B a larger rate); default 1. */
   lrScale(name: string): number;
@@ -153,6 +184,15 @@ export interface AttachedMethod {
    * as train metrics under these names; absent or empty for methods with none.
    */
   stepMetrics?(): Record<string, number>;
+  /**
+   * Lines for the run's log that the method wrote since it was last asked, taken after each optimizer
+   * step (DiffoRA's chosen modules when its search ends, FedSVD's rounds).
+   */
+  takeLogLines?(): string[];
+  /** Which data shard each step trains on (FedSVD's simulated clients); absent: the whole training set. */
+  readonly dataShards?: DataShards;
+  /** Train with DP-SGD's per-example clipping and noise (FedSVD's private clients); absent: ordinary gradients. */
+  readonly privateGradients?: PrivateGradients;
   /**
    * The optimizer the method trains with (GaLore, Fira), over `trainable`, taking the run's AdamW
    * settings; absent: AdamW (core/optim/registry.ts `optimizerFor`).
