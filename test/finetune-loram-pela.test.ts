@@ -17,13 +17,13 @@ import { cliWorkspace, logitsOf, lowrank, maxDiff } from './fixtures/cli-in-proc
 const ws = cliWorkspace('lowrank-finetune-loram-pela-');
 const { root, modelDir } = ws;
 
-async function trainTwoSteps(id: string): Promise<string> {
+async function trainTwoSteps(id: string): Promise<{ runId: string; logs: string[] }> {
   // Default flags but the step count and the held-out task metric (slow, and not what this checks).
   const trained = await lowrank(['train', '--model', modelDir, '--data', ws.data, '--method', id, '--steps', '2', '--metric-examples', '0', '--json']);
   expect(trained.code).toBe(0);
   const done = trained.lines.at(-1)!;
   expect(Number.isFinite(done.train_loss)).toBe(true);
-  return done.run_id as string;
+  return { runId: done.run_id as string, logs: trained.lines.filter((l) => l.event === 'log').map((l) => String(l.message)) };
 }
 
 function expectSameLossesAfterResume(id: string, params: Record<string, number | string | boolean>): Promise<void> {
@@ -57,7 +57,9 @@ function expectSameLossesAfterResume(id: string, params: Record<string, number |
 
 describe('lowrank train --method loram', () => {
   it('trains 2 steps with the default flags; the recovered PEFT adapter on the full base gives the merged logits', async () => {
-    const runId = await trainTwoSteps('loram');
+    const { runId, logs } = await trainTwoSteps('loram');
+    // 2 layers (too shallow for layers 4..L−2): both pruned, 1 of 2 kv heads and round(0.15·64) = 10 of 64 channels kept.
+    expect(logs).toContain('step 1: trains on a pruned model (stru): decoder layers 0–1 keep 1 of 2 key/value heads (2 of 4 query heads) and 10 of 64 MLP channels; evaluation and export use the full model with the recovered adapter');
     const peft = path.join(root, 'loram-peft');
     const merged = path.join(root, 'loram-merged');
     expect((await lowrank(['export', '--run', runId, '--format', 'peft', '--out', peft])).code).toBe(0);
@@ -85,7 +87,9 @@ describe('lowrank train --method loram', () => {
 
 describe('lowrank train --method pela', () => {
   it('trains 2 steps with the default flags, logs its distillation loss and exports merged weights', async () => {
-    const runId = await trainTwoSteps('pela');
+    const { runId, logs } = await trainTwoSteps('pela');
+    expect(logs.some((l) => /^step 1: compressed 14 linear layers to rank ⌊in·out\/\(3·\(in\+out\)\)⌋: \d+ of their \d+ parameters/.test(l))).toBe(true);
+    expect(logs).toContain('step 1: distillation ends after this step; fine-tuning on the task loss alone for the remaining 1 of 2 steps');
     const store = openStore();
     try {
       const distill = store.metrics(runId, { split: 'train', name: 'distill_loss' });

@@ -374,11 +374,13 @@ export const loram: Method = {
     }
 
     const adapted = () => modules.filter((m) => m.A && m.B);
+    const logLines = [pruningSummary(model, params, [...pruning.values()])];
     return {
       method: loram,
       params,
       trainable,
       lrScale: () => 1,
+      takeLogLines: () => logLines.splice(0),
       getRandomState: () => dropoutRandom.getState(),
       setRandomState: (state) => dropoutRandom.setState(state),
       trainableParameterCount: () => [...trainable.values()].reduce((n, v) => n + v.size, 0),
@@ -438,6 +440,18 @@ function loraFactors(
     b = new Float32Array(rows * r);
   }
   return { A: variableFrom(tf.tensor2d(a, [r, cols])), B: variableFrom(tf.tensor2d(b, [rows, r])) };
+}
+
+/** One line for the run's log: what the pruned model the adapter trains on keeps. */
+function pruningSummary(model: CausalLM, params: MethodParams, pruning: LayerPruning[]): string {
+  const { numHeads: H, numKvHeads: KV, intermediateSize: I } = model.config;
+  if (pruning.length === 0) return 'no decoder layer pruned (the pruned range is empty): plain LoRA';
+  const { kvHeads, channels } = pruning[0];
+  return (
+    `trains on a pruned model (${String(params.pruning)}): decoder layers ${pruning[0].layer}–${pruning[pruning.length - 1].layer} keep ` +
+    `${kvHeads.length} of ${KV} key/value heads (${(kvHeads.length * H) / KV} of ${H} query heads) and ${channels.length} of ${I} MLP channels; ` +
+    'evaluation and export use the full model with the recovered adapter'
+  );
 }
 
 /** LoRAM's pruning is written for Llama-family blocks (its repo prunes LLaMA only). */

@@ -98,6 +98,11 @@ export const pela: Method = {
     const studentBlocks: tf.Tensor2D[] = [];
     const teacherBlocks: tf.Tensor2D[] = [];
     let sums = { distill: 0, perturbation: 0, count: 0 };
+    const before = targets.reduce((n, t) => n + t.inFeatures * t.outFeatures, 0);
+    const after = targets.reduce((n, t) => n + pelaRank(t.inFeatures, t.outFeatures, c) * (t.inFeatures + t.outFeatures), 0);
+    const logLines = [
+      `compressed ${targets.length} linear layers to rank ⌊in·out/(${c}·(in+out))⌋: ${after} of their ${before} parameters (${((100 * after) / before).toFixed(1)} %)`,
+    ];
 
     const detach = () => {
       for (const m of modules) model.adapters.delete(m.target.path);
@@ -182,7 +187,9 @@ export const pela: Method = {
       lrScale: () => 1,
       trainableParameterCount: () => [...trainable.values()].reduce((n, v) => n + v.size, 0),
       beforeStep(step: TrainingStep) {
-        distilling = step.step < Math.round(distillFraction * step.totalSteps);
+        const distillSteps = Math.round(distillFraction * step.totalSteps);
+        distilling = step.step < distillSteps;
+        if (step.step === distillSteps - 1) logLines.push(`distillation ends after this step; fine-tuning on the task loss alone for the remaining ${step.totalSteps - distillSteps} of ${step.totalSteps} steps`);
         studentBlocks.length = 0;
         sums = { distill: 0, perturbation: 0, count: 0 };
       },
@@ -202,6 +209,7 @@ export const pela: Method = {
         sums.count++;
         return tf.add(tf.mul(distill, alpha), tf.mul(perturbation, lambda)) as tf.Scalar;
       },
+      takeLogLines: () => logLines.splice(0),
       stepMetrics: (): Record<string, number> => (sums.count ? { distill_loss: sums.distill / sums.count, weight_perturbation: sums.perturbation / sums.count } : {}),
       mergedWeights() {
         const merged = new Map<string, tf.Tensor>();
