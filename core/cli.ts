@@ -13,6 +13,7 @@ import { benchTrainCommand } from './cli/bench-train.ts';
 import { dataPreviewCommand, methodsCommand, runsCommand, trainCommand } from './cli/train-commands.ts';
 import { exportCommand } from './cli/export-command.ts';
 import { demoCommand } from './cli/demo.ts';
+import { exportJobCommand, importCommand } from './cli/elsewhere-commands.ts';
 import { serveCommand } from './serve/command.ts';
 
 export type Flags = Record<string, string | boolean | undefined>;
@@ -132,6 +133,18 @@ const COMMANDS: Record<string, Command> = {
     usage: 'lowrank export --run RUN_ID --format peft|merged|gguf [--quant f32|f16|q8_0] [--dtype float32|base] [--param name=value] --out DIR [--json]',
     options: { ...strings('run', 'format', 'quant', 'dtype', 'out', 'param'), ...json },
     run: exportCommand,
+  },
+  'export-job': {
+    summary: 'a run as a LLaMA-Factory or axolotl job folder (config, data, launch commands, memory per GPU); --launch runs it here',
+    usage: 'lowrank export-job (--run RUN_ID | --config FILE.json) --engine llamafactory|axolotl --out DIR [--launch] [--json]',
+    options: { ...strings('run', 'config', 'engine', 'out'), launch: { type: 'boolean' }, ...json },
+    run: exportJobCommand,
+  },
+  import: {
+    summary: 'a PEFT adapter trained elsewhere as a run in the store (with its trainer log as the loss curve)',
+    usage: 'lowrank import --adapter DIR [--base MODEL_DIR] [--logs trainer_log.jsonl|trainer_state.json] [--data FILE] [--name NAME] [--json]',
+    options: { ...strings('adapter', 'base', 'logs', 'data', 'name'), ...json },
+    run: importCommand,
   },
   methods: {
     summary: 'the method registry: ids, papers, hyper-parameters and defaults',

@@ -175,7 +175,7 @@ function runRow(r: Run): string {
     (r.trainableParams === null ? '-' : r.trainableParams.toLocaleString('en-US')).padStart(11),
     (r.tokensPerSecond === null ? '-' : Math.round(r.tokensPerSecond).toString()).padStart(7),
     (r.wallSeconds === null ? '-' : formatDuration(r.wallSeconds)).padStart(7),
-    ` ${r.name}`,
+    ` ${r.name}${r.origin === 'local' ? '' : ` [${r.origin}]`}`,
   ].join(' ');
 }
 
