@@ -18,6 +18,17 @@ import { launchJob } from '../core/elsewhere/launch.ts';
 import { StudioService } from '../core/service.ts';
 import { FINETUNE_DEFAULTS } from '../core/train/finetune.ts';
 import type { FinetuneConfigInput, StudioEvent } from '../core/contract.ts';
+import type { JobRunner } from '../core/service/jobs.ts';
+import { runJob } from '../core/service/run-job.ts';
+
+/** Engine jobs in this process: the service's calls without a forked engine per job (seconds each here). */
+const inProcess: JobRunner = <T>(request: Parameters<JobRunner>[0], handlers: Parameters<JobRunner>[1] = {}) => {
+  const result = runJob(request, {
+    send: (m) => (m.type === 'progress' ? handlers.onProgress?.(m.message) : m.type === 'event' ? handlers.onEvent?.(m.event) : undefined),
+    shouldStop: () => false,
+  }) as Promise<T>;
+  return { result, pid: process.pid, stop: () => {}, signal: () => {}, exited: result.then(() => undefined, () => undefined) };
+};
 import { cliWorkspace, logitsOf, lowrank, maxDiff, trainAndExport } from './fixtures/cli-in-process.ts';
 
 const ws = cliWorkspace('lowrank-elsewhere-');
@@ -222,7 +233,7 @@ describe('run elsewhere', () => {
     // A stand-in nvidia-smi: the GPU check reads its device list.
     fs.writeFileSync(path.join(bin, 'nvidia-smi'), '#!/bin/sh\necho "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"\n', { mode: 0o755 });
     const savedPath = process.env.PATH;
-    const service = new StudioService({ home: process.env.LOWRANK_HOME!, transport: 'websocket', fileDialog: false, roots: [ws.root] });
+    const service = new StudioService({ home: process.env.LOWRANK_HOME!, transport: 'websocket', fileDialog: false, roots: [ws.root], jobRunner: inProcess });
     try {
       process.env.PATH = savedPath;
       const bare = (await service.call('elsewhere.local', {})) as { available: boolean };
