@@ -136,8 +136,8 @@ const COMMANDS: Record<string, Command> = {
   },
   'export-job': {
     summary: 'a run as a LLaMA-Factory or axolotl job folder (config, data, launch commands, memory per GPU); --launch runs it here',
-    usage: 'lowrank export-job (--run RUN_ID | --config FILE.json) --engine llamafactory|axolotl --out DIR [--launch] [--json]',
-    options: { ...strings('run', 'config', 'engine', 'out'), launch: { type: 'boolean' }, ...json },
+    usage: 'lowrank export-job (--run RUN_ID | --config FILE.json) --engine llamafactory|axolotl --out DIR [--launch] [--json] | lowrank export-job --resume RUN_ID',
+    options: { ...strings('run', 'config', 'engine', 'out', 'resume'), launch: { type: 'boolean' }, ...json },
     run: exportJobCommand,
   },
   import: {

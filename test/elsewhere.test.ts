@@ -63,7 +63,8 @@ function writeStandIn(dir: string): void {
   const script = `#!${process.execPath}
 const fs = require('fs'), path = require('path');
 const yaml = require(${JSON.stringify(jsYaml)});
-const [command, file] = process.argv.slice(2);
+const [command, file, ...overrides] = process.argv.slice(2);
+const resumed = overrides.map((o) => /^resume_from_checkpoint=.*checkpoint-(\\d+)$/.exec(o)).find(Boolean);
 if (command !== 'train' || !file) { console.error('usage: llamafactory-cli train CONFIG.yaml'); process.exit(2); }
 const cfg = yaml.load(fs.readFileSync(file, 'utf8'));
 for (const key of ['model_name_or_path', 'stage', 'finetuning_type', 'lora_rank', 'lora_target', 'dataset', 'dataset_dir', 'output_dir', 'per_device_train_batch_size', 'learning_rate', 'max_steps']) {
@@ -78,7 +79,7 @@ process.on('SIGABRT', () => { aborted = true; });
 fs.mkdirSync(cfg.output_dir, { recursive: true });
 const log = path.join(cfg.output_dir, 'trainer_log.jsonl');
 const total = 6;
-let step = 0;
+let step = resumed ? Number(resumed[1]) : 0;
 const timer = setInterval(() => {
   step++;
   fs.appendFileSync(log, JSON.stringify({ current_steps: step, total_steps: total, loss: 3 - 0.25 * step, eval_loss: null, lr: 1e-4, epoch: step / total, percentage: 100 * step / total, elapsed_time: '0:00:0' + step, remaining_time: '0:00:01' }) + '\\n');
@@ -200,7 +201,7 @@ describe('run elsewhere', () => {
     }
   });
 
-  it('pause stops the engine after its step (SIGABRT, as LLaMA-Factory handles it) and leaves a paused run', async () => {
+  it('pause stops the engine after its step (SIGABRT, as LLaMA-Factory handles it) and leaves a paused run; resume continues from its checkpoint', async () => {
     const savedPath = process.env.PATH;
     process.env.PATH = `${path.join(ws.root, 'bin')}${path.delimiter}${savedPath}`;
     const jobDir = path.join(ws.root, 'job-pause');
@@ -211,7 +212,7 @@ describe('run elsewhere', () => {
         const job = launchJob(store, jobDir, { pollMs: 50 });
         await new Promise<void>((resolve) => {
           const wait = setInterval(() => {
-            if (store.metrics(job.runId, { name: 'loss' }).length >= 1) {
+            if (store.metrics(job.runId, { name: 'loss' }).length >= 3) {
               clearInterval(wait);
               resolve();
             }
@@ -221,6 +222,12 @@ describe('run elsewhere', () => {
         expect(await job.result).toBe('paused');
         expect(store.getRun(job.runId).status).toBe('paused');
         expect(store.metrics(job.runId, { name: 'loss' }).length).toBeLessThan(6);
+
+        const resumed = await lowrank(['export-job', '--resume', job.runId, '--json']);
+        expect(resumed.code).toBe(0);
+        expect(resumed.lines.at(-1)).toMatchObject({ runId: job.runId, status: 'completed' });
+        expect(store.logs(job.runId).some((l) => l.message.includes(`resume_from_checkpoint=${path.join(jobDir, 'output', 'checkpoint-3')}`))).toBe(true);
+        expect(store.metrics(job.runId, { name: 'loss' }).map((m) => m.step)).toEqual([1, 2, 3, 4, 5, 6]);
       } finally {
         store.close();
       }

@@ -12,7 +12,8 @@ import { ENGINES, type EngineId } from '../elsewhere/job-spec.ts';
 import { exportJob } from '../elsewhere/export-job.ts';
 import { STRATEGY_NAMES } from '../elsewhere/gpu-memory.ts';
 import { importAdapter } from '../elsewhere/import-adapter.ts';
-import { launchJob } from '../elsewhere/launch.ts';
+import { launchJob, type LaunchedJob, type LaunchEvent } from '../elsewhere/launch.ts';
+import type { RunStore } from '../store/index.ts';
 import { choiceFlag, printJson, requireString } from './flags.ts';
 
 function readConfigFile(file: string): Record<string, unknown> {
@@ -27,7 +28,42 @@ function readConfigFile(file: string): Record<string, unknown> {
   return raw as Record<string, unknown>;
 }
 
+const printEvents = (json: boolean) => (e: LaunchEvent) => {
+  if (json) return;
+  if (e.type === 'step') console.log(`step ${e.step}/${e.totalSteps} loss ${e.loss.toFixed(4)}`);
+  else if (e.type === 'eval') console.log(`step ${e.step} validation loss ${e.valLoss.toFixed(4)}`);
+  else if (e.type === 'log') console.error(e.message);
+};
+
+/** Follows a launched engine to its end; Ctrl-C pauses it (stop after the step), a second Ctrl-C cancels. */
+async function follow(store: RunStore, job: LaunchedJob, json: boolean): Promise<void> {
+  if (!json) console.log(`run ${job.runId}: LLaMA-Factory started (pid ${job.pid}); Ctrl-C pauses (stop after this step, checkpoints kept), a second Ctrl-C cancels`);
+  let interrupts = 0;
+  const onSigint = () => (++interrupts === 1 ? job.pause() : job.cancel());
+  process.on('SIGINT', onSigint);
+  try {
+    const status = await job.result;
+    const run = store.getRun(job.runId);
+    if (json) return printJson({ runId: job.runId, status });
+    console.log(`run ${job.runId}: ${status}${run.errorMessage ? `: ${run.errorMessage}` : ''}`);
+    if (status === 'failed') throw new LowrankError('BAD_RUN_STATE', `run ${job.runId} failed: ${run.errorMessage ?? 'see lowrank runs show'}`);
+  } finally {
+    process.off('SIGINT', onSigint);
+  }
+}
+
 export async function exportJobCommand(flags: Flags): Promise<void> {
+  if (typeof flags.resume === 'string') {
+    const store = openStore();
+    try {
+      const run = store.getRun(flags.resume);
+      const jobDir = (run.config.elsewhere as { jobDir?: string } | undefined)?.jobDir;
+      if (run.origin !== 'launched' || !jobDir) throw new LowrankError('BAD_RUN_STATE', `run ${run.id} was not launched with --launch; continue a local run with lowrank train --resume ${run.id}`);
+      return await follow(store, launchJob(store, jobDir, { resumeRunId: run.id, onEvent: printEvents(Boolean(flags.json)) }), Boolean(flags.json));
+    } finally {
+      store.close();
+    }
+  }
   if (flags.engine === undefined) throw new LowrankError('BAD_ARGUMENT', `--engine is required (${ENGINES.join(' or ')})`);
   const engine = choiceFlag<EngineId>(flags, 'engine', ENGINES, 'llamafactory');
   const out = path.resolve(requireString(flags, 'out', 'the job folder to write (new or empty)'));
@@ -47,27 +83,7 @@ export async function exportJobCommand(flags: Flags): Promise<void> {
       } else if (result.memoryNote) console.log(result.memoryNote);
       return;
     }
-    const job = launchJob(store, result.dir, {
-      onEvent: (e) => {
-        if (flags.json) return;
-        if (e.type === 'step') console.log(`step ${e.step}/${e.totalSteps} loss ${e.loss.toFixed(4)}`);
-        else if (e.type === 'eval') console.log(`step ${e.step} validation loss ${e.valLoss.toFixed(4)}`);
-        else if (e.type === 'log') console.error(e.message);
-      },
-    });
-    if (!flags.json) console.log(`run ${job.runId}: LLaMA-Factory started (pid ${job.pid}); Ctrl-C pauses (stop after this step, checkpoints kept), a second Ctrl-C cancels`);
-    let interrupts = 0;
-    const onSigint = () => (++interrupts === 1 ? job.pause() : job.cancel());
-    process.on('SIGINT', onSigint);
-    try {
-      const status = await job.result;
-      const run = store.getRun(job.runId);
-      if (flags.json) return printJson({ runId: job.runId, status, jobDir: result.dir });
-      console.log(`run ${job.runId}: ${status}${run.errorMessage ? `: ${run.errorMessage}` : ''}`);
-      if (status === 'failed') throw new LowrankError('BAD_RUN_STATE', `run ${job.runId} failed: ${run.errorMessage ?? 'see lowrank runs show'}`);
-    } finally {
-      process.off('SIGINT', onSigint);
-    }
+    await follow(store, launchJob(store, result.dir, { onEvent: printEvents(Boolean(flags.json)) }), Boolean(flags.json));
   } finally {
     store.close();
   }

@@ -8,7 +8,7 @@
  *  - optimizer state as this project computes it exactly: AdamW's two moments, GaLore's projected
  *    moments and projectors (optim/galore.ts lowRankStateBytes);
  *  - activations: the estimator's count for this model, batch and sequence length with every layer
- *    checkpointed (both engines' default) and without fused ops (eager PyTorch), halved for bf16.
+ *    checkpointed (both engines' default) and eager PyTorch's ops (below), halved for bf16.
  * Data parallelism keeps everything on every GPU; ZeRO-2 shards gradients and optimizer state;
  * ZeRO-3 and FSDP (FULL_SHARD) shard the weights too. CUDA's own context (~0.5–1 GB) comes on top.
  */
@@ -74,7 +74,9 @@ export function gpuMemoryTerms(model: ModelConfig, run: FinetuneConfig): GpuMemo
     optimizerStateBytes: optimizerBytes,
     trainsBaseWeights: !adapter,
     checkpointing,
-    fusedOps: {},
+    // Eager PyTorch keeps every intermediate of its norms, RoPE and SwiGLU (the composite counts),
+    // while its cross-entropy keeps the logits and one V-wide softmax, as the fused loss here does.
+    fusedOps: { crossEntropy: true },
   }).activationBytes;
   return {
     weightsBytes: adapter ? P * baseBytesPerParam : 4 * P,

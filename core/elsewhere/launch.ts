@@ -82,12 +82,15 @@ export function launchJob(store: RunStore, jobDir: string, options: LaunchOption
 
   let runId: string;
   const args = ['train', manifest.configFile];
+  // A resumed engine appends to its log from its checkpoint's step on: keep the steps the store has.
+  let storedUpTo = -1;
   if (options.resumeRunId) {
     runId = options.resumeRunId;
     const run = store.getRun(runId);
     if (run.origin !== 'launched' || !['paused', 'interrupted'].includes(run.status)) {
       throw new LowrankError('BAD_RUN_STATE', `run ${runId} is a ${run.origin} run and ${run.status}; only a paused or interrupted launched run continues this way`);
     }
+    storedUpTo = Math.max(-1, ...store.metrics(runId, { name: 'loss' }).map((m) => m.step));
     const newest = engineCheckpoints(outputDir).at(-1);
     // LLaMA-Factory takes key=value overrides after the YAML (examples/README.md "Advanced usage").
     if (newest) args.push(`resume_from_checkpoint=${newest.dir}`);
@@ -133,7 +136,7 @@ export function launchJob(store: RunStore, jobDir: string, options: LaunchOption
   const drain = () => {
     let fresh: TrainerLogEntry[] = [];
     try {
-      fresh = follower.poll();
+      fresh = follower.poll().filter((e) => e.step > storedUpTo);
     } catch (e) {
       logError = e as Error;
     }
