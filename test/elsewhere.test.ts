@@ -15,6 +15,7 @@ import * as tf from '../core/tf.ts';
 import { openStore } from '../core/store/index.ts';
 import { loadTrainedRun } from '../core/train/finetune.ts';
 import { launchJob } from '../core/elsewhere/launch.ts';
+import { findOnPath } from '../core/elsewhere/local-engine.ts';
 import { StudioService } from '../core/service.ts';
 import { FINETUNE_DEFAULTS } from '../core/train/finetune.ts';
 import type { FinetuneConfigInput, StudioEvent } from '../core/contract.ts';
@@ -247,7 +248,8 @@ describe('run elsewhere', () => {
       const bare = (await service.call('elsewhere.local', {})) as { available: boolean };
       process.env.PATH = `${bin}${path.delimiter}${savedPath}`;
       const here = (await service.call('elsewhere.local', {})) as { available: boolean; gpu: { kind: string; name: string } };
-      expect(bare.available).toBe(false);
+      // Without the stand-ins nothing is offered (unless this machine really has LLaMA-Factory and a GPU).
+      if (!findOnPath('llamafactory-cli', savedPath)) expect(bare.available).toBe(false);
       expect(here).toMatchObject({ available: true, gpu: { kind: 'cuda', name: 'GPU 0: NVIDIA H100 80GB HBM3' } });
 
       const statuses: string[] = [];

@@ -231,6 +231,13 @@ describe('job folder', () => {
     const cached = await exportJob(null, { engine: 'axolotl', out: path.join(root, 'cached'), config: { ...runConfig('rslora'), model: cache } });
     expect(cached.model).toBe('HuggingFaceTB/SmolLM2-135M');
     expect(cached.modelIsHubId).toBe(true);
+    expect(cached.memory).not.toBeNull();
+    // A run that names its model by Hub id (not downloaded here): the id goes in as it is; its shapes are unknown here.
+    const named = await exportJob(null, { engine: 'llamafactory', out: path.join(root, 'named'), config: { ...runConfig('dora'), model: 'Qwen/Qwen2.5-7B-Instruct' } });
+    expect([named.model, named.modelIsHubId, named.memory]).toEqual(['Qwen/Qwen2.5-7B-Instruct', true, null]);
+    expect(named.memoryNote).toMatch(/not a local folder/);
+    expect((load(fs.readFileSync(path.join(named.dir, 'llamafactory.yaml'), 'utf8')) as Record<string, unknown>).model_name_or_path).toBe('Qwen/Qwen2.5-7B-Instruct');
+    expect(fs.readFileSync(path.join(named.dir, 'README.md'), 'utf8')).toContain('`Qwen/Qwen2.5-7B-Instruct` from the Hugging Face Hub');
   });
 });
 
