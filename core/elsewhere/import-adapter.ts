@@ -24,7 +24,7 @@ import { FINETUNE_DEFAULTS, prepareRun, type FinetuneConfig } from '../train/fin
 import type { RunStore } from '../store/store.ts';
 import type { JsonObject, RunOrigin } from '../store/types.ts';
 import { JOB_MANIFEST, type JobManifest } from './export-job.ts';
-import { logMetrics, readTrainerLog, type TrainerLogEntry } from './trainer-log.ts';
+import { findEngineLog, logMetrics, readTrainerLog, type TrainerLogEntry } from './trainer-log.ts';
 
 export interface ImportRequest {
   adapter: string;
@@ -135,7 +135,9 @@ export async function importAdapter(store: RunStore, request: ImportRequest, onP
   if (!base || !fs.existsSync(path.join(base, 'config.json'))) {
     throw new LowrankError('BAD_ARGUMENT', `--base DIR is required: ${base ? `the adapter names "${base}", which is not a local model folder` : 'the adapter names no base model'}; pass the folder of the model it was trained on`);
   }
-  const entries = request.logs ? readTrainerLog(request.logs) : [];
+  // Without --logs, an adapter in a job folder brings the log its engine left in the output folder.
+  const logs = request.logs ?? (job ? findEngineLog(path.join(job.dir, job.manifest.outputDir)) : null);
+  const entries = logs ? readTrainerLog(logs) : [];
   const data = request.data ?? (job && fs.existsSync(job.manifest.config.data) ? job.manifest.config.data : null);
   const config = adapterRunConfig(adapter, base, data ?? '', job?.manifest.config ?? null);
   const steps = entries.length ? entries[entries.length - 1].step : 0;
@@ -163,7 +165,7 @@ export async function importAdapter(store: RunStore, request: ImportRequest, onP
       store.addLog(run.id, 'warn', 'no dataset known (--data FILE): the run keeps its loss curve and adapter, but has no checkpoint to export, evaluate or try in the playground');
     }
     store.addArtifact(run.id, { kind: 'peft', path: path.resolve(request.adapter), formatDetail: 'imported' });
-    store.addLog(run.id, 'info', `imported ${path.resolve(request.adapter)}${request.logs ? ` with the log ${path.resolve(request.logs)}` : ''}`);
+    store.addLog(run.id, 'info', `imported ${path.resolve(request.adapter)}${logs ? ` with the log ${path.resolve(logs)}` : ''}`);
     store.finishRun(run.id, { status: 'completed', trainableParams: trainable });
   } catch (e) {
     store.failRun(run.id, { code: e instanceof LowrankError ? e.code : 'INTERNAL', message: e instanceof Error ? e.message : String(e) });

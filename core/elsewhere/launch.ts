@@ -19,7 +19,7 @@ import type { JsonObject, RunStatus } from '../store/types.ts';
 import { JOB_MANIFEST, type JobManifest } from './export-job.ts';
 import { TRAINER_LOG } from './llamafactory.ts';
 import { LLAMAFACTORY_CLI, findOnPath } from './local-engine.ts';
-import { TrainerLogFollower, logMetrics, type TrainerLogEntry } from './trainer-log.ts';
+import { TrainerLogFollower, engineCheckpoints, logMetrics, type TrainerLogEntry } from './trainer-log.ts';
 import { adapterRunConfig, checkpointFromAdapter, finalLosses } from './import-adapter.ts';
 import { readPeftAdapter } from '../export/peft.ts';
 
@@ -55,16 +55,6 @@ export function readJobManifest(jobDir: string): JobManifest {
   const file = path.join(jobDir, JOB_MANIFEST);
   if (!fs.existsSync(file)) throw new LowrankError('FILE_NOT_FOUND', `${file}: not a job folder written by lowrank export-job`);
   return JSON.parse(fs.readFileSync(file, 'utf8')) as JobManifest;
-}
-
-/** HF Trainer's `checkpoint-<step>` folders in the output folder, newest last. */
-export function engineCheckpoints(outputDir: string): Array<{ step: number; dir: string }> {
-  if (!fs.existsSync(outputDir)) return [];
-  return fs.readdirSync(outputDir)
-    .map((name) => ({ name, m: /^checkpoint-(\d+)$/.exec(name) }))
-    .filter((e) => e.m && fs.statSync(path.join(outputDir, e.name)).isDirectory())
-    .map((e) => ({ step: Number(e.m![1]), dir: path.join(outputDir, e.name) }))
-    .sort((a, b) => a.step - b.step);
 }
 
 const MAX_STORED_LINES = 2000;

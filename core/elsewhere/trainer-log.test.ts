@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { TrainerLogFollower, logMetrics, parseTrainerLogLine, readTrainerLog } from './trainer-log.ts';
+import { TrainerLogFollower, findEngineLog, logMetrics, parseTrainerLogLine, readTrainerLog } from './trainer-log.ts';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-trainer-log-'));
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
@@ -69,5 +69,19 @@ describe('trainer logs', () => {
     // LLaMA-Factory deletes an old log when a run starts over: the follower starts from the top.
     fs.writeFileSync(file, `${lfLine(1, 3)}\n`);
     expect(follower.poll().map((e) => e.loss)).toEqual([3]);
+  });
+
+  it("finds the log an engine left: LLaMA-Factory's trainer_log.jsonl, else the newest checkpoint's trainer_state.json", () => {
+    const out = path.join(root, 'output');
+    fs.mkdirSync(out);
+    expect(findEngineLog(out)).toBeNull();
+    for (const step of [5, 20, 10]) {
+      fs.mkdirSync(path.join(out, `checkpoint-${step}`));
+      fs.writeFileSync(path.join(out, `checkpoint-${step}`, 'trainer_state.json'), JSON.stringify({ max_steps: 20, log_history: [{ step, loss: 1 }] }));
+    }
+    fs.mkdirSync(path.join(out, 'checkpoint-30'));
+    expect(findEngineLog(out)).toBe(path.join(out, 'checkpoint-20', 'trainer_state.json'));
+    fs.writeFileSync(path.join(out, 'trainer_log.jsonl'), `${lfLine(1, 2)}\n`);
+    expect(findEngineLog(out)).toBe(path.join(out, 'trainer_log.jsonl'));
   });
 });

@@ -7,6 +7,7 @@
  * The follower reads a growing trainer_log.jsonl from where it stopped, so a live run streams it.
  */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { LowrankError } from '../errors.ts';
 import type { MetricInput } from '../store/types.ts';
 
@@ -87,6 +88,32 @@ export function logMetrics(entries: readonly TrainerLogEntry[]): MetricInput[] {
     ...(e.lr !== null ? [{ step: e.step, split: 'train' as const, name: 'lr', value: e.lr }] : []),
     ...(e.evalLoss !== null ? [{ step: e.step, split: 'val' as const, name: 'loss', value: e.evalLoss }] : []),
   ]);
+}
+
+/** transformers' Trainer's `checkpoint-<step>` folders in an output folder, oldest first. */
+export function engineCheckpoints(outputDir: string): Array<{ step: number; dir: string }> {
+  if (!fs.existsSync(outputDir)) return [];
+  return fs.readdirSync(outputDir)
+    .map((name) => ({ name, m: /^checkpoint-(\d+)$/.exec(name) }))
+    .filter((e) => e.m && fs.statSync(path.join(outputDir, e.name)).isDirectory())
+    .map((e) => ({ step: Number(e.m![1]), dir: path.join(outputDir, e.name) }))
+    .sort((a, b) => a.step - b.step);
+}
+
+/**
+ * The log an engine left in its output folder: LLaMA-Factory's trainer_log.jsonl, else the
+ * trainer_state.json of the newest checkpoint (axolotl, like any transformers Trainer, writes it
+ * with each checkpoint only); null when there is neither.
+ */
+export function findEngineLog(outputDir: string): string | null {
+  const jsonl = path.join(outputDir, 'trainer_log.jsonl');
+  if (fs.existsSync(jsonl)) return jsonl;
+  for (const c of engineCheckpoints(outputDir).reverse()) {
+    const state = path.join(c.dir, 'trainer_state.json');
+    if (fs.existsSync(state)) return state;
+  }
+  const top = path.join(outputDir, 'trainer_state.json');
+  return fs.existsSync(top) ? top : null;
 }
 
 /** Reads the lines appended to a trainer_log.jsonl since the last poll (a partial last line waits). */
