@@ -72,7 +72,13 @@ export async function exportJobCommand(flags: Flags): Promise<void> {
   if ((runId === undefined) === (configFile === undefined)) throw new LowrankError('BAD_ARGUMENT', 'give one of --run RUN_ID or --config FILE');
   const store = openStore();
   try {
-    const result = await exportJob(store, { engine, out, runId, config: configFile ? readConfigFile(configFile) : undefined }, (m) => !flags.json && console.error(m));
+    let config: Record<string, unknown> | undefined;
+    if (configFile) config = readConfigFile(configFile);
+    const result = await exportJob(store, { engine, out, runId, config }, (m) => !flags.json && console.error(m)).catch((e: unknown) => {
+      // Name the file a config error comes from.
+      if (configFile && e instanceof LowrankError && e.code === 'BAD_CONFIG' && e.message.startsWith('config: ')) throw new LowrankError('BAD_CONFIG', `${configFile}: ${e.message.slice(8)}`);
+      throw e;
+    });
     if (!flags.launch) {
       if (flags.json) return printJson(result);
       console.log(`wrote the ${engine} job for ${result.model} to ${result.dir} (${result.records} records${result.skipped ? `, ${result.skipped} bad left out` : ''})`);

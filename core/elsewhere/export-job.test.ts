@@ -255,6 +255,13 @@ describe('refusals', () => {
     }
   });
 
+  it('refuses a config file with a wrong field, naming it', async () => {
+    const error = await exportJob(null, { engine: 'axolotl', out: path.join(root, 'bad-config'), config: { ...runConfig('lora'), batchSize: 'eight' as unknown as number } }).catch((e: unknown) => e);
+    expect(isLowrankError(error) && error.code).toBe('BAD_CONFIG');
+    expect((error as Error).message).toMatch(/^config: batchSize: /);
+    expect(fs.existsSync(path.join(root, 'bad-config'))).toBe(false);
+  });
+
   it('refuses a non-integer alpha, which both engines type as int', async () => {
     const error = await exportJob(null, { engine: 'llamafactory', out: path.join(root, 'alpha'), config: { ...runConfig('lora'), params: { ...PARAMS.lora, alpha: 2.5 } } }).catch((e: unknown) => e);
     expect((error as Error).message).toMatch(/alpha = 2.5: LLaMA-Factory's lora_alpha is an integer/);

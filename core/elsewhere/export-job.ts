@@ -25,6 +25,7 @@ import { axolotlJob, AXOLOTL_CONFIG } from './axolotl.ts';
 import { bytesPerGpu, gpuMemoryTerms, STRATEGIES, STRATEGY_NAMES, type Strategy } from './gpu-memory.ts';
 import { DEEPSPEED_ZERO2, DEEPSPEED_ZERO3, axolotlFsdpFields, llamaFactoryFsdpConfig } from './parallel-configs.ts';
 import { toYaml } from './yaml.ts';
+import { describeIssues, finetuneConfigSchema } from '../contract.ts';
 
 export const JOB_MANIFEST = 'lowrank-job.json';
 export const JOB_OUTPUT_DIR = 'output';
@@ -86,11 +87,12 @@ export function jobConfig(store: RunStore | null, request: ExportJobRequest): { 
     config = run.config as unknown as FinetuneConfig;
     runId = run.id;
   } else if (request.config) {
-    const given = request.config;
-    for (const field of ['model', 'data', 'method'] as const) {
-      if (typeof given[field] !== 'string' || given[field] === '') throw new LowrankError('BAD_CONFIG', `config: field "${field}" is required (a string)`);
-    }
-    config = { ...FINETUNE_DEFAULTS, ...given } as FinetuneConfig;
+    // A config file is checked as the wizard's config is (core/contract.ts), over the defaults; the keys a
+    // launched or imported run's config adds are left out.
+    const { elsewhere: _elsewhere, trainedAs: _trainedAs, ...given } = request.config as Partial<FinetuneConfig> & { elsewhere?: unknown; trainedAs?: unknown };
+    const parsed = finetuneConfigSchema.safeParse({ ...FINETUNE_DEFAULTS, ...given });
+    if (!parsed.success) throw new LowrankError('BAD_CONFIG', `config: ${describeIssues(parsed.error)}`);
+    config = parsed.data as FinetuneConfig;
   } else {
     throw new LowrankError('BAD_ARGUMENT', 'give --run RUN_ID or --config FILE');
   }
