@@ -135,6 +135,20 @@ describe('run elsewhere', () => {
     expect(maxDiff(await logitsOf(merged), local.mergedLogits)).toBe(0);
   });
 
+  it('imports a DoRA adapter with no job folder (--base and --data given) with the logits of its run', async () => {
+    const dora = await trainAndExport(ws, 'dora', ['--rank', '4', '--alpha', '8', '--dropout', '0']);
+    const imported = await lowrank(['import', '--adapter', dora.peft, '--base', ws.modelDir, '--data', ws.data, '--json']);
+    expect(imported.code).toBe(0);
+    const runId = imported.lines[0].runId as string;
+    const store = openStore();
+    try {
+      expect(store.getRun(runId)).toMatchObject({ origin: 'imported', method: 'dora', status: 'completed', trainableParams: store.getRun(dora.runId).trainableParams });
+    } finally {
+      store.close();
+    }
+    expect(maxDiff(await runLogits(runId), await runLogits(dora.runId))).toBe(0);
+  });
+
   it('refuses an adapter whose base is unknown, in one line naming the fix', async () => {
     const bare = path.join(ws.root, 'bare-adapter');
     fs.cpSync(local.peft, bare, { recursive: true });
