@@ -13,7 +13,6 @@ import { benchTrainCommand } from './cli/bench-train.ts';
 import { dataPreviewCommand, methodsCommand, runsCommand, trainCommand } from './cli/train-commands.ts';
 import { exportCommand } from './cli/export-command.ts';
 import { demoCommand } from './cli/demo.ts';
-import { exportJobCommand, importCommand } from './cli/elsewhere-commands.ts';
 import { serveCommand } from './serve/command.ts';
 
 export type Flags = Record<string, string | boolean | undefined>;
@@ -138,13 +137,14 @@ const COMMANDS: Record<string, Command> = {
     summary: 'a run as a LLaMA-Factory or axolotl job folder (config, data, launch commands, memory per GPU); --launch runs it here',
     usage: 'lowrank export-job (--run RUN_ID | --config FILE.json) --engine llamafactory|axolotl --out DIR [--launch] [--json] | lowrank export-job --resume RUN_ID',
     options: { ...strings('run', 'config', 'engine', 'out', 'resume'), launch: { type: 'boolean' }, ...json },
-    run: exportJobCommand,
+    // Loaded when used: the other commands start no faster for it.
+    run: async (flags) => (await import('./cli/elsewhere-commands.ts')).exportJobCommand(flags),
   },
   import: {
     summary: 'a PEFT adapter trained elsewhere as a run in the store (with its trainer log as the loss curve)',
     usage: 'lowrank import --adapter DIR [--base MODEL_DIR] [--logs trainer_log.jsonl|trainer_state.json] [--data FILE] [--name NAME] [--json]',
     options: { ...strings('adapter', 'base', 'logs', 'data', 'name'), ...json },
-    run: importCommand,
+    run: async (flags) => (await import('./cli/elsewhere-commands.ts')).importCommand(flags),
   },
   methods: {
     summary: 'the method registry: ids, papers, hyper-parameters and defaults',
