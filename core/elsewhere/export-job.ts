@@ -111,6 +111,9 @@ export async function exportJob(store: RunStore | null, request: ExportJobReques
   const out = path.resolve(request.out);
   if (fs.existsSync(out) && fs.readdirSync(out).length > 0) throw new LowrankError('BAD_ARGUMENT', `${out} exists and is not empty; choose a new folder for the job`);
 
+  if (config.adapter && !fs.existsSync(path.join(config.adapter, 'adapter_config.json'))) {
+    throw new LowrankError('FILE_NOT_FOUND', `${config.adapter}: the adapter this run continues from is gone (no adapter_config.json); the job needs it`);
+  }
   const modelConfig = localModelConfig(config.model);
   const { name: model, hubId } = engineModelName(config.model);
   const hasChatTemplate = modelConfig ? (await loadTokenizer(config.model)).hasChatTemplate : true;
