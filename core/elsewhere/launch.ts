@@ -169,15 +169,21 @@ export function launchJob(store: RunStore, jobDir: string, options: LaunchOption
     }
   };
 
+  // The engine has a process group of its own, so it would outlive this process: end it with it.
+  const endWithUs = () => signalGroup('SIGTERM');
+  process.once('exit', endWithUs);
+
   const result = new Promise<RunStatus>((resolve, reject) => {
     let failedToStart = false;
     child.on('error', (e) => {
+      process.off('exit', endWithUs);
       failedToStart = true;
       clearInterval(poll);
       store.failRun(runId, { code: 'ENGINE_FAILED', message: `${cli} could not start: ${e.message}` });
       reject(new LowrankError('BAD_ARGUMENT', `${cli} could not start: ${e.message}`));
     });
     child.on('close', (code, signal) => {
+      process.off('exit', endWithUs);
       if (failedToStart) return;
       clearInterval(poll);
       drain();
