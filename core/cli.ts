@@ -133,6 +133,19 @@ const COMMANDS: Record<string, Command> = {
     options: { ...strings('run', 'format', 'quant', 'dtype', 'out', 'param'), ...json },
     run: exportCommand,
   },
+  'export-job': {
+    summary: 'a run as a LLaMA-Factory or axolotl job folder (config, data, launch commands, memory per GPU); --launch runs it here',
+    usage: 'lowrank export-job (--run RUN_ID | --config FILE.json) --engine llamafactory|axolotl --out DIR [--launch] [--json] | lowrank export-job --resume RUN_ID',
+    options: { ...strings('run', 'config', 'engine', 'out', 'resume'), launch: { type: 'boolean' }, ...json },
+    // Loaded when used: the other commands start no faster for it.
+    run: async (flags) => (await import('./cli/elsewhere-commands.ts')).exportJobCommand(flags),
+  },
+  import: {
+    summary: 'a PEFT adapter trained elsewhere as a run in the store (with its trainer log as the loss curve)',
+    usage: 'lowrank import --adapter DIR [--base MODEL_DIR] [--logs trainer_log.jsonl|trainer_state.json] [--data FILE] [--name NAME] [--json]',
+    options: { ...strings('adapter', 'base', 'logs', 'data', 'name'), ...json },
+    run: async (flags) => (await import('./cli/elsewhere-commands.ts')).importCommand(flags),
+  },
   methods: {
     summary: 'the method registry: ids, papers, hyper-parameters and defaults',
     usage: 'lowrank methods [--json]',

@@ -16,6 +16,9 @@ import type { MemoryEstimate } from './train/memory.ts';
 import type { DatasetPreview } from './data/dataset.ts';
 import type { MethodInfo } from './methods/method.ts';
 import type { Artifact, Checkpoint, LogEntry, Metric, Run, RunStatus, Sample } from './store/types.ts';
+import type { LocalEngine } from './elsewhere/local-engine.ts';
+import type { EngineId } from './elsewhere/job-spec.ts';
+import type { Strategy } from './elsewhere/gpu-memory.ts';
 
 const path = z.string().min(1).max(4096);
 const runId = z.string().regex(/^[0-9A-Za-z-]{1,64}$/);
@@ -102,6 +105,14 @@ export const CALLS = {
       name: z.string().regex(/^[\w.-]{1,100}$/).optional(),
     })
     .strict(),
+  /** Whether LLaMA-Factory and a CUDA or Metal GPU are here (the wizard's "Run with LLaMA-Factory" choice). */
+  'elsewhere.local': none,
+  /** A run as a job folder for another engine (core/elsewhere/export-job.ts). */
+  'runs.exportJob': z
+    .object({ runId, engine: z.enum(['llamafactory', 'axolotl']), destinationDir: path.optional() })
+    .strict(),
+  /** The wizard's config trained by LLaMA-Factory on this machine, followed as a live run. */
+  'runs.launchElsewhere': z.object({ config: finetuneConfigSchema, engine: z.literal('llamafactory') }).strict(),
   'playground.generate': z
     .object({
       runId,
@@ -204,6 +215,22 @@ export interface ExportReply {
   step: number;
 }
 
+export interface ExportJobReply {
+  runId: string;
+  engine: EngineId;
+  dir: string;
+  configFile: string;
+  model: string;
+  modelIsHubId: boolean;
+  records: number;
+  skipped: number;
+  commands: Array<{ title: string; command: string }>;
+  memory: Array<{ strategy: Strategy; gpus: number; bytes: number }> | null;
+  memoryNote: string | null;
+  /** Settings of the run no engine field carries, and why. */
+  notCarried: Array<{ setting: string; note: string }>;
+}
+
 export interface AppInfo {
   version: string;
   transport: 'electron' | 'websocket';
@@ -239,6 +266,9 @@ export interface Replies {
   'runs.delete': { deleted: true };
   'runs.compare': RunComparison;
   'runs.export': ExportReply;
+  'elsewhere.local': LocalEngine;
+  'runs.exportJob': ExportJobReply;
+  'runs.launchElsewhere': { runId: string };
   'playground.generate': { base: string; adapted: string; seconds: number };
 }
 

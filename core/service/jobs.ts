@@ -15,7 +15,11 @@ export type JobRequest =
   | { kind: 'export'; home: string; request: ExportRequest }
   | { kind: 'generate'; home: string; runId: string; prompt: string; seed: number; maxNewTokens: number; temperature: number }
   | { kind: 'estimate-methods'; home: string; model: string; batchSize: number; seqLen: number; targets: string[] | 'all-linear' }
-  | { kind: 'estimate-run'; home: string; config: FinetuneConfigInput };
+  | { kind: 'estimate-run'; home: string; config: FinetuneConfigInput }
+  /** An adapter trained elsewhere written as a run's checkpoint (core/elsewhere/import-adapter.ts); replies its trainable count. */
+  | { kind: 'checkpoint-adapter'; home: string; runId: string; config: FinetuneConfigInput; step: number }
+  /** A run written as a job folder for another engine (core/elsewhere/export-job.ts). */
+  | { kind: 'export-job'; home: string; runId?: string; config?: FinetuneConfigInput; engine: 'llamafactory' | 'axolotl'; out: string };
 
 export type WorkerMessage =
   | { type: 'event'; event: FinetuneEvent }

@@ -11,6 +11,8 @@ import { stopTokenIds } from '../train/evaluate.ts';
 import { isLowrankError } from '../errors.ts';
 import type { JobRequest, WorkerMessage } from './jobs.ts';
 import { estimateMethods, estimateRun } from './estimates.ts';
+import { checkpointFromAdapter } from '../elsewhere/import-adapter.ts';
+import { exportJob } from '../elsewhere/export-job.ts';
 
 export interface JobIo {
   send(m: WorkerMessage): void;
@@ -27,6 +29,10 @@ export async function runJob(job: JobRequest, io: JobIo): Promise<unknown> {
         return await runFinetune(store, job.config as FinetuneConfig, (event) => io.send({ type: 'event', event }), { shouldStop: io.shouldStop }, job.resumeRunId);
       case 'export':
         return await exportRun(store, job.request, (message) => io.send({ type: 'progress', message }));
+      case 'checkpoint-adapter':
+        return await checkpointFromAdapter(store, job.runId, job.config as FinetuneConfig, job.step);
+      case 'export-job':
+        return await exportJob(store, { engine: job.engine, out: job.out, runId: job.runId, config: job.config as FinetuneConfig | undefined }, (message) => io.send({ type: 'progress', message }));
       case 'generate': {
         const started = performance.now();
         const prepared = await loadTrainedRun(store, job.runId);
