@@ -42,7 +42,7 @@ const TOLERANCE: Record<GgufQuant, { logProb: number; kl: number }> = {
 /**
  * Mean KL (nats) left once our weights are rounded like the file's: llama.cpp's own rounding of the
  * activations (to Q8_0 blocks of 32 for Q8_0 / Q4_0 / Q5_0 weights, to Q8_K blocks of 256 for
- * Q4_K / Q6_K). Measured here: q8_0 5.6e-4, q4_0 5.5e-3, q4_K_M 2.7e-2, each about 1/100 to 1/300
+ * Q4_K / Q6_K). Measured here: q8_0 5.6e-4, q4_0 5.5e-3, q4_K_M 2.2e-2, each about 1/100 to 1/300
  * of the gap with unrounded weights.
  */
 const ROUNDED_KL: Partial<Record<GgufQuant, number>> = { q8_0: 1e-3, q4_0: 1e-2, q4_K_M: 5e-2 };

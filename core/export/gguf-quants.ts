@@ -11,9 +11,10 @@
  *    squares over 21 candidate scales (make_qkx2_quants);
  *  - Q6_K [210 B / 256]: 128 bytes of low nibbles, 64 bytes of high 2-bit pairs, 16 int8 scales (one
  *    per 16 values), f16 d; x ≈ d·scale_j·(q − 32).
- * Arithmetic is float32-rounded where ggml stores a float (the f16 scales are what matters: they are
- * the values llama.cpp multiplies by); a block's integer codes may still differ from ggml's in rare
- * float64-vs-float32 ties, which changes nothing a reader can rely on.
+ * The scale searches run in float64 where ggml uses float; the scales are rounded to f16 (and the
+ * K-quants' sub-block scales to 6 bits) before the values are coded against them, as in ggml, so a
+ * reader multiplies exactly by what the codes were chosen for. A block's codes may differ from
+ * ggml's own in rare ties, which changes nothing a reader can rely on.
  */
 import { float16BitsToFloat32, float32ToFloat16Bits } from '../io/dtype.ts';
 
@@ -30,8 +31,12 @@ const f32 = Math.fround;
 
 /** ggml's nearest_int: round half to even (the 1.5·2^23 trick). */
 function nearestInt(x: number): number {
-  const r = Math.round(x);
-  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
+  const r = Math.round(x); // halves up; ggml's halves go to even
+  return r - x === 0.5 && (r & 1) !== 0 ? r - 1 : r;
+}
+
+function clamp(value: number, low: number, high: number): number {
+  return value < low ? low : value > high ? high : value;
 }
 
 /** The f16 a value is stored as, read back: what llama.cpp will multiply by. */
@@ -106,60 +111,63 @@ export function quantizeQ5_0(values: Float32Array): Uint8Array {
 /**
  * make_qkx2_quants(n, nmax, x, weights, L, &the_min, Laux, rmin = −1, rdelta = 0.1, nstep = 20,
  * use_mad = false): x ≈ scale·L − theMin with L in [0, nmax], minimising Σ w·err² over the
- * starting grid and 21 stretched ones. Returns [scale, theMin]; fills `codes`.
+ * starting grid and 21 stretched ones. Returns [scale, theMin]; fills `codes`. (The fits run in
+ * float64: only the stored f16 scales and 6-bit codes reach the file.)
  */
 function fitScaleAndMin(x: Float32Array, weights: Float32Array, nmax: number, codes: Uint8Array, scratch: Uint8Array): [number, number] {
   const n = x.length;
   const [rmin, rdelta, nstep] = [-1, 0.1, 20];
   let min = x[0]!;
   let max = x[0]!;
-  let sumW = weights[0]!;
-  let sumX = f32(sumW * x[0]!);
-  for (let i = 1; i < n; i++) {
-    if (x[i]! < min) min = x[i]!;
-    if (x[i]! > max) max = x[i]!;
-    sumW = f32(sumW + weights[i]!);
-    sumX = f32(sumX + f32(weights[i]! * x[i]!));
+  let sumW = 0;
+  let sumX = 0;
+  for (let i = 0; i < n; i++) {
+    const v = x[i]!;
+    if (v < min) min = v;
+    if (v > max) max = v;
+    sumW += weights[i]!;
+    sumX += weights[i]! * v;
   }
   if (min > 0) min = 0;
   if (max === min) {
     codes.fill(0);
     return [0, -min];
   }
-  let iscale = f32(nmax / f32(max - min));
-  let scale = f32(1 / iscale);
+  const range = max - min;
+  let iscale = nmax / range;
+  let scale = 1 / iscale;
   let bestError = 0;
   for (let i = 0; i < n; i++) {
-    const l = Math.max(0, Math.min(nmax, nearestInt(f32(iscale * f32(x[i]! - min)))));
+    const l = clamp(nearestInt(iscale * (x[i]! - min)), 0, nmax);
     codes[i] = l;
-    const diff = f32(f32(scale * l + min) - x[i]!);
-    bestError = f32(bestError + f32(weights[i]! * f32(diff * diff)));
+    const diff = scale * l + min - x[i]!;
+    bestError += weights[i]! * diff * diff;
   }
   for (let step = 0; step <= nstep; step++) {
-    iscale = f32(f32(rmin + rdelta * step + nmax) / f32(max - min));
+    iscale = (rmin + rdelta * step + nmax) / range;
     let sumL = 0;
     let sumL2 = 0;
     let sumXL = 0;
     for (let i = 0; i < n; i++) {
-      const l = Math.max(0, Math.min(nmax, nearestInt(f32(iscale * f32(x[i]! - min)))));
+      const l = clamp(nearestInt(iscale * (x[i]! - min)), 0, nmax);
       scratch[i] = l;
       const w = weights[i]!;
-      sumL = f32(sumL + w * l);
-      sumL2 = f32(sumL2 + w * l * l);
-      sumXL = f32(sumXL + f32(w * l) * x[i]!);
+      sumL += w * l;
+      sumL2 += w * l * l;
+      sumXL += w * l * x[i]!;
     }
-    const det = f32(sumW * sumL2 - sumL * sumL);
+    const det = sumW * sumL2 - sumL * sumL;
     if (det > 0) {
-      let thisScale = f32(f32(sumW * sumXL - sumX * sumL) / det);
-      let thisMin = f32(f32(sumL2 * sumX - sumL * sumXL) / det);
+      let thisScale = (sumW * sumXL - sumX * sumL) / det;
+      let thisMin = (sumL2 * sumX - sumL * sumXL) / det;
       if (thisMin > 0) {
         thisMin = 0;
-        thisScale = f32(sumXL / sumL2);
+        thisScale = sumXL / sumL2;
       }
       let error = 0;
       for (let i = 0; i < n; i++) {
-        const diff = f32(f32(thisScale * scratch[i]! + thisMin) - x[i]!);
-        error = f32(error + f32(weights[i]! * f32(diff * diff)));
+        const diff = thisScale * scratch[i]! + thisMin - x[i]!;
+        error += weights[i]! * diff * diff;
       }
       if (error < bestError) {
         codes.set(scratch.subarray(0, n));
@@ -242,7 +250,8 @@ export function quantizeQ4_K(values: Float32Array): Uint8Array {
 
 /**
  * make_qx_quants(n, nmax, x, L, rmse_type = 1, qw = NULL): a signed scale with x ≈ scale·(L − nmax),
- * L in [0, 2·nmax), weights x², refined over 18 stretched grids. Fills `codes`, returns the scale.
+ * L in [0, 2·nmax), weights x², refined over 18 stretched grids (in float64, as fitScaleAndMin).
+ * Fills `codes`, returns the scale.
  */
 function fitSignedScale(x: Float32Array, nmax: number, codes: Uint8Array): number {
   const n = x.length;
@@ -258,34 +267,36 @@ function fitSignedScale(x: Float32Array, nmax: number, codes: Uint8Array): numbe
     codes.fill(0);
     return 0;
   }
-  const clampCode = (l: number) => Math.max(-nmax, Math.min(nmax - 1, l));
-  let iscale = f32(-nmax / max);
+  const codeAt = (iscale: number, v: number) => clamp(nearestInt(iscale * v), -nmax, nmax - 1);
+  let iscale = -nmax / max;
   let sumLX = 0;
   let sumL2 = 0;
   for (let i = 0; i < n; i++) {
-    const l = clampCode(nearestInt(f32(iscale * x[i]!)));
+    const v = x[i]!;
+    const l = codeAt(iscale, v);
     codes[i] = l + nmax;
-    const w = f32(x[i]! * x[i]!);
-    sumLX = f32(sumLX + f32(w * x[i]!) * l);
-    sumL2 = f32(sumL2 + w * l * l);
+    const w = v * v;
+    sumLX += w * v * l;
+    sumL2 += w * l * l;
   }
-  let scale = sumL2 ? f32(sumLX / sumL2) : 0;
-  let best = f32(scale * sumLX);
+  let scale = sumL2 ? sumLX / sumL2 : 0;
+  let best = scale * sumLX;
   for (let step = -9; step <= 9; step++) {
     if (step === 0) continue;
-    iscale = f32(-f32(nmax + 0.1 * step) / max);
+    iscale = -(nmax + 0.1 * step) / max;
     sumLX = 0;
     sumL2 = 0;
     for (let i = 0; i < n; i++) {
-      const l = clampCode(nearestInt(f32(iscale * x[i]!)));
-      const w = f32(x[i]! * x[i]!);
-      sumLX = f32(sumLX + f32(w * x[i]!) * l);
-      sumL2 = f32(sumL2 + w * l * l);
+      const v = x[i]!;
+      const l = codeAt(iscale, v);
+      const w = v * v;
+      sumLX += w * v * l;
+      sumL2 += w * l * l;
     }
-    if (sumL2 > 0 && f32(sumLX * sumLX) > f32(best * sumL2)) {
-      for (let i = 0; i < n; i++) codes[i] = nmax + clampCode(nearestInt(f32(iscale * x[i]!)));
-      scale = f32(sumLX / sumL2);
-      best = f32(scale * sumLX);
+    if (sumL2 > 0 && sumLX * sumLX > best * sumL2) {
+      for (let i = 0; i < n; i++) codes[i] = nmax + codeAt(iscale, x[i]!);
+      scale = sumLX / sumL2;
+      best = scale * sumLX;
     }
   }
   return scale;
