@@ -161,6 +161,7 @@ describe('Playground and export in a browser', needs('chromium'), () => {
     await problem.waitFor();
     expect(await problem.textContent()).toBe('100000 is too large: at most 512');
     expect(await page.locator(byTestId('send')).isDisabled()).toBe(true);
+    expect(await page.locator(byTestId('settings-blocked')).textContent()).toMatch(/Fix the settings marked in red/);
     expect(await page.locator(byTestId('turn-assistant')).count()).toBe(before - 1);
     await setSetting('temperature', '9');
     expect(await page.locator(byTestId('limit-error-temperature')).textContent()).toBe('9 is too large: at most 2');
@@ -168,6 +169,7 @@ describe('Playground and export in a browser', needs('chromium'), () => {
     await setSetting('maxNewTokens', '8');
     await setSetting('temperature', '0');
     await problem.waitFor({ state: 'detached' });
+    expect(await page.locator(byTestId('settings-blocked')).count()).toBe(0);
     expect(await page.locator(byTestId('send')).textContent()).toBe('Answer again');
     expect(await page.locator(byTestId('send')).isDisabled()).toBe(false);
     expect(await page.locator(byTestId('playground-error')).count()).toBe(0);
