@@ -129,6 +129,9 @@ describe('Playground and export in a browser', needs('chromium'), () => {
       expect(partial.length).toBeGreaterThanOrEqual(2);
     }
     await screenshot(page, '14-playground-chat');
+    await page.setViewportSize({ width: 1024, height: 700 });
+    await screenshot(page, '14-playground-chat-1024x700');
+    await page.setViewportSize({ width: 1360, height: 900 });
 
     // The engine, asked directly for the third turn of the same conversation with the same settings.
     const texts = await page.locator(`${byTestId('chat-transcript')} ${byTestId('turn-text')}`).allTextContents();
@@ -215,6 +218,9 @@ describe('Playground and export in a browser', needs('chromium'), () => {
     const links = page.locator(byTestId('export-download'));
     expect(await links.allTextContents()).toEqual(fs.readdirSync(out).sort());
     await screenshot(page, '13b-export-download', false);
+    await page.setViewportSize({ width: 1024, height: 700 });
+    await screenshot(page, '13b-export-download-1024x700', false);
+    await page.setViewportSize({ width: 1360, height: 900 });
     const configLink = page.locator(`${byTestId('export-download')}[download="config.json"]`);
     const href = await configLink.getAttribute('href');
     const download = await fetch(new URL(href!, served.origin));
