@@ -129,7 +129,7 @@ const COMMANDS: Record<string, Command> = {
   },
   export: {
     summary: 'export a run as a PEFT adapter, a merged Hugging Face folder or GGUF',
-    usage: 'lowrank export --run RUN_ID --format peft|merged|gguf [--quant f32|f16|q8_0] [--dtype float32|base] [--param name=value] --out DIR [--json]',
+    usage: 'lowrank export --run RUN_ID --format peft|merged|gguf [--quant f32|f16|q8_0|q4_0|q4_K_M] [--dtype base|float32] [--param name=value] --out DIR [--json]',
     options: { ...strings('run', 'format', 'quant', 'dtype', 'out', 'param'), ...json },
     run: exportCommand,
   },

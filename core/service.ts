@@ -25,6 +25,7 @@ import type { ExportResult } from './export/run-export.ts';
 import { launchJob, type LaunchedJob, type LaunchEvent } from './elsewhere/launch.ts';
 import { detectLocalEngine } from './elsewhere/local-engine.ts';
 import type { ExportJobResult } from './elsewhere/export-job.ts';
+import { exportOptions } from './export/availability.ts';
 
 export interface ServiceOptions {
   /** The run store's folder (LOWRANK_HOME). */
@@ -68,6 +69,8 @@ export class StudioService {
   private readonly listeners = new Set<(e: StudioEvent) => void>();
   private readonly live = new Map<string, LiveJob>();
   private readonly launched = new Map<string, LaunchedRun>();
+  /** Playground answers being generated, by request id (playground.stop stops them). */
+  private readonly answers = new Map<string, Job<Replies['playground.generate']>>();
   private readonly handlers: Calls;
   private readonly startJob: JobRunner;
   private closed = false;
@@ -122,6 +125,7 @@ export class StudioService {
     // A launched engine is followed by this process: stop it with it (its runs end cancelled).
     const launched = [...this.launched.values()].map(({ job }) => (job.cancel(), job.result.catch(() => undefined)));
     this.launched.clear();
+    for (const answer of this.answers.values()) answer.signal('SIGKILL');
     await Promise.all([...exits, ...launched]);
     this.store.close();
   }
@@ -134,7 +138,8 @@ export class StudioService {
     return path.join(this.options.home, 'uploads');
   }
 
-  private exportsDir(): string {
+  /** Where exports go unless a dialog granted another folder; `lowrank serve` offers downloads from here. */
+  exportsDir(): string {
     return path.join(this.options.home, 'exports');
   }
 
@@ -445,7 +450,12 @@ export class StudioService {
         }
         return { runs, configDiff, curves, samples };
       },
-      'runs.export': async ({ runId, format, quant, destinationDir, name }) => {
+      'runs.exportOptions': async ({ runId }) => {
+        const run = store.getRun(runId);
+        // The base as the run's config names it: what exportRun rebuilds the run from.
+        return exportOptions(getMethod(run.method), String((run.config as unknown as FinetuneConfigInput).model));
+      },
+      'runs.export': async ({ runId, format, quant, dtype, destinationDir, name }) => {
         const dir = destinationDir ?? this.exportsDir();
         this.paths.check(dir, 'directory');
         fs.mkdirSync(dir, { recursive: true });
@@ -453,7 +463,7 @@ export class StudioService {
         let out = path.join(dir, stem);
         for (let i = 2; fs.existsSync(out); i++) out = path.join(dir, `${stem}-${i}`);
         const job = this.startJob<ExportResult>(
-          { kind: 'export', home: this.options.home, request: { runId, format, out, quant: format === 'gguf' ? (quant ?? 'f16') : undefined } },
+          { kind: 'export', home: this.options.home, request: { runId, format, out, quant: format === 'gguf' ? (quant ?? 'f16') : undefined, dtype: dtype ?? 'base' } },
           { onProgress: (message) => this.emit({ type: 'export-progress', runId, message }) },
         );
         const result = await job.result;
@@ -486,9 +496,24 @@ export class StudioService {
       },
       'playground.generate': async (request) => {
         const run = store.getRun(request.runId);
-        if (!store.latestCheckpoint(run.id)) throw new LowrankError('BAD_RUN_STATE', `run ${run.id} has no checkpoint yet; the playground needs a trained adapter`);
-        const job = this.startJob<{ base: string; adapted: string; seconds: number }>({ kind: 'generate', home: this.options.home, ...request });
-        return job.result;
+        if (!store.latestCheckpoint(run.id)) throw new LowrankError('BAD_RUN_STATE', `run ${run.id} has no checkpoint yet; the playground needs a trained model`);
+        if (this.answers.has(request.requestId)) throw new LowrankError('BAD_ARGUMENT', `playground request ${request.requestId} is already being answered`);
+        const { requestId } = request;
+        const job = this.startJob<Replies['playground.generate']>(
+          { kind: 'generate', home: this.options.home, request },
+          { onStream: (source, text) => this.emit({ type: 'playground-token', requestId, source, text }) },
+        );
+        this.answers.set(requestId, job);
+        try {
+          return await job.result;
+        } finally {
+          this.answers.delete(requestId);
+        }
+      },
+      'playground.stop': async ({ requestId }) => {
+        const job = this.answers.get(requestId);
+        job?.stop();
+        return { stopped: job !== undefined };
       },
     } satisfies { [K in CallName]: (r: Request<K>) => Promise<Replies[K]> };
   }
