@@ -130,9 +130,22 @@ const COMMANDS: Record<string, Command> = {
   },
   export: {
     summary: 'export a run as a PEFT adapter, a merged Hugging Face folder or GGUF',
-    usage: 'lowrank export --run RUN_ID --format peft|merged|gguf [--quant f32|f16|q8_0] [--dtype float32|base] [--param name=value] --out DIR [--json]',
+    usage: 'lowrank export --run RUN_ID --format peft|merged|gguf [--quant f32|f16|q8_0|q4_0|q4_K_M] [--dtype base|float32] [--param name=value] --out DIR [--json]',
     options: { ...strings('run', 'format', 'quant', 'dtype', 'out', 'param'), ...json },
     run: exportCommand,
+  },
+  'export-job': {
+    summary: 'a run as a LLaMA-Factory or axolotl job folder (config, data, launch commands, memory per GPU); --launch runs it here',
+    usage: 'lowrank export-job (--run RUN_ID | --config FILE.json) --engine llamafactory|axolotl --out DIR [--launch] [--json] | lowrank export-job --resume RUN_ID',
+    options: { ...strings('run', 'config', 'engine', 'out', 'resume'), launch: { type: 'boolean' }, ...json },
+    // Loaded when used: the other commands start no faster for it.
+    run: async (flags) => (await import('./cli/elsewhere-commands.ts')).exportJobCommand(flags),
+  },
+  import: {
+    summary: 'a PEFT adapter trained elsewhere as a run in the store (with its trainer log as the loss curve)',
+    usage: 'lowrank import --adapter DIR [--base MODEL_DIR] [--logs trainer_log.jsonl|trainer_state.json] [--data FILE] [--name NAME] [--json]',
+    options: { ...strings('adapter', 'base', 'logs', 'data', 'name'), ...json },
+    run: async (flags) => (await import('./cli/elsewhere-commands.ts')).importCommand(flags),
   },
   methods: {
     summary: 'the method registry: ids, papers, hyper-parameters and defaults',

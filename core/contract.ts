@@ -16,6 +16,9 @@ import type { MemoryEstimate } from './train/memory.ts';
 import type { DatasetPreview } from './data/dataset.ts';
 import type { MethodInfo } from './methods/method.ts';
 import type { Artifact, Checkpoint, LogEntry, Metric, Run, RunStatus, Sample } from './store/types.ts';
+import type { LocalEngine } from './elsewhere/local-engine.ts';
+import type { EngineId } from './elsewhere/job-spec.ts';
+import type { Strategy } from './elsewhere/gpu-memory.ts';
 
 const path = z.string().min(1).max(4096);
 const runId = z.string().regex(/^[0-9A-Za-z-]{1,64}$/);
@@ -58,6 +61,22 @@ const finetuneConfigObject = z
 export const finetuneConfigSchema = finetuneConfigObject.refine((c) => (c.steps === null) !== (c.epochs === null), { message: 'give steps or epochs, not both', path: ['steps'] });
 export type FinetuneConfigInput = z.infer<typeof finetuneConfigSchema>;
 
+/**
+ * The playground's limits: the request schema enforces them and the playground shows them next to
+ * each field (one definition, so the page never offers what the service refuses).
+ */
+export const PLAYGROUND_LIMITS = {
+  maxNewTokens: 512,
+  temperature: 2,
+  topK: 1000,
+  systemChars: 4000,
+  messageChars: 4000,
+  turns: 64,
+} as const;
+
+export const GGUF_QUANT_CHOICES = ['f32', 'f16', 'q8_0', 'q4_0', 'q4_K_M'] as const;
+export type ExportFormatId = 'peft' | 'merged' | 'gguf';
+
 /** Request schemas, one per call. */
 export const CALLS = {
   'app.info': none,
@@ -94,25 +113,53 @@ export const CALLS = {
   'runs.cancel': z.object({ runId }).strict(),
   'runs.delete': z.object({ runId }).strict(),
   'runs.compare': z.object({ runIds: z.array(runId).min(2).max(8) }).strict(),
+  'runs.exportOptions': z.object({ runId }).strict(),
   'runs.export': z
     .object({
       runId,
       format: z.enum(['peft', 'merged', 'gguf']),
-      quant: z.enum(['f32', 'f16', 'q8_0']).optional(),
+      quant: z.enum(GGUF_QUANT_CHOICES).optional(),
+      /** Merged weights' storage; default the base model's dtype. */
+      dtype: z.enum(['base', 'float32']).optional(),
       /** A folder granted by a dialog; absent: the store's exports/ folder. */
       destinationDir: path.optional(),
       name: z.string().regex(/^[\w.-]{1,100}$/).optional(),
     })
     .strict(),
+  /** Whether LLaMA-Factory and a CUDA or Metal GPU are here (the wizard's "Run with LLaMA-Factory" choice). */
+  'elsewhere.local': none,
+  /** A run as a job folder for another engine (core/elsewhere/export-job.ts). */
+  'runs.exportJob': z
+    .object({ runId, engine: z.enum(['llamafactory', 'axolotl']), destinationDir: path.optional() })
+    .strict(),
+  /** The wizard's config trained by LLaMA-Factory on this machine, followed as a live run. */
+  'runs.launchElsewhere': z.object({ config: finetuneConfigSchema, engine: z.literal('llamafactory') }).strict(),
+  /**
+   * One assistant turn of a chat with a run's model: the conversation so far (ending with a user
+   * message) rendered through the model's chat template, streamed as `playground-token` events
+   * tagged with `requestId`; `compareBase` also answers with the base model alone.
+   */
   'playground.generate': z
     .object({
       runId,
-      prompt: z.string().min(1).max(4000),
+      requestId: z.string().regex(/^[\w-]{1,64}$/),
+      system: z.string().max(PLAYGROUND_LIMITS.systemChars),
+      messages: z
+        .array(z.object({ role: z.enum(['user', 'assistant']), content: z.string().max(PLAYGROUND_LIMITS.messageChars) }).strict())
+        .min(1)
+        .max(PLAYGROUND_LIMITS.turns)
+        .refine((m) => m[m.length - 1]!.role === 'user' && m[m.length - 1]!.content.trim() !== '', { message: 'the last message must be a non-empty user message' }),
       seed: z.number().int().min(0).max(2 ** 31),
-      maxNewTokens: z.number().int().min(1).max(512),
-      temperature: z.number().min(0).max(5),
+      maxNewTokens: z.number().int().min(1).max(PLAYGROUND_LIMITS.maxNewTokens),
+      temperature: z.number().min(0).max(PLAYGROUND_LIMITS.temperature),
+      topP: z.number().gt(0).max(1),
+      /** 0: no top-k cut. */
+      topK: z.number().int().min(0).max(PLAYGROUND_LIMITS.topK),
+      compareBase: z.boolean(),
     })
     .strict(),
+  /** Stops a playground answer being generated; what streamed so far is its reply. */
+  'playground.stop': z.object({ requestId: z.string().regex(/^[\w-]{1,64}$/) }).strict(),
 } as const;
 
 export type CallName = keyof typeof CALLS;
@@ -215,6 +262,51 @@ export interface ExportReply {
   path: string;
   bytes: number;
   step: number;
+  /** The files written in `path`, for download links in browser mode. */
+  files: Array<{ name: string; bytes: number }>;
+}
+
+/** Whether a run can be exported in a format, and if not, why (shown in the Export dialog). */
+export interface ExportOption {
+  format: ExportFormatId;
+  available: boolean;
+  reason: string | null;
+}
+
+export interface ExportOptions {
+  formats: ExportOption[];
+  /** The dtype the base stores its weights in (BF16, F16, F32): a merged export's default. */
+  baseDtype: string;
+  quants: Array<(typeof GGUF_QUANT_CHOICES)[number]>;
+  /** True when the method trains an adapter; false for full fine-tuning and low-memory optimizers. */
+  adapter: boolean;
+}
+
+export interface PlaygroundReply {
+  /** The run's model: base + adapter, or the fine-tuned weights. */
+  adapted: string;
+  /** The base model's answer, when asked for. */
+  base: string | null;
+  /** True when playground.stop cut the answer short. */
+  stopped: boolean;
+  promptTokens: number;
+  seconds: number;
+}
+
+export interface ExportJobReply {
+  runId: string;
+  engine: EngineId;
+  dir: string;
+  configFile: string;
+  model: string;
+  modelIsHubId: boolean;
+  records: number;
+  skipped: number;
+  commands: Array<{ title: string; command: string }>;
+  memory: Array<{ strategy: Strategy; gpus: number; bytes: number }> | null;
+  memoryNote: string | null;
+  /** Settings of the run no engine field carries, and why. */
+  notCarried: Array<{ setting: string; note: string }>;
 }
 
 export interface AppInfo {
@@ -252,8 +344,13 @@ export interface Replies {
   'runs.cancel': { status: RunStatus };
   'runs.delete': { deleted: true };
   'runs.compare': RunComparison;
+  'runs.exportOptions': ExportOptions;
   'runs.export': ExportReply;
-  'playground.generate': { base: string; adapted: string; seconds: number };
+  'elsewhere.local': LocalEngine;
+  'runs.exportJob': ExportJobReply;
+  'runs.launchElsewhere': { runId: string };
+  'playground.generate': PlaygroundReply;
+  'playground.stop': { stopped: boolean };
 }
 
 export type Calls = { [K in CallName]: (request: Request<K>) => Promise<Replies[K]> };
@@ -263,6 +360,8 @@ export type StudioEvent =
   | FinetuneEvent
   | { type: 'run-status'; runId: string; status: RunStatus }
   | { type: 'export-progress'; runId: string; message: string }
+  /** The text a playground answer has so far (whole, not a delta: a token may end mid-character). */
+  | { type: 'playground-token'; requestId: string; source: 'adapted' | 'base'; text: string }
   | ModelPullEvent;
 
 /** A Hub download's progress (≤ 10/s), and its end: `done` with the error, if any. */

@@ -26,6 +26,10 @@ import { hubCacheDir, hubIdOfFolder, parseHubId, type HubId } from './hub/cache.
 import { pullModel } from './hub/pull.ts';
 import { resolveCachedModel } from './hub/resolve.ts';
 import { describeModelFolder, listModelEntries } from './service/model-list.ts';
+import { launchJob, type LaunchedJob, type LaunchEvent } from './elsewhere/launch.ts';
+import { detectLocalEngine } from './elsewhere/local-engine.ts';
+import type { ExportJobResult } from './elsewhere/export-job.ts';
+import { exportOptions } from './export/availability.ts';
 
 export interface ServiceOptions {
   /** The run store's folder (LOWRANK_HOME). */
@@ -45,9 +49,15 @@ interface LiveJob extends LiveRun {
   lastStepEmit: number;
 }
 
+/** A run trained by another engine this service started (core/elsewhere/launch.ts). */
+interface LaunchedRun extends LiveRun {
+  job: LaunchedJob;
+}
+
 /** What to do about a failed run, by error code. */
 const FIXES: Record<string, string> = {
   BAD_DATA: 'Fix the records listed (file:line) in the dataset, or choose "skip bad lines" in the Dataset step, then start a new run.',
+  ENGINE_FAILED: 'The other engine stopped with an error: read its last output in the logs, fix the setting it names, and start a new run.',
   ENGINE_CRASHED: 'Lower the batch size or the sequence length (or pick a method with less state) and start a new run.',
   BAD_CONFIG: 'The model folder\'s config.json is not usable; pick another base model.',
   MISSING_WEIGHT: 'The model folder is incomplete; download it again or pick another base model.',
@@ -62,6 +72,9 @@ export class StudioService {
   readonly paths: AllowedPaths;
   private readonly listeners = new Set<(e: StudioEvent) => void>();
   private readonly live = new Map<string, LiveJob>();
+  private readonly launched = new Map<string, LaunchedRun>();
+  /** Playground answers being generated, by request id (playground.stop stops them). */
+  private readonly answers = new Map<string, Job<Replies['playground.generate']>>();
   private readonly handlers: Calls;
   private readonly startJob: JobRunner;
   private readonly hubCacheDir = hubCacheDir();
@@ -117,7 +130,11 @@ export class StudioService {
     const exits = [...this.live.values()].map(({ job }) => job.exited);
     for (const l of this.live.values()) l.job.signal('SIGKILL');
     this.live.clear();
-    await Promise.all(exits);
+    // A launched engine is followed by this process: stop it with it (its runs end cancelled).
+    const launched = [...this.launched.values()].map(({ job }) => (job.cancel(), job.result.catch(() => undefined)));
+    this.launched.clear();
+    for (const answer of this.answers.values()) answer.signal('SIGKILL');
+    await Promise.all([...exits, ...launched]);
     this.store.close();
   }
 
@@ -129,7 +146,8 @@ export class StudioService {
     return path.join(this.options.home, 'uploads');
   }
 
-  private exportsDir(): string {
+  /** Where exports go unless a dialog granted another folder; `lowrank serve` offers downloads from here. */
+  exportsDir(): string {
     return path.join(this.options.home, 'exports');
   }
 
@@ -224,6 +242,38 @@ export class StudioService {
       this.emit({ ...event, done: true, error: e instanceof Error ? e.message : String(e) });
       throw e;
     }
+  }
+
+  /** Starts (or resumes) LLaMA-Factory on a job folder and follows it as a live run. */
+  private startLaunch(jobDir: string, resumeRunId?: string): string {
+    let entry: LaunchedRun | undefined;
+    const job = launchJob(this.store, jobDir, {
+      resumeRunId,
+      onEvent: (e: LaunchEvent) => {
+        if (this.closed) return;
+        if (entry && e.type === 'step') {
+          entry.step = e.step;
+          entry.totalSteps = e.totalSteps;
+        }
+        this.emit(e);
+      },
+      // Loading the model to write the checkpoint is engine work: a job process, as training is.
+      checkpointAdapter: (runId, config, step) =>
+        this.startJob<number>({ kind: 'checkpoint-adapter', home: this.options.home, runId, config: config as FinetuneConfigInput, step }).result,
+    });
+    entry = { runId: job.runId, totalSteps: 0, step: 0, paused: false, startedAt: Date.now(), job };
+    this.launched.set(job.runId, entry);
+    job.result.finally(() => this.launched.delete(job.runId)).catch(() => undefined);
+    this.emit({ type: 'run-status', runId: job.runId, status: 'running' });
+    return job.runId;
+  }
+
+  private exportJobReply(runId: string, r: ExportJobResult): Replies['runs.exportJob'] {
+    return {
+      runId, engine: r.engine, dir: r.dir, configFile: r.configFile, model: r.model, modelIsHubId: r.modelIsHubId, records: r.records,
+      skipped: r.skipped, commands: r.commands, memory: r.memory, memoryNote: r.memoryNote,
+      notCarried: r.mappings.filter((m) => m.fields.length === 0).map((m) => ({ setting: m.setting, note: m.note ?? '' })),
+    };
   }
 
   private liveRun(runId: string): LiveJob {
@@ -354,7 +404,7 @@ export class StudioService {
       'runs.list': async (filter) => store.listRuns(filter),
       'runs.get': async ({ runId }) => {
         const run = store.getRun(runId);
-        const live = this.live.get(runId);
+        const live = this.live.get(runId) ?? this.launched.get(runId);
         return {
           run,
           metrics: store.metrics(runId),
@@ -367,6 +417,13 @@ export class StudioService {
         };
       },
       'runs.pause': async ({ runId }) => {
+        const launched = this.launched.get(runId);
+        if (launched) {
+          // The engine stops after its current step and keeps its checkpoints; the run turns paused when it has exited.
+          launched.job.pause();
+          const status = await launched.job.result;
+          return { status };
+        }
         const live = this.liveRun(runId);
         if (process.platform === 'win32') throw new LowrankError('BAD_RUN_STATE', 'pausing is not available on Windows yet; cancel the run instead (it keeps its last checkpoint)');
         // SIGSTOP freezes the training process where it is: nothing is lost, memory stays held.
@@ -377,6 +434,13 @@ export class StudioService {
         return { status };
       },
       'runs.resume': async ({ runId }) => {
+        if (!this.live.has(runId) && store.getRun(runId).origin === 'launched') {
+          if (this.launched.has(runId)) return { status: store.getRun(runId).status };
+          const jobDir = (store.getRun(runId).config.elsewhere as { jobDir?: string } | null)?.jobDir;
+          if (!jobDir) throw new LowrankError('BAD_RUN_STATE', `run ${runId} has no job folder to continue from`);
+          this.startLaunch(jobDir, runId);
+          return { status: store.getRun(runId).status };
+        }
         if (!this.live.has(runId)) {
           // A run whose process is gone (the app quit or crashed): continue from its last checkpoint.
           const run = store.getRun(runId);
@@ -397,6 +461,11 @@ export class StudioService {
         return { status };
       },
       'runs.cancel': async ({ runId }) => {
+        const launched = this.launched.get(runId);
+        if (launched) {
+          launched.job.cancel();
+          return { status: await launched.job.result };
+        }
         const live = this.live.get(runId);
         if (live) {
           if (live.paused) {
@@ -414,7 +483,7 @@ export class StudioService {
         return { status };
       },
       'runs.delete': async ({ runId }) => {
-        if (this.live.has(runId)) throw new LowrankError('BAD_RUN_STATE', `run ${runId} is training; cancel it before deleting`);
+        if (this.live.has(runId) || this.launched.has(runId)) throw new LowrankError('BAD_RUN_STATE', `run ${runId} is training; cancel it before deleting`);
         store.deleteRun(runId);
         return { deleted: true as const };
       },
@@ -440,7 +509,12 @@ export class StudioService {
         }
         return { runs, configDiff, curves, samples };
       },
-      'runs.export': async ({ runId, format, quant, destinationDir, name }) => {
+      'runs.exportOptions': async ({ runId }) => {
+        const run = store.getRun(runId);
+        // The base as the run's config names it: what exportRun rebuilds the run from.
+        return exportOptions(getMethod(run.method), String((run.config as unknown as FinetuneConfigInput).model));
+      },
+      'runs.export': async ({ runId, format, quant, dtype, destinationDir, name }) => {
         const dir = destinationDir ?? this.exportsDir();
         this.paths.check(dir, 'directory');
         fs.mkdirSync(dir, { recursive: true });
@@ -448,18 +522,57 @@ export class StudioService {
         let out = path.join(dir, stem);
         for (let i = 2; fs.existsSync(out); i++) out = path.join(dir, `${stem}-${i}`);
         const job = this.startJob<ExportResult>(
-          { kind: 'export', home: this.options.home, request: { runId, format, out, quant: format === 'gguf' ? (quant ?? 'f16') : undefined } },
+          { kind: 'export', home: this.options.home, request: { runId, format, out, quant: format === 'gguf' ? (quant ?? 'f16') : undefined, dtype: dtype ?? 'base' } },
           { onProgress: (message) => this.emit({ type: 'export-progress', runId, message }) },
         );
         const result = await job.result;
         this.emit({ type: 'export-progress', runId, message: `done: ${result.path}` });
         return result;
       },
+      'elsewhere.local': async () => detectLocalEngine(),
+      'runs.exportJob': async ({ runId, engine, destinationDir }) => {
+        const dir = destinationDir ?? this.exportsDir();
+        this.paths.check(dir, 'directory');
+        fs.mkdirSync(dir, { recursive: true });
+        const stem = `${runId}-${engine}-job`;
+        let out = path.join(dir, stem);
+        for (let i = 2; fs.existsSync(out); i++) out = path.join(dir, `${stem}-${i}`);
+        const job = this.startJob<ExportJobResult>(
+          { kind: 'export-job', home: this.options.home, runId, engine, out },
+          { onProgress: (message) => this.emit({ type: 'export-progress', runId, message }) },
+        );
+        return this.exportJobReply(runId, await job.result);
+      },
+      'runs.launchElsewhere': async ({ config }) => {
+        this.checkConfigPaths(config);
+        const local = detectLocalEngine();
+        if (!local.available) {
+          throw new LowrankError('BAD_ARGUMENT', local.llamafactory ? 'no CUDA or Metal GPU is visible to LLaMA-Factory here; train with Lowrank Studio\'s own engine' : 'llamafactory-cli is not on PATH; install LLaMA-Factory (pip install llamafactory) or train with Lowrank Studio\'s own engine');
+        }
+        const out = path.join(this.options.home, 'jobs', `${new Date().toISOString().replace(/[:.]/g, '-')}-llamafactory`);
+        await this.startJob<ExportJobResult>({ kind: 'export-job', home: this.options.home, config, engine: 'llamafactory', out }).result;
+        return { runId: this.startLaunch(out) };
+      },
       'playground.generate': async (request) => {
         const run = store.getRun(request.runId);
-        if (!store.latestCheckpoint(run.id)) throw new LowrankError('BAD_RUN_STATE', `run ${run.id} has no checkpoint yet; the playground needs a trained adapter`);
-        const job = this.startJob<{ base: string; adapted: string; seconds: number }>({ kind: 'generate', home: this.options.home, ...request });
-        return job.result;
+        if (!store.latestCheckpoint(run.id)) throw new LowrankError('BAD_RUN_STATE', `run ${run.id} has no checkpoint yet; the playground needs a trained model`);
+        if (this.answers.has(request.requestId)) throw new LowrankError('BAD_ARGUMENT', `playground request ${request.requestId} is already being answered`);
+        const { requestId } = request;
+        const job = this.startJob<Replies['playground.generate']>(
+          { kind: 'generate', home: this.options.home, request },
+          { onStream: (source, text) => this.emit({ type: 'playground-token', requestId, source, text }) },
+        );
+        this.answers.set(requestId, job);
+        try {
+          return await job.result;
+        } finally {
+          this.answers.delete(requestId);
+        }
+      },
+      'playground.stop': async ({ requestId }) => {
+        const job = this.answers.get(requestId);
+        job?.stop();
+        return { stopped: job !== undefined };
       },
     } satisfies { [K in CallName]: (r: Request<K>) => Promise<Replies[K]> };
   }

@@ -424,6 +424,116 @@ static napi_value RmsNormGradW(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* ---- attention softmax: probs = softmax(scale·s + bias) by rows, and its gradient ------------- */
+
+/*
+ * scores [B, H, T, S] as rows of S keys; bias [Bb, T, S] with Bb = 1 (shared) or B (per sequence):
+ * the additive causal/padding mask the attention layer built once for all its heads. One pass
+ * writes z = scale·s + bias and its maximum, one writes exp(z − max) and their sum, one divides.
+ * A masked key's z is −1e9 and exp_nonpositive clamps it to ~1e-38 where tf.softmax has 0: a
+ * difference no float32 sum that holds the row maximum's 1 can see.
+ */
+HOT static void masked_softmax(const float *scores, const float *bias, float *out, int64_t B, int64_t H, int64_t T,
+                               int64_t S, int per_sequence_bias, float scale) {
+  v8f k = splat(scale);
+  for (int64_t b = 0; b < B; b++) {
+    const float *bias_b = bias + (per_sequence_bias ? b : 0) * T * S;
+    for (int64_t h = 0; h < H; h++) {
+      for (int64_t t = 0; t < T; t++) {
+        const float *sr = scores + ((b * H + h) * T + t) * S, *br = bias_b + t * S;
+        float *o = out + ((b * H + h) * T + t) * S;
+        v8f m8 = splat(-INFINITY);
+        int64_t j = 0;
+        for (; j + 8 <= S; j += 8) {
+          v8f z = load8(sr + j) * k + load8(br + j);
+          store8(o + j, z);
+          m8 = vmax(z, m8);
+        }
+        float m = -INFINITY;
+        for (int l = 0; l < 8; l++) m = m8[l] > m ? m8[l] : m;
+        for (; j < S; j++) {
+          o[j] = sr[j] * scale + br[j];
+          m = o[j] > m ? o[j] : m;
+        }
+        /* exp(z − max) in place and its sum in one pass, then the division as a product. */
+        v8f shift = splat(m), sum8 = splat(0);
+        for (j = 0; j + 8 <= S; j += 8) {
+          v8f e = exp_nonpositive(load8(o + j) - shift);
+          store8(o + j, e);
+          sum8 += e;
+        }
+        float sum = horizontal_sum(sum8);
+        if (j < S) {
+          v8f e = exp_nonpositive(load_tail(o + j, (int32_t)(S - j), m) - shift);
+          for (int64_t l = 0; l < S - j; l++) {
+            o[j + l] = e[l];
+            sum += e[l];
+          }
+        }
+        v8f inverse = splat(1.0f / sum);
+        for (j = 0; j + 8 <= S; j += 8) store8(o + j, load8(o + j) * inverse);
+        for (; j < S; j++) o[j] *= inverse[0];
+      }
+    }
+  }
+}
+
+/* ds = scale·y·(dy − Σ dy·y) by rows of S (the softmax's Jacobian-vector product, then the scale's). */
+HOT static void masked_softmax_grad(const float *y, const float *dy, float *out, int64_t rows, int64_t S, float scale) {
+  for (int64_t r = 0; r < rows; r++) {
+    const float *yr = y + r * S, *gr = dy + r * S;
+    float *o = out + r * S;
+    v8f d8 = splat(0);
+    int64_t j = 0;
+    for (; j + 8 <= S; j += 8) d8 += load8(yr + j) * load8(gr + j);
+    double dot = horizontal_sum(d8);
+    for (; j < S; j++) dot += (double)yr[j] * gr[j];
+    v8f d = splat((float)dot), k = splat(scale);
+    for (j = 0; j + 8 <= S; j += 8) store8(o + j, k * load8(yr + j) * (load8(gr + j) - d));
+    for (; j < S; j++) o[j] = scale * yr[j] * (gr[j] - (float)dot);
+  }
+}
+
+/* maskedSoftmax(scores, bias, out, B, H, T, S, scale): Float32Arrays as above. */
+static napi_value MaskedSoftmax(napi_env env, napi_callback_info info) {
+  napi_value argv[8];
+  float *v[3];
+  size_t n[3];
+  int64_t dims[4];
+  double scale;
+  if (!get_args(env, info, 8, argv, "lowrank_native.maskedSoftmax takes (scores, bias, out, B, H, T, S, scale)")) return NULL;
+  for (int i = 0; i < 3; i++) CHECK(float32_view(env, argv[i], &v[i], &n[i]));
+  for (int i = 0; i < 4; i++) CHECK(napi_get_value_int64(env, argv[3 + i], &dims[i]));
+  CHECK(napi_get_value_double(env, argv[7], &scale));
+  int64_t B = dims[0], H = dims[1], T = dims[2], S = dims[3];
+  if (B < 1 || H < 1 || T < 1 || S < 1 || (int64_t)n[0] != B * H * T * S || n[2] != n[0] ||
+      ((int64_t)n[1] != T * S && (int64_t)n[1] != B * T * S)) {
+    napi_throw_range_error(env, NULL, "lowrank_native.maskedSoftmax: scores and out must be [B, H, T, S], bias [1 or B, T, S]");
+    return NULL;
+  }
+  masked_softmax(v[0], v[1], v[2], B, H, T, S, (int64_t)n[1] == B * T * S && B > 1, (float)scale);
+  return NULL;
+}
+
+/* maskedSoftmaxGrad(probs, dy, out, S, scale) */
+static napi_value MaskedSoftmaxGrad(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  float *v[3];
+  int64_t S;
+  double scale;
+  if (!get_args(env, info, 5, argv, "lowrank_native.maskedSoftmaxGrad takes (probs, dy, out, S, scale)")) return NULL;
+  int64_t n = same_length_views(env, argv, 3, v, "maskedSoftmaxGrad");
+  if (n < 0) return NULL;
+  CHECK(napi_get_value_int64(env, argv[3], &S));
+  CHECK(napi_get_value_double(env, argv[4], &scale));
+  if (S < 1 || n % S != 0) {
+    napi_throw_range_error(env, NULL, "lowrank_native.maskedSoftmaxGrad: the arrays are not whole rows of S");
+    return NULL;
+  }
+  masked_softmax_grad(v[0], v[1], v[2], n / S, S, (float)scale);
+  return NULL;
+}
+
 #ifdef __APPLE__
 static void set_threads(int n) { (void)n; }
 static int get_threads(void) { return 0; }
@@ -481,6 +591,8 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"rmsNorm", NULL, RmsNorm, NULL, NULL, NULL, napi_default, NULL},
       {"rmsNormGradX", NULL, RmsNormGradX, NULL, NULL, NULL, napi_default, NULL},
       {"rmsNormGradW", NULL, RmsNormGradW, NULL, NULL, NULL, napi_default, NULL},
+      {"maskedSoftmax", NULL, MaskedSoftmax, NULL, NULL, NULL, napi_default, NULL},
+      {"maskedSoftmaxGrad", NULL, MaskedSoftmaxGrad, NULL, NULL, NULL, napi_default, NULL},
       {"setThreads", NULL, SetThreads, NULL, NULL, NULL, napi_default, NULL},
       {"threads", NULL, Threads, NULL, NULL, NULL, napi_default, NULL},
       {"library", NULL, Library, NULL, NULL, NULL, napi_default, NULL},

@@ -52,7 +52,8 @@ describe('LoRA on an NF4 base (QLoRA)', needs('native'), () => {
     const s = store();
     const merged = path.join(root, 'merged');
     const peft = path.join(root, 'peft');
-    await exportRun(s, { runId, format: 'merged', out: merged });
+    // float32, so the merge itself is checked at float32 precision (the default keeps the base's F16).
+    await exportRun(s, { runId, format: 'merged', out: merged, dtype: 'float32' });
     await exportRun(s, { runId, format: 'peft', out: peft });
     s.close();
     const base = CheckpointReader.open(BUNDLED_MODEL_DIR);

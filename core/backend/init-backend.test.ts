@@ -8,6 +8,7 @@ import { initBackend, measureMatmulGflops } from './index.ts';
 import { FUSED_KERNELS } from './fused-kernels.ts';
 import { CROSS_ENTROPY_KERNELS } from './cross-entropy-kernels.ts';
 import { SWIGLU_KERNELS } from './swiglu-kernels.ts';
+import { MASKED_SOFTMAX_KERNELS } from './softmax-kernels.ts';
 import { FROZEN_KERNELS } from './frozen-kernels.ts';
 import { ADAMW_KERNEL } from './adamw-kernels.ts';
 import { describeAdapter, isSoftwareAdapter, startWebgpuBackend } from './webgpu.ts';
@@ -61,7 +62,7 @@ describe('initBackend', () => {
     expect(info.tfjsVersion).toBe(tf.version_core);
     expect(typeof info.wasmSimd).toBe('boolean');
     expect(info.wasmThreads).toBeGreaterThanOrEqual(1);
-    expect(info.kernels.sort()).toEqual(['BatchMatMul', 'Identity', 'Slice', 'UnsortedSegmentSum', '_FusedMatMul', ...FUSED_KERNELS.map((k) => k.kernelName), ...Object.values(CROSS_ENTROPY_KERNELS), ...Object.values(SWIGLU_KERNELS), ADAMW_KERNEL, ...Object.values(FROZEN_KERNELS)].sort());
+    expect(info.kernels.sort()).toEqual(['BatchMatMul', 'Identity', 'Slice', 'UnsortedSegmentSum', '_FusedMatMul', ...FUSED_KERNELS.map((k) => k.kernelName), ...Object.values(CROSS_ENTROPY_KERNELS), ...Object.values(SWIGLU_KERNELS), ...Object.values(MASKED_SOFTMAX_KERNELS), ADAMW_KERNEL, ...Object.values(FROZEN_KERNELS)].sort());
     // Automatically, webgpu never takes a software adapter (llvmpipe): it is skipped, with why.
     expect(info.skipped?.map((s) => s.backend)).toEqual(['tensorflow', 'webgpu']);
     expect(info.skipped?.[1].reason).toMatch(/no GPU device|software adapter|no usable WebGPU adapter/);

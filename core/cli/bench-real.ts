@@ -50,6 +50,8 @@ export const REAL_CONFIGS: RealConfig[] = [
   { name: 'Qwen2.5-0.5B', shape: 'qwen2.5-0.5b', batch: 2, seq: 256, steps: 2, peer: true },
   { name: 'Qwen2.5-1.5B nf4', shape: 'qwen2.5-1.5b', batch: 1, seq: 512, baseDtype: 'nf4', steps: 2, peer: false },
   { name: 'Qwen2.5-0.5B, long sequence', shape: 'qwen2.5-0.5b', batch: 1, seq: 2048, steps: 1, peer: false },
+  { name: 'Llama 3.2-1B', shape: 'llama3.2-1b', batch: 1, seq: 256, steps: 2, peer: true },
+  { name: 'TinyLlama-1.1B', shape: 'tinyllama-1.1b', batch: 1, seq: 256, steps: 2, peer: true },
 ];
 
 function benchDir(): string {
@@ -114,6 +116,18 @@ function runJson(command: string, args: string[], what: string, log: (line: stri
   };
 }
 
+/**
+ * The Python that has torch: LOWRANK_PYTHON when set, else the first of `python3` on PATH and Debian's
+ * /usr/bin/python3 (a pyenv or venv python3 earlier on PATH usually lacks the apt-installed torch).
+ */
+function torchPython(): string {
+  if (process.env.LOWRANK_PYTHON) return process.env.LOWRANK_PYTHON;
+  for (const candidate of ['python3', '/usr/bin/python3']) {
+    if (spawnSync(candidate, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0) return candidate;
+  }
+  return 'python3';
+}
+
 /** The machine's single-precision GEMM peak through our addon: 2048³, 1 and 2 threads. */
 function sgemmPeak(): { one: number; two: number } | null {
   const native = nativeAddon();
@@ -152,6 +166,7 @@ export async function realBench(flags: Flags, out: (line: string) => void): Prom
   const peer = flags.peer === 'torch';
   if (flags.peer !== undefined && !peer) throw new LowrankError('BAD_ARGUMENT', `--peer ${String(flags.peer)}: the one peer is torch`);
   fs.mkdirSync(benchDir(), { recursive: true });
+  const python = peer ? torchPython() : '';
   const peak = sgemmPeak();
   out(`\nreal-size LoRA training (r 8 on q,k,v,o, AdamW), random weights in published shapes; models in ${benchDir()}`);
   if (peak) out(`sgemm 2048³ on this machine: ${peak.one.toFixed(0)} GFLOP/s on 1 thread, ${peak.two.toFixed(0)} on 2`);
@@ -164,7 +179,7 @@ export async function realBench(flags: Flags, out: (line: string) => void): Prom
     out(`\n${c.name} (${(parameterCount(config) / 1e6).toFixed(0)} M parameters), batch ${c.batch} × ${c.seq}${c.baseDtype ? `, ${c.baseDtype} base` : ''}`);
     const common = ['--model', dir, '--batches', batches, '--steps', String(c.steps), '--warmup', String(warmup), '--json'];
     const ours = runJson(process.execPath, [CLI, 'bench-train', ...common, ...(c.baseDtype ? ['--base-dtype', c.baseDtype] : [])], 'ours', out);
-    const torch = peer && c.peer ? [1, 2].map((t) => runJson('python3', [PEER, ...common, '--threads', String(t)], `PyTorch ${t} thread${t > 1 ? 's' : ''}`, out)) : [];
+    const torch = peer && c.peer ? [1, 2].map((t) => runJson(python, [PEER, ...common, '--threads', String(t)], `PyTorch ${t} thread${t > 1 ? 's' : ''}`, out)) : [];
     const row: Record<string, unknown> = { name: c.name, shape: c.shape, batch: c.batch, seq: c.seq, baseDtype: c.baseDtype ?? 'auto', ours, torch };
     if ('error' in ours) {
       out(`  ours failed: ${ours.error}`);

@@ -12,7 +12,7 @@ export async function exportCommand(flags: Flags): Promise<void> {
   const format = requireString(flags, 'format', 'peft, merged or gguf');
   if (!['peft', 'merged', 'gguf'].includes(format)) throw new LowrankError('BAD_ARGUMENT', `--format must be peft, merged or gguf, got "${format}"`);
   const quant = String(flags.quant ?? 'f16');
-  const dtype = String(flags.dtype ?? 'float32');
+  const dtype = String(flags.dtype ?? 'base');
   if (dtype !== 'float32' && dtype !== 'base') throw new LowrankError('BAD_ARGUMENT', `--dtype must be float32 or base, got "${dtype}"`);
   const request: ExportRequest = {
     runId: requireString(flags, 'run', 'the run to export (see `lowrank runs list`)'),

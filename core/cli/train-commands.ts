@@ -59,7 +59,8 @@ export function finetuneConfigFromFlags(flags: Flags): FinetuneConfig {
     epochs,
     batchSize: numberFlag(flags, 'batch-size', FINETUNE_DEFAULTS.batchSize, { integer: true, min: 1 }),
     seqLen: numberFlag(flags, 'seq-len', FINETUNE_DEFAULTS.seqLen, { integer: true, min: 2 }),
-    lr: numberFlag(flags, 'lr', FINETUNE_DEFAULTS.lr, { min: 0 }),
+    // Without --lr, the rate the method's paper or code trains with (MethodInfo.paperLearningRate).
+    lr: numberFlag(flags, 'lr', getMethod(method).paperLearningRate?.value ?? FINETUNE_DEFAULTS.lr, { min: 0 }),
     schedule,
     warmupSteps: numberFlag(flags, 'warmup', FINETUNE_DEFAULTS.warmupSteps, { integer: true, min: 0 }),
     weightDecay: numberFlag(flags, 'weight-decay', FINETUNE_DEFAULTS.weightDecay, { min: 0 }),
@@ -85,6 +86,13 @@ export async function trainCommand(flags: Flags): Promise<void> {
   const store = openStore();
   const json = Boolean(flags.json);
   const resume = typeof flags.resume === 'string' ? flags.resume : undefined;
+  if (resume && store.getRun(resume).origin !== 'local') {
+    const { origin } = store.getRun(resume);
+    store.close();
+    throw new LowrankError('BAD_RUN_STATE', origin === 'launched'
+      ? `run ${resume} is trained by LLaMA-Factory; continue it with lowrank export-job --resume ${resume}`
+      : `run ${resume} was imported from an adapter trained elsewhere; start a new run from it with --adapter`);
+  }
   const config = resume ? (store.getRun(resume).config as unknown as FinetuneConfig) : finetuneConfigFromFlags(flags);
   let bar: ProgressBar | null = null;
   let stop = false;
@@ -175,7 +183,7 @@ function runRow(r: Run): string {
     (r.trainableParams === null ? '-' : r.trainableParams.toLocaleString('en-US')).padStart(11),
     (r.tokensPerSecond === null ? '-' : Math.round(r.tokensPerSecond).toString()).padStart(7),
     (r.wallSeconds === null ? '-' : formatDuration(r.wallSeconds)).padStart(7),
-    ` ${r.name}`,
+    ` ${r.name}${r.origin === 'local' ? '' : ` [${r.origin}]`}`,
   ].join(' ');
 }
 

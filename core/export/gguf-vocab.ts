@@ -97,6 +97,19 @@ export async function ggufVocab(dir: string, vocabSize: number): Promise<GgufVoc
   };
 }
 
+/** Why the tokenizer of `dir` has no GGUF form (the refusal ggufVocab would give), or null. */
+export function ggufTokenizerUnsupportedReason(dir: string): string | null {
+  const file = path.join(dir, 'tokenizer.json');
+  try {
+    const json = readJsonFile(file, 'tokenizer', `GGUF files carry the tokenizer, and ${dir} has no tokenizer.json`);
+    if (!isJsonObject(json) || !isJsonObject(json.model)) return `${file}: not a tokenizer.json (no "model" object)`;
+    byteLevelPreTokenizer(json, file);
+    return null;
+  } catch (e) {
+    return e instanceof Error ? e.message : String(e);
+  }
+}
+
 /**
  * llama.cpp has no general pre-tokenizer: it knows named regex sets. Map the tokenizer.json
  * pre-tokenizer to the name whose regexes split text the same way, or refuse.

@@ -9,6 +9,7 @@
 import * as fs from 'node:fs';
 import { LowrankError } from '../errors.ts';
 import { float32ToFloat16, float32ToFloat16Bits } from '../io/dtype.ts';
+import { Q4_0_BLOCK_BYTES, Q4_K_BLOCK_BYTES, Q5_0_BLOCK_BYTES, Q6_K_BLOCK_BYTES, QK4_0, QK_K, quantizeQ4_0, quantizeQ4_K, quantizeQ5_0, quantizeQ6_K } from './gguf-quants.ts';
 
 export const GGUF_MAGIC = 'GGUF';
 export const GGUF_VERSION = 3;
@@ -18,12 +19,23 @@ export const GGUF_ALIGNMENT = 32;
 export const GGUF_VALUE_TYPE = { u8: 0, i8: 1, u16: 2, i16: 3, u32: 4, i32: 5, f32: 6, bool: 7, string: 8, array: 9, u64: 10, i64: 11, f64: 12 } as const;
 
 /** ggml_type ids of the tensor types written here. */
-export const GGML_TYPE = { F32: 0, F16: 1, Q8_0: 8 } as const;
+export const GGML_TYPE = { F32: 0, F16: 1, Q4_0: 2, Q5_0: 6, Q8_0: 8, Q4_K: 12, Q6_K: 14 } as const;
 export type GgmlTensorType = keyof typeof GGML_TYPE;
 
 /** Q8_0: blocks of 32 values along the innermost axis, each an f16 scale + 32 int8 (ggml-common.h block_q8_0). */
 export const Q8_0_BLOCK = 32;
 const Q8_0_BLOCK_BYTES = 2 + Q8_0_BLOCK;
+
+/** Values per block along the innermost axis and bytes per block (ggml's type traits). */
+export const BLOCK: Record<GgmlTensorType, { values: number; bytes: number }> = {
+  F32: { values: 1, bytes: 4 },
+  F16: { values: 1, bytes: 2 },
+  Q4_0: { values: QK4_0, bytes: Q4_0_BLOCK_BYTES },
+  Q5_0: { values: QK4_0, bytes: Q5_0_BLOCK_BYTES },
+  Q8_0: { values: Q8_0_BLOCK, bytes: Q8_0_BLOCK_BYTES },
+  Q4_K: { values: QK_K, bytes: Q4_K_BLOCK_BYTES },
+  Q6_K: { values: QK_K, bytes: Q6_K_BLOCK_BYTES },
+};
 
 export type GgufValue =
   | { type: 'u32' | 'i32' | 'f32' | 'u64'; value: number }
@@ -54,9 +66,7 @@ export interface GgufTensor {
 
 export function tensorByteSize(shape: readonly number[], type: GgmlTensorType): number {
   const count = shape.reduce((a, b) => a * b, 1);
-  if (type === 'F32') return count * 4;
-  if (type === 'F16') return count * 2;
-  return (count / Q8_0_BLOCK) * Q8_0_BLOCK_BYTES;
+  return (count / BLOCK[type].values) * BLOCK[type].bytes;
 }
 
 /** ggml's quantize_row_q8_0_ref: d = max|x|/127 (stored f16), q = roundf(x / d) computed as x·(1/d) in float32. */
@@ -81,12 +91,21 @@ export function quantizeQ8_0(values: Float32Array): Uint8Array {
   return out;
 }
 
+/** The bytes of `values` stored as `type` (rows along the innermost axis, blocks within rows). */
+export function encodeValues(type: GgmlTensorType, values: Float32Array): Uint8Array {
+  if (type === 'F32') return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+  if (type === 'F16') return new Uint8Array(float32ToFloat16(values).buffer);
+  if (type === 'Q4_0') return quantizeQ4_0(values);
+  if (type === 'Q5_0') return quantizeQ5_0(values);
+  if (type === 'Q4_K') return quantizeQ4_K(values);
+  if (type === 'Q6_K') return quantizeQ6_K(values);
+  return quantizeQ8_0(values);
+}
+
 function encodeTensor(t: GgufTensor, values: Float32Array): Uint8Array {
   const count = t.shape.reduce((a, b) => a * b, 1);
   if (values.length !== count) throw new Error(`internal: tensor ${t.name} read ${values.length} values for shape [${t.shape.join(', ')}]`);
-  if (t.type === 'F32') return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
-  if (t.type === 'F16') return new Uint8Array(float32ToFloat16(values).buffer);
-  return quantizeQ8_0(values);
+  return encodeValues(t.type, values);
 }
 
 /** Grows as header bytes are appended; the header holds every metadata string (a vocabulary is a few MB). */
@@ -175,8 +194,8 @@ export function writeGguf(file: string, metadata: [string, GgufValue][], tensors
   let offset = 0;
   for (const t of tensors) {
     if (Buffer.byteLength(t.name, 'utf8') >= 64) throw new Error(`internal: GGUF tensor name ${t.name} is longer than 63 bytes`);
-    if (t.type === 'Q8_0' && t.shape[t.shape.length - 1]! % Q8_0_BLOCK !== 0) {
-      throw new Error(`internal: Q8_0 tensor ${t.name} has a row length that is not a multiple of ${Q8_0_BLOCK}`);
+    if (t.shape[t.shape.length - 1]! % BLOCK[t.type].values !== 0) {
+      throw new Error(`internal: ${t.type} tensor ${t.name} has a row length that is not a multiple of ${BLOCK[t.type].values}`);
     }
     header.string(t.name);
     header.u32(t.shape.length);

@@ -146,7 +146,7 @@ function unpermutedRow(row: number, headDim: number): number {
 }
 
 describe('GGUF export', () => {
-  for (const quant of ['f32', 'f16', 'q8_0'] as GgufQuant[]) {
+  for (const quant of ['f32', 'f16', 'q8_0'] as const) {
     it(`${quant}: header, metadata, tokenizer and tensors read back`, async () => {
       const out = path.join(root, `out-${quant}`);
       const result = await exportGguf(out, tiny.dir, { quant, name: 'Tiny Llama' });

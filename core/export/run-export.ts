@@ -21,6 +21,7 @@ export interface ExportRequest {
   format: 'peft' | 'merged' | 'gguf';
   out: string;
   quant?: GgufQuant;
+  /** Merged weights' storage: the base's dtype (default: a BF16 base stays BF16) or float32. */
   dtype?: 'float32' | 'base';
   /** Export-time method parameters (MethodInfo.exportParams, e.g. DyLoRA's export_rank); the run's own otherwise. */
   params?: MethodParams;
@@ -32,10 +33,15 @@ export interface ExportResult {
   path: string;
   bytes: number;
   step: number;
+  /** The files in `path` (an export is one flat folder). */
+  files: Array<{ name: string; bytes: number }>;
 }
 
-function folderBytes(dir: string): number {
-  return fs.readdirSync(dir).reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
+function folderFiles(dir: string): Array<{ name: string; bytes: number }> {
+  return fs
+    .readdirSync(dir)
+    .sort()
+    .map((name) => ({ name, bytes: fs.statSync(path.join(dir, name)).size }));
 }
 
 export async function exportRun(store: RunStore, request: ExportRequest, log: (message: string) => void = () => {}): Promise<ExportResult> {
@@ -65,11 +71,11 @@ export async function exportRun(store: RunStore, request: ExportRequest, log: (m
         // A quantized base: the update goes onto the original-precision weights (weights.ts).
         const weights = mergedOntoOriginal(model, merged, config.model);
         if (request.format === 'merged') {
-          const r = await exportMerged(request.out, config.model, weights, { dtype: request.dtype ?? 'float32', modelCard: modelCard(prepared.run, prepared.step) });
+          const r = await exportMerged(request.out, config.model, weights, { dtype: request.dtype ?? 'base', modelCard: modelCard(prepared.run, prepared.step) });
           detail = `${r.dtype}, ${r.replaced} merged tensors`;
         } else {
           const quant = request.quant ?? 'f16';
-          const r = await exportGguf(request.out, { baseDir: config.model, weights }, { quant, name: `${path.basename(config.model)}-${request.runId}` });
+          const r = await exportGguf(request.out, { baseDir: config.model, weights }, { quant, name: `${path.basename(config.model)}-${request.runId}`, log });
           for (const note of r.notes) log(note);
           detail = quant;
         }
@@ -77,9 +83,10 @@ export async function exportRun(store: RunStore, request: ExportRequest, log: (m
         dispose(merged);
       }
     }
-    const bytes = folderBytes(request.out);
+    const files = folderFiles(request.out);
+    const bytes = files.reduce((n, f) => n + f.bytes, 0);
     store.addArtifact(request.runId, { kind: request.format, path: request.out, formatDetail: detail, bytes });
-    return { runId: request.runId, format: request.format, path: request.out, bytes, step: prepared.step };
+    return { runId: request.runId, format: request.format, path: request.out, bytes, step: prepared.step, files };
   } finally {
     attached.detach();
     model.dispose();

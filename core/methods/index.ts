@@ -18,6 +18,16 @@ import './galore.ts';
 import './fira.ts';
 import './frugal.ts';
 import './galore-dct.ts';
+import './sltrain.ts';
+import './fedsvd.ts';
+import './diffora.ts';
+import './loram.ts';
+import './pela.ts';
+import './allora.ts';
+import './switchlora.ts';
+import './lorapro.ts';
+import './sara.ts';
+import './drslora.ts';
 
 export { getMethod, listMethods, registerMethod, methodRegistry, MethodRegistry } from './registry.ts';
 export { resolveTargets, targetableModules, ALL_LINEAR } from './targets.ts';

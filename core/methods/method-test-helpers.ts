@@ -79,7 +79,8 @@ export function trainer(model: CausalLM, attached: AttachedMethod, ids: tf.Tenso
         attached.beforeStep?.(at);
         const loss = () => {
           const value = causalLmLoss(model.forward(ids).logits, ids).loss;
-          return attached.trainingPenalty ? tf.add(value, attached.trainingPenalty()) : value;
+          const batch = { ids: ids.dataSync() as Int32Array, batchSize: ids.shape[0], seqLen: ids.shape[1] };
+          return attached.trainingPenalty ? tf.add(value, attached.trainingPenalty(batch)) : value;
         };
         const { value, grads } = tf.variableGrads(() => tf.tidy(loss) as tf.Scalar, vars);
         optimizer.step(new Map(names.map((n, i) => [n, grads[vars[i].name]])), lr);

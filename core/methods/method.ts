@@ -20,6 +20,13 @@ export type SchemaField =
   | { name: string; type: 'enum'; default: string; choices: string[]; description: string }
   | { name: string; type: 'string'; default: string; description: string };
 
+/** A learning rate read from a paper or its official code. */
+export interface PaperLearningRate {
+  value: number;
+  /** Where it is from: the script, table or file, e.g. `NVlabs/DoRA commonsense_reasoning/llama2_7B_DoRA.sh`. */
+  source: string;
+}
+
 export interface MethodInfo {
   /** Registry id, e.g. `lora` (METHODS.md, left column). */
   id: string;
@@ -27,6 +34,13 @@ export interface MethodInfo {
   paper: { title: string; year: number; url?: string };
   /** One line for the method card. */
   summary: string;
+  /**
+   * The learning rate the paper or its official code trains this method with, and where exactly it
+   * comes from (script or table): shown on the method card, the sweep centre of `npm run
+   * methods-report` and each method's rate in the app's method comparison. Absent where no source
+   * pins one (the card says so); those take the run's --lr.
+   */
+  paperLearningRate?: PaperLearningRate;
   /**
    * Prefix of the trainable tensor names this method owns (`lora_`), checked for clashes by the
    * registry. Empty for methods that train the base weights themselves (`full`, optimizers).
@@ -79,6 +93,18 @@ export interface AttachContext {
   baseGradients?: BaseGradientSource;
 }
 
+/**
+ * The batch a training penalty is taken on (the one the loss just saw), for penalties that need
+ * the inputs: PELA distils the teacher's block outputs on the same tokens. Row-major [B, T].
+ */
+export interface PenaltyBatch {
+  ids: Int32Array;
+  /** 1 for real tokens, 0 for padding; omitted when there is no padding. */
+  attentionMask?: Int32Array;
+  batchSize: number;
+  seqLen: number;
+}
+
 /** What a fine-tuning run offers a method at attach time about its first optimizer step. */
 export interface BaseGradientSource {
   /**
@@ -93,11 +119,42 @@ export interface BaseGradientSource {
   firstStepLearningRate: number;
 }
 
+/**
+ * Methods that choose the data of each step: FedSVD's simulated clients (client k owns shard k),
+ * DiffoRA's held-out half for its module-selection steps. The fine-tuning run splits its training
+ * examples into `count` contiguous, near-equal shards in file order and asks, for each step, which
+ * shard it trains on and how many steps that shard trained before it (its own batch cursor; each
+ * shard has its own seeded epoch order), or null: the whole training set, in the run's usual order.
+ */
+export interface DataShards {
+  readonly count: number;
+  /** The shards' example counts and the run's length, once, before the first step (FedAvg weighs clients by the counts). */
+  setSizes(sizes: number[], totalSteps: number): void;
+  shardAt(step: number): { shard: number; cursor: number } | null;
+}
+
+/**
+ * DP-SGD (Abadi et al., arXiv:1607.00133, Alg. 1; Opacus): every example's gradient, L2 over all
+ * trainable tensors, is scaled to at most `clipNorm`; the clipped gradients are summed, Gaussian
+ * noise N(0, (noiseMultiplier·clipNorm)²) is added per element, and the sum is divided by the
+ * step's example count. No global clipping follows (Opacus clips per example only).
+ */
+export interface PrivateGradients {
+  clipNorm: number;
+  noiseMultiplier: number;
+  /** Standard normal values of `shape`, from the method's generator (saved through getRandomState). */
+  normal(shape: number[]): tf.Tensor;
+}
+
 /** A method attached to one model instance. */
 export interface AttachedMethod {
   readonly method: MethodInfo;
   readonly params: MethodParams;
-  /** Trainable variables by name; adapters use PEFT's key names without `base_model.model.`. */
+  /**
+   * Trainable variables by name; adapters use PEFT's key names without `base_model.model.`. A method
+   * may also list state that checkpoints must carry but nothing differentiates, as variables created
+   * with trainable = false (FedSVD's server-side A and B): the trainer computes no gradient for them.
+   */
   readonly trainable: Map<string, tf.Variable>;
   /** Learning-rate multiplier per trainable name (LoRA+ gives B a larger rate); default 1. */
   lrScale(name: string): number;
@@ -113,14 +170,29 @@ export interface AttachedMethod {
    * run continues exactly.
    *  - beforeStep: before the step's forward passes (DyLoRA samples the step's rank).
    *  - trainingPenalty: a scalar added to the training loss inside differentiation (SoRA's
-   *    λ·Σ|g|/N); built from the method's variables, so its gradient reaches them. The reported
-   *    loss leaves it out.
+   *    λ·Σ|g|/N, PELA's distillation); built from the method's variables, so its gradient reaches
+   *    them; called right after the loss's forward pass on `batch` (given by every training loop; a
+   *    penalty that needs it refuses a call without). The reported loss leaves it out.
    *  - afterOptimizerStep: right after the optimizer updated the trainable tensors (SoRA's
    *    proximal soft-threshold on its gates).
    */
   beforeStep?(step: TrainingStep): void;
-  trainingPenalty?(): tf.Scalar;
+  trainingPenalty?(batch?: PenaltyBatch): tf.Scalar;
   afterOptimizerStep?(step: TrainingStep): void;
+  /**
+   * Figures of the last step the method computed besides the loss (PELA's distillation loss), logged
+   * as train metrics under these names; absent or empty for methods with none.
+   */
+  stepMetrics?(): Record<string, number>;
+  /**
+   * Lines for the run's log that the method wrote since it was last asked, taken after each optimizer
+   * step (DiffoRA's chosen modules when its search ends, FedSVD's rounds).
+   */
+  takeLogLines?(): string[];
+  /** Which data shard each step trains on (FedSVD's simulated clients); absent: the whole training set. */
+  readonly dataShards?: DataShards;
+  /** Train with DP-SGD's per-example clipping and noise (FedSVD's private clients); absent: ordinary gradients. */
+  readonly privateGradients?: PrivateGradients;
   /**
    * The optimizer the method trains with (GaLore, Fira), over `trainable`, taking the run's AdamW
    * settings; absent: AdamW (core/optim/registry.ts `optimizerFor`).

@@ -25,6 +25,7 @@ import * as tf from '../tf.ts';
 import { LowrankError } from '../errors.ts';
 import { Random } from '../random.ts';
 import { AdamW } from '../optim/adamw.ts';
+import type { CausalLM } from '../models/causal-lm.ts';
 import type { AttachedMethod, Method, TrainingStep } from './method.ts';
 import { InitialValues, PEFT_KEY_PREFIX } from './initial-values.ts';
 import { linearTargets, type LinearTarget } from './factored-adapter.ts';
@@ -60,6 +61,47 @@ export function thresholdValues(schedule: ThresholdSchedule, xi: number, xiMax: 
   if (schedule === 'log_linear') return linspace(Math.exp(xi), Math.exp(xiMax)).map(Math.log);
   if (!(xi > 0) || !(xiMax > 0)) throw new LowrankError('BAD_ARGUMENT', 'method sora: the exp_linear schedule needs threshold > 0 and threshold_max > 0');
   return linspace(Math.log(xi), Math.log(xiMax)).map(Math.exp);
+}
+
+/** One module of a gated LoRA (SoRA, CoDyRA): A [r, in], the gated and scaled B·diag(g) [out, r], the gate g [r]. */
+export interface GatedModule {
+  readonly target: LinearTarget;
+  readonly A: tf.Tensor2D;
+  gatedB(): tf.Tensor2D;
+  readonly gate: tf.Tensor1D;
+}
+
+/**
+ * The PEFT form of a gated LoRA: with S = {i : g_i ≠ 0}, lora_A = A[S, :], lora_B = (s·B·diag(g))[:, S],
+ * a plain LoRA of rank |S| per module (rank_pattern / alpha_pattern where modules differ; lora_alpha =
+ * rank, so peft's scaling is 1); modules whose gates are all zero carry no update and are left out.
+ */
+export function gatedPeftAdapter(methodId: string, model: CausalLM, modules: GatedModule[], dropout: number): { config: Record<string, unknown>; tensors: Map<string, tf.Tensor> } {
+  const tensors = new Map<string, tf.Tensor>();
+  const ranks = new Map<string, number>();
+  for (const module of modules) {
+    const kept = [...module.gate.dataSync()].flatMap((v, i) => (v !== 0 ? [i] : []));
+    if (kept.length === 0) continue; // a fully pruned module has no update
+    const { A, B } = tf.tidy(() => {
+      const index = tf.tensor1d(kept, 'int32');
+      return { A: tf.gather(module.A, index, 0) as tf.Tensor2D, B: tf.gather(module.gatedB(), index, 1) as tf.Tensor2D };
+    });
+    tensors.set(`${PEFT_KEY_PREFIX}${module.target.path}.lora_A.weight`, A);
+    tensors.set(`${PEFT_KEY_PREFIX}${module.target.path}.lora_B.weight`, B);
+    ranks.set(module.target.path, kept.length);
+  }
+  if (ranks.size === 0) throw new LowrankError('BAD_ARGUMENT', `method ${methodId}: every gate is zero, so the adapter is empty; nothing to export as PEFT (use the base model)`);
+  // The most common rank is r; the other modules are listed by full path (dots escaped: peft reads regexes).
+  const counts = new Map<number, number>();
+  for (const k of ranks.values()) counts.set(k, (counts.get(k) ?? 0) + 1);
+  const common = [...counts].sort((x, y) => y[1] - x[1] || y[0] - x[0])[0][0];
+  const pattern: Record<string, number> = {};
+  for (const [path, k] of ranks) if (k !== common) pattern[path.replace(/\./g, '\\.')] = k;
+  const kept = modules.filter((m) => ranks.has(m.target.path)).map((m) => m.target);
+  const config = peftLoraConfig(model, kept, { r: common, alpha: common, dropout, useRslora: false });
+  config.rank_pattern = { ...pattern };
+  config.alpha_pattern = { ...pattern }; // lora_alpha = rank: peft's scaling is 1 (s·diag(g) is in lora_B)
+  return { config: sortedKeys(config), tensors };
 }
 
 interface SoraLayer {
@@ -219,33 +261,7 @@ export const sora: Method = {
         }
         return merged;
       },
-      peftAdapter() {
-        const tensors = new Map<string, tf.Tensor>();
-        const ranks = new Map<string, number>();
-        for (const layer of layers) {
-          const kept = [...gateValues(layer)].flatMap((v, i) => (v !== 0 ? [i] : []));
-          if (kept.length === 0) continue; // a fully pruned module has no update
-          const { A, B } = tf.tidy(() => {
-            const index = tf.tensor1d(kept, 'int32');
-            return { A: tf.gather(layer.A, index, 0) as tf.Tensor2D, B: tf.gather(gatedB(layer), index, 1) as tf.Tensor2D };
-          });
-          tensors.set(`${PEFT_KEY_PREFIX}${layer.target.path}.lora_A.weight`, A);
-          tensors.set(`${PEFT_KEY_PREFIX}${layer.target.path}.lora_B.weight`, B);
-          ranks.set(layer.target.path, kept.length);
-        }
-        if (ranks.size === 0) throw new LowrankError('BAD_ARGUMENT', 'method sora: every gate is zero, so the adapter is empty; nothing to export as PEFT (use the base model)');
-        // The most common rank is r; the other modules are listed by full path (dots escaped: peft reads regexes).
-        const counts = new Map<number, number>();
-        for (const k of ranks.values()) counts.set(k, (counts.get(k) ?? 0) + 1);
-        const common = [...counts].sort((x, y) => y[1] - x[1] || y[0] - x[0])[0][0];
-        const pattern: Record<string, number> = {};
-        for (const [path, k] of ranks) if (k !== common) pattern[path.replace(/\./g, '\\.')] = k;
-        const kept = layers.filter((l) => ranks.has(l.target.path)).map((l) => l.target);
-        const config = peftLoraConfig(model, kept, { r: common, alpha: common, dropout: rate, useRslora: false });
-        config.rank_pattern = { ...pattern };
-        config.alpha_pattern = { ...pattern }; // lora_alpha = rank: peft's scaling is 1 (s·diag(g) is in lora_B)
-        return { config: sortedKeys(config), tensors };
-      },
+      peftAdapter: () => gatedPeftAdapter('sora', model, layers.map((l) => ({ target: l.target, A: l.A, gatedB: () => gatedB(l), gate: l.gate })), rate),
       detach,
     };
   },

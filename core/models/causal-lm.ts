@@ -80,6 +80,11 @@ export abstract class CausalLM {
    * synchronously, mid-step.
    */
   layerProgress: ((layer: number, layers: number, pass: 'forward' | 'backward') => void) | null = null;
+  /**
+   * Shown each decoder layer's output [B·T, C] as the forward pass makes it (inside the caller's tape
+   * and tidy scope): how a distilling method (PELA) reads the student's and the teacher's block outputs.
+   */
+  layerOutputs: ((layer: number, x: tf.Tensor2D) => void) | null = null;
 
   constructor(config: ModelConfig, weights: Map<string, tf.Tensor>, frozen: Map<string, FrozenWeight> = new Map()) {
     this.config = config;
@@ -197,6 +202,7 @@ export abstract class CausalLM {
         ? recomputed((input, saved) => layer(i, input, saved), x, constants, plan.layerVariables(i), plan.random)
         : layer(i, x, constants);
       x = this.afterLayer(i, y);
+      this.layerOutputs?.(i, x);
     }
     return x;
   }

@@ -177,7 +177,8 @@ describe('frozen weights in native memory', needs('native'), () => {
     expect(bits(results[1].logits)).toEqual(bits(results[0].logits));
     // The fused head sums the softmax in another order than the unfused loss: equal to float32 rounding.
     expect(Math.abs(results[1].loss - results[0].loss) / results[0].loss).toBeLessThan(1e-6);
-    results[1].grads.forEach((g, i) => expect(relativeError(g, results[0].grads[i])).toBeLessThan(1e-6));
+    // Its dh differs from the unfused one by that rounding, carried back through every layer (measured 1.1e-6).
+    results[1].grads.forEach((g, i) => expect(relativeError(g, results[0].grads[i])).toBeLessThan(2e-6));
     ids.dispose();
   });
 

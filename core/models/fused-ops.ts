@@ -12,10 +12,11 @@ import * as tf from '../tf.ts';
 import { FUSED_KERNEL_NAMES as K, registerCpuFusedKernels } from '../backend/fused-kernels.ts';
 import { CROSS_ENTROPY_KERNELS } from '../backend/cross-entropy-kernels.ts';
 import { SWIGLU_KERNELS } from '../backend/swiglu-kernels.ts';
+import { MASKED_SOFTMAX_KERNELS, maskFits } from '../backend/softmax-kernels.ts';
 import { ADAMW_KERNEL } from '../backend/adamw-kernels.ts';
 import { activeNative } from '../backend/native/addon.ts';
 
-export const FUSED_OPS = ['rmsNorm', 'layerNorm', 'rope', 'crossEntropy', 'swiGlu', 'adamW'] as const;
+export const FUSED_OPS = ['rmsNorm', 'layerNorm', 'rope', 'crossEntropy', 'swiGlu', 'maskedSoftmax', 'adamW'] as const;
 export type FusedOp = (typeof FUSED_OPS)[number];
 
 /** Every kernel an op needs on a backend: forward and gradients. */
@@ -27,6 +28,8 @@ const KERNELS_OF: Record<FusedOp, string[]> = {
   crossEntropy: [CROSS_ENTROPY_KERNELS.forward, CROSS_ENTROPY_KERNELS.grad],
   // wasm, and only with the native addon (core/backend/swiglu-kernels.ts says why).
   swiGlu: [SWIGLU_KERNELS.forward, SWIGLU_KERNELS.grad],
+  // wasm with the native addon (core/backend/softmax-kernels.ts); the Llama attention's softmax.
+  maskedSoftmax: [MASKED_SOFTMAX_KERNELS.forward, MASKED_SOFTMAX_KERNELS.grad],
   // wasm with the native addon; used by core/optim/adamw.ts.
   adamW: [ADAMW_KERNEL],
 };
@@ -36,7 +39,7 @@ const KERNELS_OF: Record<FusedOp, string[]> = {
  * backend's vectorised ops for these (exp, sigmoid; AdamW's ~10 float32-rounded operations), so
  * without the addon they run composite.
  */
-const NEEDS_NATIVE: ReadonlySet<FusedOp> = new Set(['swiGlu', 'crossEntropy', 'adamW']);
+const NEEDS_NATIVE: ReadonlySet<FusedOp> = new Set(['swiGlu', 'crossEntropy', 'maskedSoftmax', 'adamW']);
 
 export const FUSED_OPS_ENV = 'LOWRANK_FUSED_OPS';
 
@@ -134,6 +137,21 @@ export function swiGlu(gate: tf.Tensor, up: tf.Tensor): tf.Tensor {
   return swiGluComposite(gate, up);
 }
 
+/** softmax(scale·scores + bias) over the last axis, as tfjs ops. */
+export function maskedSoftmaxComposite(scores: tf.Tensor4D, bias: tf.Tensor4D, scale: number): tf.Tensor4D {
+  return tf.softmax(tf.add(tf.mul(scores, scale), bias));
+}
+
+/**
+ * The attention probabilities: softmax(scale·scores + bias) over the keys, scores [B, H, T, S] and
+ * the additive causal/padding mask bias [1|B, 1, T, S] (a constant: it has no gradient).
+ */
+export function maskedSoftmax(scores: tf.Tensor4D, bias: tf.Tensor4D, scale: number): tf.Tensor4D {
+  const fits = scores.dtype === 'float32' && bias.dtype === 'float32' && maskFits(scores.shape, bias.shape);
+  if (fits && fusedOpActive('maskedSoftmax')) return run(MASKED_SOFTMAX_KERNELS.forward, { scores, bias }, { scale });
+  return maskedSoftmaxComposite(scores, bias, scale);
+}
+
 function isRowsAndVector(x: tf.Tensor, v: tf.Tensor): boolean {
   return x.rank === 2 && x.dtype === 'float32' && v.rank === 1 && v.dtype === 'float32' && v.shape[0] === x.shape[1];
 }
@@ -185,6 +203,18 @@ function registerGradients(): void {
 
 registerCpuFusedKernels();
 registerGradients();
+tf.registerGradient({
+  kernelName: MASKED_SOFTMAX_KERNELS.forward,
+  // The output, not the scores: the gradient needs only the probabilities.
+  outputsToSave: [true],
+  gradFunc: (dy, saved, attrs) => {
+    const [probs] = saved;
+    const constantMask = () => {
+      throw new Error('the fused attention softmax has no gradient for its mask; use maskedSoftmaxComposite to train one');
+    };
+    return { scores: () => run(MASKED_SOFTMAX_KERNELS.grad, { probs, dy: dy as tf.Tensor }, attrs), bias: constantMask };
+  },
+});
 tf.registerGradient({
   kernelName: SWIGLU_KERNELS.forward,
   inputsToSave: ['gate', 'up'],

@@ -6,7 +6,7 @@
  */
 import * as tf from '../tf.ts';
 import { CausalLM, attentionBias, type ForwardOptions, type KVCache } from './causal-lm.ts';
-import { applyRope, rmsNorm, swiGlu } from './fused-ops.ts';
+import { applyRope, maskedSoftmax, rmsNorm, swiGlu } from './fused-ops.ts';
 import { ropeTables } from './rope.ts';
 import { attentionChunked, attentionTuning } from './attention.ts';
 
@@ -89,8 +89,8 @@ export class LlamaModel extends CausalLM {
       // Query heads h = g·groups + r share key/value head g (repeat_kv): fold the group into the
       // query rows so one batched matmul serves the group without copying k and v.
       const qg = q.reshape([B, KV, groups * T, D]);
-      const scores = tf.mul(tf.matMul(qg, k, false, true), 1 / Math.sqrt(D)).reshape([B, H, T, S]); // [B, H, T, S]
-      const probs = tf.softmax(tf.add(scores, ctx.bias)).reshape([B, KV, groups * T, S]);
+      const scores = tf.matMul(qg, k, false, true).reshape([B, H, T, S]) as tf.Tensor4D; // [B, H, T, S]
+      const probs = maskedSoftmax(scores, ctx.bias, 1 / Math.sqrt(D)).reshape([B, KV, groups * T, S]);
       heads4 = tf.matMul(probs, v).reshape([B, H, T, D]); // [B, KV, groups*T, D] -> [B, H, T, D]
     } else {
       heads4 = attentionChunked(q, k, v, { scale: 1 / Math.sqrt(D), past: ctx.pastLength, attentionMask: ctx.mask, slidingWindow: c.slidingWindow });

@@ -96,6 +96,8 @@ const OUTSIDE_LAYERS = /^(model\.embed_tokens|model\.norm|lm_head|transformer\.(
 export function checkpointPlan(trainable: Map<string, tf.Variable>, random?: RandomStateAccess, layers = Infinity): CheckpointPlan {
   const byLayer = new Map<number, tf.Variable[]>();
   for (const [name, variable] of trainable) {
+    // State a method keeps beside its trainable tensors (trainable = false) gets no gradient, and does not change within a step.
+    if (!variable.trainable) continue;
     const layer = layerOf(name);
     if (layer === null) {
       if (!OUTSIDE_LAYERS.test(name)) {

@@ -72,12 +72,42 @@ function serveStatic(dir: string, req: http.IncomingMessage, res: http.ServerRes
   fs.createReadStream(file).pipe(res);
 }
 
+/**
+ * `GET /exports/<folder>/<file>?token=…`: a file of an export under the store's exports/ folder, as
+ * a download (browser mode has no file system of its own to show the export in). One folder level,
+ * plain names only, the real path checked to stay inside exports/.
+ */
+function serveExport(exportsDir: string, req: http.IncomingMessage, res: http.ServerResponse, token: string): void {
+  const url = new URL(req.url ?? '/', 'http://localhost');
+  const parts = url.pathname.split('/').slice(2).map((p) => decodeURIComponent(p));
+  const plain = (name: string) => /^[^/\\]+$/.test(name) && !name.startsWith('.');
+  if (!tokenMatches(url.searchParams.get('token'), token)) return void res.writeHead(401, { 'content-type': 'text/plain' }).end('a download needs the token of the address the server printed');
+  if (parts.length !== 2 || !parts.every(plain)) return void res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
+  let file: string;
+  try {
+    const root = fs.realpathSync(exportsDir);
+    file = fs.realpathSync(path.join(exportsDir, parts[0]!, parts[1]!));
+    if (!file.startsWith(root + path.sep) || !fs.statSync(file).isFile()) throw new Error('outside');
+  } catch {
+    return void res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
+  }
+  res.writeHead(200, {
+    'content-type': 'application/octet-stream',
+    'content-length': String(fs.statSync(file).size),
+    'content-disposition': `attachment; filename="${parts[1]!.replace(/[^\w.-]/g, '_')}"`,
+    'x-content-type-options': 'nosniff',
+    'cache-control': 'no-store',
+  });
+  fs.createReadStream(file).pipe(res);
+}
+
 export async function startServer(options: ServeOptions): Promise<RunningServer> {
   const rendererDir = path.resolve(options.rendererDir ?? RENDERER_DIST);
   const token = options.token ?? randomBytes(32).toString('base64url');
   const service = new StudioService({ home: options.home, transport: 'websocket', fileDialog: false, roots: options.roots });
   const server = http.createServer((req, res) => {
     if (req.method !== 'GET') return void res.writeHead(405).end();
+    if ((req.url ?? '').startsWith('/exports/')) return serveExport(service.exportsDir(), req, res, token);
     if (!fs.existsSync(path.join(rendererDir, 'index.html'))) {
       return void res.writeHead(503, { 'content-type': 'text/plain' }).end('the renderer is not built; run `npm run build:renderer`');
     }

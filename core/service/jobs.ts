@@ -7,25 +7,32 @@ import { fork } from 'node:child_process';
 import * as path from 'node:path';
 import type { FinetuneEvent } from '../train/finetune.ts';
 import type { ExportRequest } from '../export/run-export.ts';
-import type { FinetuneConfigInput, WireError } from '../contract.ts';
+import type { FinetuneConfigInput, Request, WireError } from '../contract.ts';
 import { LowrankError, type ErrorCode } from '../errors.ts';
 
 export type JobRequest =
   | { kind: 'train'; home: string; config: FinetuneConfigInput; resumeRunId?: string }
   | { kind: 'export'; home: string; request: ExportRequest }
-  | { kind: 'generate'; home: string; runId: string; prompt: string; seed: number; maxNewTokens: number; temperature: number }
+  | { kind: 'generate'; home: string; request: Request<'playground.generate'> }
   | { kind: 'estimate-methods'; home: string; model: string; batchSize: number; seqLen: number; targets: string[] | 'all-linear' }
-  | { kind: 'estimate-run'; home: string; config: FinetuneConfigInput };
+  | { kind: 'estimate-run'; home: string; config: FinetuneConfigInput }
+  /** An adapter trained elsewhere written as a run's checkpoint (core/elsewhere/import-adapter.ts); replies its trainable count. */
+  | { kind: 'checkpoint-adapter'; home: string; runId: string; config: FinetuneConfigInput; step: number }
+  /** A run written as a job folder for another engine (core/elsewhere/export-job.ts). */
+  | { kind: 'export-job'; home: string; runId?: string; config?: FinetuneConfigInput; engine: 'llamafactory' | 'axolotl'; out: string };
 
 export type WorkerMessage =
   | { type: 'event'; event: FinetuneEvent }
   | { type: 'progress'; message: string }
+  /** A playground answer so far (core/service/playground.ts). */
+  | { type: 'stream'; source: 'adapted' | 'base'; text: string }
   | { type: 'result'; result: unknown }
   | { type: 'error'; error: WireError };
 
 export interface JobHandlers {
   onEvent?(event: FinetuneEvent): void;
   onProgress?(message: string): void;
+  onStream?(source: 'adapted' | 'base', text: string): void;
 }
 
 /** Signals the service sends a job's process: pause, continue, and kill on close. */
@@ -62,6 +69,7 @@ export function startJob<T>(request: JobRequest, handlers: JobHandlers = {}): Jo
     child.on('message', (m: WorkerMessage) => {
       if (m.type === 'event') handlers.onEvent?.(m.event);
       else if (m.type === 'progress') handlers.onProgress?.(m.message);
+      else if (m.type === 'stream') handlers.onStream?.(m.source, m.text);
       else if (m.type === 'result') {
         settled = true;
         resolve(m.result as T);

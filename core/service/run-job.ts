@@ -4,13 +4,14 @@
  * estimates; progress goes out through `send`, and `shouldStop` is polled between steps.
  */
 import { openStore } from '../store/index.ts';
-import { runFinetune, loadTrainedRun, type FinetuneConfig } from '../train/finetune.ts';
+import { runFinetune, type FinetuneConfig } from '../train/finetune.ts';
 import { exportRun } from '../export/run-export.ts';
-import { generate } from '../models/generate.ts';
-import { stopTokenIds } from '../train/evaluate.ts';
+import { playgroundAnswer } from './playground.ts';
 import { isLowrankError } from '../errors.ts';
 import type { JobRequest, WorkerMessage } from './jobs.ts';
 import { estimateMethods, estimateRun } from './estimates.ts';
+import { checkpointFromAdapter } from '../elsewhere/import-adapter.ts';
+import { exportJob } from '../elsewhere/export-job.ts';
 
 export interface JobIo {
   send(m: WorkerMessage): void;
@@ -27,27 +28,12 @@ export async function runJob(job: JobRequest, io: JobIo): Promise<unknown> {
         return await runFinetune(store, job.config as FinetuneConfig, (event) => io.send({ type: 'event', event }), { shouldStop: io.shouldStop }, job.resumeRunId);
       case 'export':
         return await exportRun(store, job.request, (message) => io.send({ type: 'progress', message }));
-      case 'generate': {
-        const started = performance.now();
-        const prepared = await loadTrainedRun(store, job.runId);
-        const { model, tokenizer, dataset } = prepared;
-        try {
-          // A chat-trained adapter answers a user turn; anything else continues the raw text.
-          const chat = dataset.format === 'chat' || dataset.format === 'sharegpt';
-          const promptIds = chat
-            ? tokenizer.encode(tokenizer.applyChatTemplate([{ role: 'user', content: job.prompt }], { addGenerationPrompt: true }), { addSpecialTokens: false })
-            : tokenizer.encode(job.prompt);
-          const stops = stopTokenIds(tokenizer);
-          const options = { maxNewTokens: job.maxNewTokens, temperature: job.temperature, seed: job.seed, topP: 1, stopTokenIds: stops };
-          const decode = (ids: number[]) => tokenizer.decode(ids.filter((id) => !stops.includes(id)), { skipSpecialTokens: true });
-          const adapted = decode(generate(model, promptIds, options));
-          prepared.attached.detach();
-          const base = decode(generate(model, promptIds, options));
-          return { base, adapted, seconds: (performance.now() - started) / 1000 };
-        } finally {
-          model.dispose();
-        }
-      }
+      case 'checkpoint-adapter':
+        return await checkpointFromAdapter(store, job.runId, job.config as FinetuneConfig, job.step);
+      case 'export-job':
+        return await exportJob(store, { engine: job.engine, out: job.out, runId: job.runId, config: job.config as FinetuneConfig | undefined }, (message) => io.send({ type: 'progress', message }));
+      case 'generate':
+        return await playgroundAnswer(store, job.request, { stream: (source, text) => io.send({ type: 'stream', source, text }), shouldStop: io.shouldStop });
     }
   } finally {
     store.close();

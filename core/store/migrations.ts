@@ -113,6 +113,14 @@ CREATE TABLE logs (
 CREATE INDEX logs_run ON logs(run_id, at);
 `,
   },
+  {
+    // Where a run was trained: here ('local'), trained elsewhere and imported ('imported', from a
+    // PEFT adapter), or trained by another engine this app started and followed ('launched').
+    version: 2,
+    sql: `
+ALTER TABLE runs ADD COLUMN origin TEXT NOT NULL DEFAULT 'local' CHECK (origin IN ('local','imported','launched'));
+`,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;

@@ -94,6 +94,23 @@ describe('location and migrations', () => {
     db.close();
   });
 
+  it("migration 2 gives every existing run the origin 'local'; new runs take theirs, and nothing else may be stored", () => {
+    const home = freshHome();
+    const layout = storeLayout(home);
+    fs.mkdirSync(layout.runsDir, { recursive: true });
+    const v1 = new Database(layout.databasePath);
+    configureConnection(v1);
+    migrate(v1, MIGRATIONS.slice(0, 1));
+    v1.prepare(`INSERT INTO runs (id, name, status, created_at, method, kind, config_json) VALUES ('20260101-000000-abcd', 'old', 'completed', 0, 'lora', 'finetune', '{}')`).run();
+    v1.close();
+    const store = openStore(home);
+    expect(store.getRun('20260101-000000-abcd').origin).toBe('local');
+    expect(store.createRun(lora).origin).toBe('local');
+    expect(store.createRun({ ...lora, origin: 'imported' }).origin).toBe('imported');
+    expect(() => store.db.prepare(`UPDATE runs SET origin = 'cloud' WHERE id = '20260101-000000-abcd'`).run()).toThrow(/CHECK constraint/);
+    store.close();
+  });
+
   it('refuses a store written by a newer build', () => {
     const home = freshHome();
     openStore(home).close();

@@ -16,7 +16,7 @@ import { LowrankError } from '../errors.ts';
 import type {
   Artifact, ArtifactInput, ArtifactKind, Checkpoint, CheckpointInput, CreateRunInput, FailRunInput,
   FinishRunInput, JsonObject, ListRunsFilter, LogEntry, LogLevel, Metric, MetricInput, MetricSplit,
-  MetricsFilter, Run, RunKind, RunPatch, RunStatus, RunStoreOptions, Sample, SampleInput,
+  MetricsFilter, Run, RunKind, RunOrigin, RunPatch, RunStatus, RunStoreOptions, Sample, SampleInput,
   StoreLayout,
 } from './types.ts';
 
@@ -34,7 +34,7 @@ interface RunRow {
   tokens_per_second: number | null; wall_seconds: number | null; final_train_loss: number | null;
   final_val_loss: number | null; task_metric_name: string | null; task_metric_value: number | null;
   backend: string | null; hardware_json: string | null; error_code: string | null; error_message: string | null;
-  pid: number | null; heartbeat_at: number | null; parent_run_id: string | null;
+  pid: number | null; heartbeat_at: number | null; parent_run_id: string | null; origin: RunOrigin;
 }
 interface MetricRow { run_id: string; step: number; split: MetricSplit; name: string; value: number | null; at: number }
 interface SampleRow { id: number; run_id: string; step: number; prompt: string; output: string; seed: number | null; at: number }
@@ -80,7 +80,7 @@ function toRun(r: RunRow): Run {
     taskMetricName: r.task_metric_name, taskMetricValue: r.task_metric_value, backend: r.backend,
     hardware: r.hardware_json === null ? null : (JSON.parse(r.hardware_json) as JsonObject),
     errorCode: r.error_code, errorMessage: r.error_message, pid: r.pid, heartbeatAt: r.heartbeat_at,
-    parentRunId: r.parent_run_id,
+    parentRunId: r.parent_run_id, origin: r.origin,
   };
 }
 
@@ -138,14 +138,14 @@ export class RunStore {
     const at = this.now();
     const { columns, values } = patchAssignments(input);
     const fixed = ['id', 'status', 'created_at', 'method', 'kind', 'config_json', 'base_model_path',
-      'base_model_fingerprint', 'dataset_path', 'dataset_fingerprint', 'parent_run_id'];
+      'base_model_fingerprint', 'dataset_path', 'dataset_fingerprint', 'parent_run_id', 'origin'];
     const all = input.name === undefined ? [...fixed, 'name', ...columns] : [...fixed, ...columns];
     const sql = `INSERT INTO runs (${all.join(', ')}) VALUES (${all.map(() => '?').join(', ')})`;
     for (let attempt = 0; ; attempt++) {
       const id = newRunId(at);
       const fixedValues = [id, 'queued', at, input.method, input.kind, JSON.stringify(input.config),
         input.baseModelPath ?? null, input.baseModelFingerprint ?? null, input.datasetPath ?? null,
-        input.datasetFingerprint ?? null, input.parentRunId ?? null];
+        input.datasetFingerprint ?? null, input.parentRunId ?? null, input.origin ?? 'local'];
       try {
         this.db.prepare(sql).run(...fixedValues, ...(input.name === undefined ? [id] : []), ...values);
       } catch (e) {
@@ -197,6 +197,15 @@ export class RunStore {
       const sql = `UPDATE runs SET ${columns.map((c) => `${c} = ?`).join(', ')} WHERE id = ?`;
       if (this.db.prepare(sql).run(...values, id).changes === 0) throw this.notFound(id);
     }
+    return this.getRun(id);
+  }
+
+  /**
+   * Replaces a run's method and config: a run trained by another engine takes the settings of the
+   * adapter it produced once that is known (a PiSSA run's converted adapter is a plain LoRA).
+   */
+  setRunConfig(id: string, method: string, config: JsonObject): Run {
+    if (this.db.prepare('UPDATE runs SET method = ?, config_json = ? WHERE id = ?').run(method, JSON.stringify(config), id).changes === 0) throw this.notFound(id);
     return this.getRun(id);
   }
 

@@ -6,6 +6,9 @@
 export const RUN_STATUSES = ['queued', 'running', 'paused', 'completed', 'failed', 'cancelled', 'interrupted'] as const;
 export type RunStatus = (typeof RUN_STATUSES)[number];
 export type RunKind = 'finetune' | 'pretrain';
+/** Where a run was trained: here, elsewhere and imported, or by another engine launched from here. */
+export const RUN_ORIGINS = ['local', 'imported', 'launched'] as const;
+export type RunOrigin = (typeof RUN_ORIGINS)[number];
 export type MetricSplit = 'train' | 'val';
 export type ArtifactKind = 'peft' | 'merged' | 'gguf';
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
@@ -52,6 +55,7 @@ export interface Run extends RunMeasurements {
   pid: number | null;
   heartbeatAt: number | null;
   parentRunId: string | null;
+  origin: RunOrigin;
 }
 
 export interface CreateRunInput extends Partial<RunMeasurements> {
@@ -65,6 +69,8 @@ export interface CreateRunInput extends Partial<RunMeasurements> {
   datasetPath?: string | null;
   datasetFingerprint?: string | null;
   parentRunId?: string | null;
+  /** Defaults to 'local'. */
+  origin?: RunOrigin;
 }
 
 export type RunPatch = Partial<RunMeasurements> & { name?: string };

@@ -183,11 +183,55 @@ export async function prepareRun(config: FinetuneConfig): Promise<PreparedRun> {
   return { config: { ...config, params }, model, tokenizer, dataset, attached, totalSteps, estimate };
 }
 
+/**
+ * The k-th of `count` contiguous, near-equal blocks of the training examples in file order (FedSVD's
+ * simulated clients, AttachedMethod.dataShards); sizes differ by at most one.
+ */
+export function dataShard<T>(examples: T[], count: number, k: number): T[] {
+  const from = Math.floor((k * examples.length) / count);
+  const to = Math.floor(((k + 1) * examples.length) / count);
+  return examples.slice(from, to);
+}
+
+/**
+ * Under a method's data shards, step `step` trains on its shard's own batches: shard k has its own
+ * seeded epoch order, and the method says how many steps the shard trained before (its cursor).
+ */
+function shardedBatchSchedule(prepared: PreparedRun, whole: (step: number, micro: number) => Batch): (step: number, micro: number) => Batch {
+  const { config, dataset, tokenizer, attached, totalSteps } = prepared;
+  const shards = attached.dataShards!;
+  const examples = Array.from({ length: shards.count }, (_, k) => dataShard(dataset.train, shards.count, k));
+  shards.setSizes(examples.map((e) => e.length), totalSteps);
+  const cache = new Map<string, Batch[]>();
+  return (step, micro) => {
+    const at = shards.shardAt(step);
+    if (!at) return whole(step, micro);
+    const { shard, cursor } = at;
+    const index = cursor * config.gradientAccumulation + micro;
+    const perEpoch = Math.ceil(examples[shard].length / config.batchSize);
+    const epoch = Math.floor(index / perEpoch);
+    const key = `${shard}:${epoch}`;
+    if (!cache.has(key)) {
+      if (cache.size >= 2 * shards.count) cache.clear();
+      cache.set(
+        key,
+        makeBatches(examples[shard], config.batchSize, config.seqLen, {
+          padTokenId: padTokenIdOf(tokenizer),
+          seed: (config.seed + 0x9e3779b9 * (shard + 1)) >>> 0,
+          epoch,
+          padToLongest: true,
+        }),
+      );
+    }
+    return cache.get(key)![index % perEpoch];
+  };
+}
+
 /** Batches are a pure function of (seed, epoch) so a resumed run sees the same data in the same order. */
 function batchSchedule(prepared: PreparedRun): (step: number, micro: number) => Batch {
   const { config, dataset, tokenizer } = prepared;
   const cache = new Map<number, Batch[]>();
-  return (step, micro) => {
+  const whole = (step: number, micro: number): Batch => {
     const index = step * config.gradientAccumulation + micro;
     const perEpoch = Math.ceil(dataset.train.length / config.batchSize);
     const epoch = Math.floor(index / perEpoch);
@@ -205,11 +249,12 @@ function batchSchedule(prepared: PreparedRun): (step: number, micro: number) => 
     }
     return cache.get(epoch)![index % perEpoch];
   };
+  return prepared.attached.dataShards ? shardedBatchSchedule(prepared, whole) : whole;
 }
 
 /** The training loss with the method's penalty term, if it has one (SoRA's sparsity term on its gates): trained on, not reported. */
-function withPenalty(attached: AttachedMethod, out: { loss: tf.Scalar; tokens: tf.Scalar }): ReturnType<LossFunction> {
-  return attached.trainingPenalty ? { ...out, penalty: attached.trainingPenalty() } : out;
+function withPenalty(attached: AttachedMethod, batch: Batch, out: { loss: tf.Scalar; tokens: tf.Scalar }): ReturnType<LossFunction> {
+  return attached.trainingPenalty ? { ...out, penalty: attached.trainingPenalty(batch) } : out;
 }
 
 /** Greedy completions of the first validation prompts: the samples shown at each evaluation. */
@@ -359,7 +404,7 @@ export async function runFinetune(
       attached.trainable,
       optimizer,
       batchSchedule(prepared),
-      (batch) => withPenalty(attached, lmLoss(model, batch)),
+      (batch) => withPenalty(attached, batch, lmLoss(model, batch)),
       {
         totalSteps,
         startStep,
@@ -368,6 +413,7 @@ export async function runFinetune(
         schedule: { kind: config.schedule, lr: config.lr, totalSteps, warmupSteps: config.warmupSteps },
         evalEvery: dataset.validation.length ? config.evalEvery : undefined,
         checkpointEvery: config.checkpointEvery,
+        privacy: attached.privateGradients,
       },
       {
         beforeStep: (step, lr) => {
@@ -375,7 +421,10 @@ export async function runFinetune(
           stepNumber = step + 1;
           attached.beforeStep?.({ step, totalSteps, lr });
         },
-        afterOptimizerStep: (step, lr) => attached.afterOptimizerStep?.({ step, totalSteps, lr }),
+        afterOptimizerStep: (step, lr) => {
+          attached.afterOptimizerStep?.({ step, totalSteps, lr });
+          for (const message of attached.takeLogLines?.() ?? []) emit({ type: 'log', runId, message: `step ${step + 1}: ${message}` });
+        },
         onStep: (r) => {
           lastTrain = r.loss;
           lastReport = r;
@@ -386,6 +435,8 @@ export async function runFinetune(
             { step: r.step, split: 'train', name: 'lr', value: r.lr },
             { step: r.step, split: 'train', name: 'grad_norm', value: r.gradNorm },
             { step: r.step, split: 'train', name: 'tokens_per_second', value: r.tokensPerSecond },
+            // The method's own figures of the step (PELA's distillation loss).
+            ...Object.entries(attached.stepMetrics?.() ?? {}).map(([name, value]) => ({ step: r.step, split: 'train' as const, name, value })),
           ]);
           if (Date.now() - lastHeartbeat > 2000) {
             store.heartbeat(runId);

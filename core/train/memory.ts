@@ -102,9 +102,10 @@ const NATIVE_SCRATCH_BYTES = (16 + 32 + 16) * 1024 ** 2;
  * LayerNorm keeps only its output (1·C instead of 3·C / 4·C), fused RoPE replaces split, neg,
  * concat, two muls and an add by one output (q 7.5·Hq → 3·Hq, k 7.5·Hkv → 3·Hkv), and the fused
  * cross-entropy keeps the logits and a per-row log-sum-exp (1·V instead of 6·V); fused SwiGLU
- * keeps gate, up and its output (3·I instead of 5·I).
+ * keeps gate, up and its output (3·I instead of 5·I); the fused attention softmax (Llama) keeps the
+ * scores and the probabilities (2·H·T instead of 4·H·T).
  */
-export type FusedActivationOps = Partial<Record<'rmsNorm' | 'layerNorm' | 'rope' | 'crossEntropy' | 'swiGlu', boolean>>;
+export type FusedActivationOps = Partial<Record<'rmsNorm' | 'layerNorm' | 'rope' | 'crossEntropy' | 'swiGlu' | 'maskedSoftmax', boolean>>;
 
 /** Forward activations kept per token by one decoder layer. */
 export function layerActivationFloatsPerToken(c: ModelConfig, seqLen: number, fused: FusedActivationOps = {}): number {
@@ -114,7 +115,8 @@ export function layerActivationFloatsPerToken(c: ModelConfig, seqLen: number, fu
   const Hkv = c.numKvHeads * c.headDim;
   // Attention keys seen per query, on average over a causal sequence the tensor is still T wide; in
   // blocks (attention.ts, long sequences) only the per-row max and sum are kept.
-  const scores = chunkedAttention(seqLen) ? 2 * c.numHeads : 4 * c.numHeads * seqLen;
+  // The fused softmax (softmax-kernels.ts) replaces scale, mask add and softmax by one output.
+  const scores = chunkedAttention(seqLen) ? 2 * c.numHeads : (c.family !== 'gpt2' && fused.maskedSoftmax ? 2 : 4) * c.numHeads * seqLen;
   const rmsNorm = fused.rmsNorm ? C : 3 * C;
   const layerNorm = fused.layerNorm ? C : 4 * C;
   const rotated = fused.rope ? 3 : 7.5; // per q/k feature: matmul, head transpose, RoPE

@@ -8,6 +8,7 @@ import * as tf from '../tf.ts';
 import { LowrankError } from '../errors.ts';
 import { clipByGlobalNorm } from '../optim/adamw.ts';
 import type { Optimizer } from '../optim/registry.ts';
+import type { PrivateGradients } from '../methods/method.ts';
 import { learningRate, type ScheduleOptions } from './schedule.ts';
 
 export interface Batch {
@@ -45,6 +46,8 @@ export interface TrainerOptions {
   schedule: ScheduleOptions;
   evalEvery?: number;
   checkpointEvery?: number;
+  /** DP-SGD: per-example clipping and noise instead of batch gradients and global clipping (method.ts). */
+  privacy?: PrivateGradients;
 }
 
 export interface TrainerHooks {
@@ -66,6 +69,31 @@ export interface TrainerHooks {
  * the loss but left out of the reported loss (SoRA's sparsity term would otherwise dominate the curve).
  */
 export type LossFunction = (batch: Batch) => { loss: tf.Scalar; tokens: tf.Scalar; penalty?: tf.Scalar };
+
+/** Example b of a batch, as a batch of one (DP-SGD differentiates each example on its own). */
+export function exampleOf(batch: Batch, b: number): Batch {
+  const from = b * batch.seqLen;
+  const to = from + batch.seqLen;
+  return {
+    ids: batch.ids.subarray(from, to),
+    labels: batch.labels.subarray(from, to),
+    ...(batch.attentionMask ? { attentionMask: batch.attentionMask.subarray(from, to) } : {}),
+    batchSize: 1,
+    seqLen: batch.seqLen,
+  };
+}
+
+/** Adds `add` into the running sums (taking ownership of it). */
+function accumulate(sums: Map<string, tf.Tensor>, name: string, add: tf.Tensor): void {
+  const prev = sums.get(name);
+  if (!prev) {
+    sums.set(name, add);
+    return;
+  }
+  sums.set(name, tf.add(prev, add));
+  prev.dispose();
+  add.dispose();
+}
 
 export async function train(
   params: Map<string, tf.Variable>,
@@ -90,7 +118,43 @@ export async function train(
     let trainedSum = 0;
     const lr = learningRate(opts.schedule, step);
     hooks.beforeStep?.(step, lr);
+    let examples = 0;
+    const privacy = opts.privacy;
+    // DP-SGD: each example's gradient, scaled to L2 norm ≤ C over all parameters (Opacus' factor
+    // min(1, C / (‖g‖ + 1e-6))), is added to the sums; its loss counts as one example's.
+    const privateMicroStep = (micro: number) => {
+      const batch = batchAt(step, micro);
+      for (let b = 0; b < batch.batchSize; b++) {
+        const example = exampleOf(batch, b);
+        const { value, grads: g, tokens } = tf.tidy(() => {
+          let tokenCount: tf.Scalar | undefined;
+          let reported: tf.Scalar | undefined;
+          const result = tf.variableGrads(() => {
+            const out = lossFn(example);
+            tokenCount = tf.keep(out.tokens);
+            if (!out.penalty) return out.loss;
+            reported = tf.keep(out.loss);
+            return tf.add(out.loss, out.penalty) as tf.Scalar;
+          }, vars);
+          return { value: reported ?? result.value, grads: result.grads, tokens: tokenCount! };
+        });
+        lossSum += value.dataSync()[0] / batch.batchSize;
+        trainedSum += tokens.dataSync()[0];
+        value.dispose();
+        tokens.dispose();
+        const present = names.map((name, i) => [name, g[vars[i].name]] as const).filter(([, gi]) => gi);
+        const norm = tf.tidy(() => tf.sqrt(tf.addN(present.map(([, gi]) => tf.sum(tf.square(gi!)))))).dataSync()[0];
+        const factor = Math.min(1, privacy!.clipNorm / (norm + 1e-6));
+        for (const [name, gi] of present) {
+          accumulate(grads, name, tf.mul(gi!, factor));
+          gi!.dispose();
+        }
+      }
+      tokenSum += batch.attentionMask ? batch.attentionMask.reduce((n, m) => n + m, 0) : batch.batchSize * batch.seqLen;
+      examples += batch.batchSize;
+    };
     const microStep = (micro: number) => {
+      if (privacy) return privateMicroStep(micro);
       const batch = batchAt(step, micro);
       const { value, grads: g, tokens } = tf.tidy(() => {
         let tokenCount: tf.Scalar | undefined;
@@ -132,7 +196,17 @@ export async function train(
       microStep(0);
     }
     for (let micro = 1; micro < accumulation; micro++) microStep(micro);
-    if (accumulation > 1) {
+    if (privacy) {
+      // Noise N(0, (σ·C)²) on the sum of clipped gradients, then the mean over the step's examples.
+      const noised = new Map<string, tf.Tensor>();
+      for (const [name, g] of grads) {
+        const noise = privacy.noiseMultiplier > 0 ? privacy.normal(g.shape) : null;
+        noised.set(name, tf.tidy(() => tf.div(noise ? tf.add(g, tf.mul(noise, privacy.noiseMultiplier * privacy.clipNorm)) : g, examples)));
+        noise?.dispose();
+        g.dispose();
+      }
+      grads = noised;
+    } else if (accumulation > 1) {
       const averaged = new Map<string, tf.Tensor>();
       for (const [name, g] of grads) {
         averaged.set(name, tf.div(g, accumulation));
@@ -140,7 +214,7 @@ export async function train(
       }
       grads = averaged;
     }
-    const clipped = clipByGlobalNorm(grads, opts.clipNorm ?? 0);
+    const clipped = clipByGlobalNorm(grads, privacy ? 0 : (opts.clipNorm ?? 0));
     const loss = lossSum / accumulation;
     // One NaN or infinite gradient turns every weight it reaches into NaN, and the run would train on
     // (and checkpoint) garbage: stop before the optimizer applies it, so the weights stay as they were.

@@ -108,6 +108,16 @@ export const api = {
   pickPath: transport.pickPath,
 };
 
+/**
+ * Browser mode: the address that downloads `file` of the export folder `folder` (under the server's
+ * exports/), with the page's token; null in Electron, where the export is on the user's own disk.
+ */
+export function exportDownloadUrl(folder: string, file: string): string | null {
+  if (transport.kind !== 'websocket') return null;
+  const token = sessionStorage.getItem('lowrank-token') ?? '';
+  return `/exports/${encodeURIComponent(folder)}/${encodeURIComponent(file)}?token=${encodeURIComponent(token)}`;
+}
+
 export function errorText(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }

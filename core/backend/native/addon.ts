@@ -34,6 +34,13 @@ export interface NativeAddon {
   swiglu(gate: Float32Array, up: Float32Array, out: Float32Array): void;
   /** out = d gate = dy·up·σ(g)·(1 + g·(1 − σ(g))) for wrt 0, d up = dy·g·σ(g) for wrt 1. */
   swigluGrad(gate: Float32Array, up: Float32Array, dy: Float32Array, out: Float32Array, wrt: 0 | 1): void;
+  /**
+   * out = softmax(scale·scores + bias) by rows: scores and out [B, H, T, S], bias [1 or B, T, S]
+   * (the attention layer's additive mask, shared by its heads).
+   */
+  maskedSoftmax(scores: Float32Array, bias: Float32Array, out: Float32Array, B: number, H: number, T: number, S: number, scale: number): void;
+  /** out = scale·y·(dy − Σ_row dy·y), rows of S. */
+  maskedSoftmaxGrad(probs: Float32Array, dy: Float32Array, out: Float32Array, S: number, scale: number): void;
   /** One AdamW step into new arrays; constants as adamw-kernels.ts's adamWConstants builds them. */
   adamw(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, pOut: Float32Array, mOut: Float32Array,
     vOut: Float32Array, constants: Float32Array): void;
@@ -112,6 +119,8 @@ function load(): NativeState {
       rmsNorm: raw.rmsNorm.bind(raw),
       rmsNormGradX: raw.rmsNormGradX.bind(raw),
       rmsNormGradW: raw.rmsNormGradW.bind(raw),
+      maskedSoftmax: raw.maskedSoftmax.bind(raw),
+      maskedSoftmaxGrad: raw.maskedSoftmaxGrad.bind(raw),
       frozenCreate: raw.frozenCreate.bind(raw),
       frozenFree: raw.frozenFree.bind(raw),
       frozenInfo: raw.frozenInfo.bind(raw),

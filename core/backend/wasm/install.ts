@@ -18,6 +18,7 @@ import { fusedKernelConfigs } from './fused-kernels.ts';
 import { crossEntropyWasmConfigs } from '../cross-entropy-kernels.ts';
 import { identityConfig } from './identity.ts';
 import { swigluWasmConfigs } from '../swiglu-kernels.ts';
+import { maskedSoftmaxWasmConfigs } from '../softmax-kernels.ts';
 import { adamWWasmConfig } from '../adamw-kernels.ts';
 import { frozenWasmConfigs } from '../frozen-kernels.ts';
 import { createSliceConfig } from './slice.ts';
@@ -41,7 +42,7 @@ export function installWasmKernels(): string[] {
   if (batchMatMul == null || fusedMatMul == null || slice == null) {
     throw new Error('tfjs-backend-wasm registered no BatchMatMul/_FusedMatMul/Slice kernels; is it 4.22?');
   }
-  const configs = [...createMatMulKernels({ batchMatMul, fusedMatMul }), unsortedSegmentSumConfig, ...fusedKernelConfigs, ...crossEntropyWasmConfigs, ...swigluWasmConfigs, adamWWasmConfig, ...frozenWasmConfigs, identityConfig,
+  const configs = [...createMatMulKernels({ batchMatMul, fusedMatMul }), unsortedSegmentSumConfig, ...fusedKernelConfigs, ...crossEntropyWasmConfigs, ...swigluWasmConfigs, ...maskedSoftmaxWasmConfigs, adamWWasmConfig, ...frozenWasmConfigs, identityConfig,
     createSliceConfig(slice)];
   const stock = new Map<string, KernelConfig | undefined>();
   for (const config of configs) {

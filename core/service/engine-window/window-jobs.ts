@@ -105,6 +105,7 @@ export class WindowJobRunner {
       message: (m) => {
         if (m.type === 'event') handlers.onEvent?.(m.event);
         else if (m.type === 'progress') handlers.onProgress?.(m.message);
+        else if (m.type === 'stream') handlers.onStream?.(m.source, m.text);
         else if (m.type === 'result') settle(() => resolveResult(m.result as T));
         else settle(() => rejectResult(new LowrankError(m.error.code as ErrorCode, m.error.message)));
       },

@@ -41,6 +41,8 @@ export const useRunsStore = defineStore('runs', () => {
         break;
       case 'step':
         s.step = e.step;
+        // A run followed from another engine's log has no run-started event: its steps carry the total.
+        s.totalSteps = e.totalSteps || s.totalSteps;
         s.lr = e.lr;
         s.tokensPerSecond = e.tokensPerSecond;
         s.elapsedSeconds = e.elapsedSeconds;

@@ -16,6 +16,8 @@ export const useWizardStore = defineStore('wizard', () => {
   const targets = ref<string[] | 'all-linear'>(['q_proj', 'v_proj']);
   const training = ref<Omit<FinetuneConfigInput, 'model' | 'data' | 'method' | 'params' | 'targets'> | null>(null);
   const useSteps = ref(true);
+  /** Who trains it: this app's engine, or LLaMA-Factory on this machine's GPU (wizard/LaunchElsewhereChoice.vue). */
+  const engine = ref<'here' | 'llamafactory'>('here');
   /** Whether each step's input is usable (set by the step components). */
   const valid = ref<boolean[]>([false, false, true, true, true]);
 
@@ -34,6 +36,7 @@ export const useWizardStore = defineStore('wizard', () => {
     targets.value = t;
     training.value = { ...rest, steps: 100, epochs: null, evalEvery: 20, checkpointEvery: 50, metricExamples: 20, name: '' };
     useSteps.value = true;
+    engine.value = 'here';
     data.value = '';
     model.value = info.value.bundledModel ?? '';
   }
@@ -54,5 +57,5 @@ export const useWizardStore = defineStore('wizard', () => {
     };
   });
 
-  return { step, valid, info, model, data, method, params, targets, training, useSteps, config, init, reset };
+  return { step, valid, info, model, data, method, params, targets, training, useSteps, engine, config, init, reset };
 });
