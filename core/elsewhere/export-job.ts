@@ -10,6 +10,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { resolveCachedModel } from '../hub/resolve.ts';
 import { LowrankError } from '../errors.ts';
 import { getMethod, resolveParams } from '../methods/index.ts';
 import { FINETUNE_DEFAULTS, type FinetuneConfig } from '../train/finetune.ts';
@@ -101,6 +102,16 @@ export function jobConfig(store: RunStore | null, request: ExportJobRequest): { 
   return { config: { ...config, params: resolveParams(method.id, method.schema, config.params ?? {}) }, runId };
 }
 
+/** The model's folder here: itself, or the HF cache's snapshot of a Hub id (never downloaded for a job). */
+function localModelFolder(model: string): string {
+  if (fs.existsSync(path.join(model, 'config.json'))) return model;
+  try {
+    return resolveCachedModel(model) ?? model;
+  } catch {
+    return model; // not cached: the engine downloads it by id; the job's README says its shapes are unknown here
+  }
+}
+
 function localModelConfig(model: string): ModelConfig | null {
   if (!fs.existsSync(path.join(model, 'config.json'))) return null;
   return parseModelConfig(readModelConfig(model) as Parameters<typeof parseModelConfig>[0], path.join(model, 'config.json'));
@@ -114,9 +125,10 @@ export async function exportJob(store: RunStore | null, request: ExportJobReques
   if (config.adapter && !fs.existsSync(path.join(config.adapter, 'adapter_config.json'))) {
     throw new LowrankError('FILE_NOT_FOUND', `${config.adapter}: the adapter this run continues from is gone (no adapter_config.json); the job needs it`);
   }
-  const modelConfig = localModelConfig(config.model);
+  const localModel = localModelFolder(config.model);
+  const modelConfig = localModelConfig(localModel);
   const { name: model, hubId } = engineModelName(config.model);
-  const hasChatTemplate = modelConfig ? (await loadTokenizer(config.model)).hasChatTemplate : true;
+  const hasChatTemplate = modelConfig ? (await loadTokenizer(localModel)).hasChatTemplate : true;
   onProgress(`reading ${config.data}`);
   const read = await readJobRecords(config.data, config.format, config.onBadLine, hasChatTemplate);
   if (!modelConfig && read.format === 'alpaca') {

@@ -13,6 +13,7 @@ import { exportMerged } from './merged.ts';
 import { exportGguf, type GgufQuant } from './gguf.ts';
 import { mergedOntoOriginal } from './weights.ts';
 import { baseModelReference, modelCard } from './model-card.ts';
+import { hubIdOfFolder } from '../hub/cache.ts';
 import type * as tf from '../tf.ts';
 import type { MethodParams } from '../methods/method.ts';
 
@@ -75,7 +76,7 @@ export async function exportRun(store: RunStore, request: ExportRequest, log: (m
           detail = `${r.dtype}, ${r.replaced} merged tensors`;
         } else {
           const quant = request.quant ?? 'f16';
-          const r = await exportGguf(request.out, { baseDir: config.model, weights }, { quant, name: `${path.basename(config.model)}-${request.runId}`, log });
+          const r = await exportGguf(request.out, { baseDir: config.model, weights }, { quant, name: `${path.basename(hubIdOfFolder(config.model)?.repo ?? config.model)}-${request.runId}`, log });
           for (const note of r.notes) log(note);
           detail = quant;
         }
