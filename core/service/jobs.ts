@@ -14,7 +14,7 @@ export type JobRequest =
   | { kind: 'train'; home: string; config: FinetuneConfigInput; resumeRunId?: string }
   | { kind: 'export'; home: string; request: ExportRequest }
   | { kind: 'generate'; home: string; runId: string; prompt: string; seed: number; maxNewTokens: number; temperature: number }
-  | { kind: 'estimate-methods'; home: string; model: string; batchSize: number; seqLen: number; targets: string[] | 'all-linear' }
+  | { kind: 'estimate-methods'; home: string; config: FinetuneConfigInput }
   | { kind: 'estimate-run'; home: string; config: FinetuneConfigInput };
 
 export type WorkerMessage =

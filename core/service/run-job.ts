@@ -10,7 +10,7 @@ import { generate } from '../models/generate.ts';
 import { stopTokenIds } from '../train/evaluate.ts';
 import { isLowrankError } from '../errors.ts';
 import type { JobRequest, WorkerMessage } from './jobs.ts';
-import { estimateMethods, estimateRun } from './estimates.ts';
+import { estimateMethodsForRun, estimateRun } from './estimates.ts';
 
 export interface JobIo {
   send(m: WorkerMessage): void;
@@ -18,7 +18,7 @@ export interface JobIo {
 }
 
 export async function runJob(job: JobRequest, io: JobIo): Promise<unknown> {
-  if (job.kind === 'estimate-methods') return estimateMethods(job.model, job.batchSize, job.seqLen, job.targets);
+  if (job.kind === 'estimate-methods') return estimateMethodsForRun(job.config);
   if (job.kind === 'estimate-run') return estimateRun(job.config);
   const store = openStore(job.home);
   try {

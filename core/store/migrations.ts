@@ -113,6 +113,11 @@ CREATE TABLE logs (
 CREATE INDEX logs_run ON logs(run_id, at);
 `,
   },
+  {
+    // A sample drawn from the validation split keeps the answer it should give (NULL: plain text, older runs).
+    version: 2,
+    sql: `ALTER TABLE samples ADD COLUMN expected TEXT;`,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;
