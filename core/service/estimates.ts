@@ -13,6 +13,8 @@ import { recommendedSettings } from '../train/recommend.ts';
 import { loadTokenizer } from '../tokenize/tokenizer.ts';
 import { parameterCount, targetableModules } from '../models/config.ts';
 import { initBackend } from '../backend/index.ts';
+import { webgpuBindingLimit } from '../backend/webgpu.ts';
+import type { CausalLM } from '../models/causal-lm.ts';
 import type { BaseDtype } from '../models/frozen-weight.ts';
 import type { FinetuneConfigInput, MethodEstimate, RunEstimate } from '../contract.ts';
 
@@ -34,6 +36,9 @@ export async function estimateMethods(dir: string, batchSize: number, seqLen: nu
   const checkpoint = openCheckpoint(dir);
   const plans = new Map<BaseDtype, ReturnType<typeof frozenBasePlan>>();
   const model = loadModel(dir, readOnlyLoadOptions());
+  // Methods that train the base weights (GaLore and the other optimizers) attach to them as tensors, as
+  // their runs load them; that copy is loaded only once one of them is estimated to fit.
+  let tensorModel: CausalLM | null = null;
   const shape = { batchSize, seqLen, baseDtype: options.baseDtype ?? 'auto', gradientCheckpointing: options.gradientCheckpointing ?? 'auto' } as const;
   try {
     return listMethods().map((method) => {
@@ -45,9 +50,15 @@ export async function estimateMethods(dir: string, batchSize: number, seqLen: nu
         // Full fine-tuning trains every weight: count them instead of copying the model. Adapters
         // with a slow attach (SVD, random bases) or one that needs data count without attaching.
         const counts = method.family === 'full' || (method.family === 'adapter' && method.countTrainable !== undefined);
-        const attached = counts ? null : method.attach(model, params, { targets: resolved, seed: 0 });
+        if (method.family === 'optimizer') {
+          const everyWeight = parameterCount(model.config);
+          memoryPlan(shape, method, model.config, null, resolved, { trainable: everyWeight, optimizerStateBytes: 0, adapterFloats: 0 });
+          tensorModel ??= loadModel(dir, { frozenBase: null, maxBindingBytes: webgpuBindingLimit() });
+        }
+        const on = method.family === 'optimizer' ? tensorModel! : model;
+        const attached = counts ? null : method.attach(on, params, { targets: resolved, seed: 0 });
         try {
-          const sizing = exactSizing(method, model, params, resolved, attached);
+          const sizing = exactSizing(method, on, params, resolved, attached);
           const { estimate } = memoryPlan(shape, method, model.config, baseDtype === null ? null : plans.get(baseDtype)!, resolved, sizing);
           return { id: method.id, trainableParams: sizing.trainable, estimate, error: null };
         } finally {
@@ -60,6 +71,7 @@ export async function estimateMethods(dir: string, batchSize: number, seqLen: nu
   } finally {
     checkpoint.reader.close();
     model.dispose();
+    (tensorModel as CausalLM | null)?.dispose();
   }
 }
 

@@ -276,7 +276,9 @@ export function sampleCompletions(model: CausalLM, tokenizer: Tokenizer, example
     .slice(0, count)
     .map((example) => {
       const prompt = samplePrompt(example);
-      const out = generate(model, prompt, { maxNewTokens: 32, temperature: 0, stopTokenIds: stops });
+      // An answer to compare with needs a few tokens past its length; plain text gets a longer continuation.
+      const answer = hasCompletionTask(example) ? splitPrompt(example).reference.length : null;
+      const out = generate(model, prompt, { maxNewTokens: answer === null ? 32 : answer + 8, temperature: 0, stopTokenIds: stops });
       return {
         prompt: tokenizer.decode(prompt, { skipSpecialTokens: true }),
         output: text(out),

@@ -57,7 +57,8 @@ async function runWizard(name: string, method: string, lr: string, shots: boolea
   await next();
   // 3. Method: cards with trainable parameters and memory for this model; the form from the schema.
   await page.locator(byTestId(`method-${method}`)).click();
-  await page.locator(`${byTestId(`method-${method}`)} .figures`).getByText('trainable').waitFor();
+  // Every method's figures come from one job that loads the model (and times nothing): up to a minute on a busy machine.
+  await page.locator(`${byTestId(`method-${method}`)} .figures`).getByText('trainable').waitFor({ timeout: 120_000 });
   await page.locator(byTestId('param-rank')).fill('4');
   if (shots) await screenshot(page, '04-wizard-method');
   await next();
@@ -190,6 +191,7 @@ describe('Lowrank Studio in a browser', needs('chromium'), () => {
 
   it('checks each field where it is typed, before Review, and moves focus with the steps', async () => {
     await page.goto(`${served.url}#/new`);
+    await page.reload();
     // A skip link is the first thing the keyboard reaches.
     await page.keyboard.press('Tab');
     expect(await page.evaluate(() => document.activeElement?.getAttribute('data-testid'))).toBe('skip-link');
@@ -273,6 +275,7 @@ describe('Lowrank Studio in a browser', needs('chromium'), () => {
       expect(last.e.step).toBe(last.e.totalSteps);
       const left = (last.at - fifth.at) / 1000;
       console.log(`[default run] ETA at step ${fifth.e.step}: ${fifth.e.etaSeconds.toFixed(1)} s, really ${left.toFixed(1)} s`);
+      for (const x of steps.filter((_, i) => i < 8 || i % 10 === 0)) console.log(`  step ${x.e.step}: ${((x.at - steps[0].at) / 1000).toFixed(1)} s after step 1, ETA ${x.e.etaSeconds.toFixed(1)} s`);
       expect(Math.abs(fifth.e.etaSeconds - left) / left).toBeLessThan(0.3);
       const run = (await client.call('runs.get', { runId })).reply.run;
       console.log(`[default run] ${last.e.totalSteps} steps, accuracy ${(100 * run.taskMetricValue).toFixed(1)} %, wall ${run.wallSeconds.toFixed(1)} s (Review estimated ${estimatedSeconds}), peak ${run.measuredPeakRss} vs estimated ${run.estimatedPeakBytes}`);
