@@ -410,6 +410,7 @@ describe('Lowrank Studio in a browser', needs('chromium'), () => {
     expect(fs.readdirSync(gguf).some((f) => f.endsWith('.gguf'))).toBe(true);
     // An export can be deleted from the run, after a confirmation: its folder goes.
     await page.goto(`${served.url}#/runs/${runIds[0]}`);
+    await page.reload();
     const client = await SocketClient.connect(served.origin, served.token);
     const artifacts = (await client.call('runs.get', { runId: runIds[0] })).reply.artifacts as Array<{ id: number; path: string }>;
     client.close();

@@ -48,6 +48,8 @@ export const useRunsStore = defineStore('runs', () => {
       case 'run-started':
         s.totalSteps = e.totalSteps;
         s.logs.push(`started: ${e.totalSteps} steps, ${e.trainableParams.toLocaleString('en-US')} trainable parameters`);
+        // The stored run now has its trainable count and memory estimate.
+        void load(e.runId);
         break;
       case 'step':
         s.step = e.step;
