@@ -179,6 +179,9 @@ describe('Lowrank Studio in a browser', needs('chromium'), () => {
     // The upload control takes keyboard focus (it is not display:none).
     expect(await page.locator(byTestId('dataset-upload')).evaluate((el) => (el.focus(), document.activeElement === el))).toBe(true);
     await screenshot(page, '07-wizard-bad-dataset');
+    // A slower preview of the file chosen before must not have replaced this one's (a race once seen here).
+    expect(await problems.isVisible()).toBe(true);
+    expect(await page.locator(byTestId('next')).isDisabled()).toBe(true);
     // Deleting the upload asks first, then removes the file.
     const uploaded = path.join(home, 'uploads', 'bad-reviews.jsonl');
     expect(fs.existsSync(uploaded)).toBe(true);
