@@ -15,6 +15,7 @@ import type { FinetuneEvent, FinetuneResult } from './train/finetune.ts';
 import type { MemoryEstimate } from './train/memory.ts';
 import type { DatasetPreview } from './data/dataset.ts';
 import type { MethodInfo } from './methods/method.ts';
+import type { MethodDescription } from './methods/descriptions.ts';
 import type { Artifact, Checkpoint, LogEntry, Metric, Run, RunStatus, Sample } from './store/types.ts';
 import type { LocalEngine } from './elsewhere/local-engine.ts';
 import type { EngineId } from './elsewhere/job-spec.ts';
@@ -97,11 +98,19 @@ export const CALLS = {
       validation: z.number().min(0),
     })
     .strict(),
+  /** Deletes an uploaded dataset (serve mode's uploads folder only). */
+  'datasets.delete': z.object({ path }).strict(),
   'files.browse': z.object({ dir: path.optional() }).strict(),
   'methods.list': none,
-  'methods.estimates': z
-    .object({ model: path, batchSize: z.number().int().min(1), seqLen: z.number().int().min(2), targets: finetuneConfigObject.shape.targets })
-    .strict(),
+  /** Every method's cost for the wizard's draft (the chosen method with its targets and parameters, the others with their defaults). */
+  /**
+   * Every method's estimate: for the wizard's whole config (the method cards, Review: the dataset's
+   * real sequence length), or for a model alone before a dataset is chosen (the model step's fit).
+   */
+  'methods.estimates': z.union([
+    z.object({ config: finetuneConfigSchema }).strict(),
+    z.object({ model: path, batchSize: z.number().int().min(1), seqLen: z.number().int().min(2), targets: finetuneConfigObject.shape.targets }).strict(),
+  ]),
   'runs.estimate': z.object({ config: finetuneConfigSchema }).strict(),
   'runs.start': z.object({ config: finetuneConfigSchema }).strict(),
   'runs.list': z
@@ -112,6 +121,8 @@ export const CALLS = {
   'runs.resume': z.object({ runId }).strict(),
   'runs.cancel': z.object({ runId }).strict(),
   'runs.delete': z.object({ runId }).strict(),
+  /** Deletes an export's files (in the store's exports folder or a granted one) and its record. */
+  'runs.deleteExport': z.object({ runId, artifactId: z.number().int().min(1) }).strict(),
   'runs.compare': z.object({ runIds: z.array(runId).min(2).max(8) }).strict(),
   'runs.exportOptions': z.object({ runId }).strict(),
   'runs.export': z
@@ -222,8 +233,10 @@ export interface RunEstimate {
   trainableParams: number;
   estimate: MemoryEstimate;
   availableBytes: number;
-  /** A rough figure from the model size and the tokens to train on. */
+  /** Seconds to the last step, from timed steps of this configuration, earlier runs, or the model size. */
   estimatedSeconds: number;
+  /** Where estimatedSeconds comes from, in words. */
+  timeBasis: string;
   trainExamples: number;
   validationExamples: number;
 }
@@ -323,6 +336,14 @@ export interface AppInfo {
   finetuneDefaults: Omit<FinetuneConfigInput, 'model' | 'data' | 'method'>;
 }
 
+/** A method as the wizard shows it: the registry's facts and its presentation (core/methods/descriptions.ts). */
+export type MethodListing = MethodInfo & MethodDescription & {
+  /** Group heading on the method step. */
+  group: string;
+  /** Human label per hyper-parameter name. */
+  labels: Record<string, string>;
+};
+
 /** Reply types, one per call. */
 export interface Replies {
   'app.info': AppInfo;
@@ -331,9 +352,10 @@ export interface Replies {
   'models.pull': ModelEntry;
   'datasets.list': DatasetEntry[];
   'datasets.upload': DatasetEntry;
+  'datasets.delete': { deleted: true };
   'datasets.preview': DatasetPreview & { trainExamples: number; validationExamples: number };
   'files.browse': { dir: string | null; parent: string | null; entries: BrowseEntry[] };
-  'methods.list': Array<Omit<MethodInfo, never>>;
+  'methods.list': MethodListing[];
   'methods.estimates': MethodEstimate[];
   'runs.estimate': RunEstimate;
   'runs.start': { runId: string };
@@ -343,6 +365,7 @@ export interface Replies {
   'runs.resume': { status: RunStatus };
   'runs.cancel': { status: RunStatus };
   'runs.delete': { deleted: true };
+  'runs.deleteExport': { deleted: true };
   'runs.compare': RunComparison;
   'runs.exportOptions': ExportOptions;
   'runs.export': ExportReply;

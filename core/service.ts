@@ -18,8 +18,9 @@ import { loadTokenizer } from './tokenize/tokenizer.ts';
 import { loadDataset, previewDataset } from './data/dataset.ts';
 import { getMethod, listMethods, resolveParams } from './methods/index.ts';
 import { FINETUNE_DEFAULTS, type FinetuneEvent, type FinetuneResult } from './train/finetune.ts';
-import { startJob, type Job, type JobRunner } from './service/jobs.ts';
+import { startJob, type Job, type JobRequest, type JobRunner } from './service/jobs.ts';
 import type { RunEstimateFigures } from './service/estimates.ts';
+import { METHOD_DESCRIPTIONS, METHOD_GROUPS, PARAMETER_LABELS } from './methods/descriptions.ts';
 import { AllowedPaths, DATASET_EXTENSIONS } from './service/allowed-paths.ts';
 import type { ExportResult } from './export/run-export.ts';
 import { hubCacheDir, hubIdOfFolder, parseHubId, type HubId } from './hub/cache.ts';
@@ -100,7 +101,25 @@ export class StudioService {
     const parsed = CALLS[name as CallName].safeParse(request ?? {});
     if (!parsed.success) throw new LowrankError('BAD_ARGUMENT', `${name}: ${describeIssues(parsed.error)}`);
     const handler = this.handlers[name as CallName] as (r: unknown) => Promise<unknown>;
-    return handler(parsed.data);
+    try {
+      return await handler(parsed.data);
+    } catch (e) {
+      // Errors from job processes too (they carry a code but are not LowrankErrors here).
+      if (e instanceof Error) e.message = this.userFacing(e.message);
+      throw e;
+    }
+  }
+
+  /**
+   * A message as the person reads it: an uploaded file by the name they gave it, not the store's
+   * upload path; the dataset format by the wizard's Format setting, not the CLI flag.
+   */
+  private userFacing(text: string): string {
+    return text
+      .split(path.resolve(this.uploadsDir()) + path.sep)
+      .join('')
+      .replace(/force a format with --format [\w|-]+/, 'pick one in the Format setting (Dataset step)')
+      .replace(/--format ([\w-]+) needs/, 'format "$1" needs');
   }
 
   subscribe(listener: (e: StudioEvent) => void): () => void {
@@ -139,7 +158,8 @@ export class StudioService {
   }
 
   private emit(e: StudioEvent): void {
-    for (const l of this.listeners) l(e);
+    const shown = e.type === 'run-failed' || e.type === 'log' ? { ...e, message: this.userFacing(e.message) } : e;
+    for (const l of this.listeners) l(shown);
   }
 
   private uploadsDir(): string {
@@ -149,6 +169,10 @@ export class StudioService {
   /** Where exports go unless a dialog granted another folder; `lowrank serve` offers downloads from here. */
   exportsDir(): string {
     return path.join(this.options.home, 'exports');
+  }
+
+  private insideExports(p: string): boolean {
+    return path.resolve(p).startsWith(this.exportsDir() + path.sep);
   }
 
   /** A model folder or a Hub id (from the HF cache: the service downloads only through models.pull), checked. */
@@ -282,14 +306,27 @@ export class StudioService {
     return live;
   }
 
-  private throughputGuess(modelPath: string, parameters: number): number {
+  /**
+   * Seconds to the last step: from the estimate job's timed steps of this very configuration (the
+   * first carries one-off set-up; evaluations are forward passes, about a third of a step per batch),
+   * else from earlier completed runs of the same model and method, else from the model size.
+   */
+  private estimatedSeconds(config: FinetuneConfigInput, r: RunEstimateFigures): { seconds: number; basis: string } {
+    if (r.stepSeconds && r.stepSeconds.length > 1) {
+      const typical = Math.min(...r.stepSeconds.slice(1));
+      const seconds = r.stepSeconds[0] + (r.totalSteps - 1) * typical + (r.evaluations + 1) * r.validationBatches * (typical / 3);
+      return { seconds, basis: `from ${r.stepSeconds.length} timed steps of this configuration` };
+    }
     const previous = this.store
-      .listRuns({ status: 'completed', limit: 50 })
-      .filter((r) => r.baseModelPath === path.resolve(modelPath) && r.tokensPerSecond)
-      .map((r) => r.tokensPerSecond as number);
-    if (previous.length) return previous.sort((a, b) => a - b)[Math.floor(previous.length / 2)];
-    // ~6 FLOPs per parameter per token (forward + backward) at a conservative 2 GFLOP/s.
-    return 2e9 / (6 * Math.max(parameters, 1));
+      .listRuns({ status: 'completed', limit: 200 })
+      .filter((run) => run.baseModelPath === path.resolve(config.model) && run.tokensPerSecond);
+    for (const [runs, basis] of [[previous.filter((run) => run.method === config.method), `${config.method} runs`], [previous, 'runs']] as const) {
+      if (!runs.length) continue;
+      const rates = runs.map((run) => run.tokensPerSecond as number).sort((a, b) => a - b);
+      return { seconds: r.tokens / rates[Math.floor(rates.length / 2)], basis: `from the speed of ${runs.length} earlier ${basis} on this model` };
+    }
+    // ~6 FLOPs per parameter per token (forward + backward) at a conservative 20 GFLOP/s.
+    return { seconds: (r.tokens * 6 * r.parameters) / 20e9, basis: 'a rough guess from the model size' };
   }
 
   private makeHandlers(): Calls {
@@ -353,6 +390,14 @@ export class StudioService {
         fs.writeFileSync(file, content);
         return { path: file, name: base, bytes: Buffer.byteLength(content), source: 'uploaded' as const };
       },
+      'datasets.delete': async ({ path: file }) => {
+        if (path.dirname(path.resolve(file)) !== path.resolve(this.uploadsDir())) throw new LowrankError('BAD_ARGUMENT', `${path.basename(file)}: only uploaded datasets can be deleted here`);
+        if ([...this.live.values()].some((l) => (store.getRun(l.runId).config as { data?: string }).data === file)) {
+          throw new LowrankError('BAD_RUN_STATE', `${path.basename(file)}: a run is training on it; cancel the run first`);
+        }
+        fs.rmSync(file, { force: true });
+        return { deleted: true as const };
+      },
       'datasets.preview': async ({ model: given, data, seqLen, format, count, validation }) => {
         const model = this.modelPath(given);
         this.paths.check(data, 'dataset');
@@ -365,20 +410,37 @@ export class StudioService {
           trainExamples = loaded.train.length;
           validationExamples = loaded.validation.length;
         }
-        return { ...preview, trainExamples, validationExamples };
+        const named = (where: string) => this.userFacing(where);
+        return {
+          ...preview,
+          problems: preview.problems.map((p) => ({ ...p, where: named(p.where), reason: named(p.reason) })),
+          examples: preview.examples.map((e) => ({ ...e, source: named(e.source) })),
+          trainExamples,
+          validationExamples,
+        };
       },
       'files.browse': async ({ dir }) => this.paths.browse(dir),
-      'methods.list': async () => listMethods().map(({ attach: _attach, ...info }) => info),
+      'methods.list': async () =>
+        listMethods().map(({ attach: _attach, countTrainable: _count, ...info }) => ({
+          ...info,
+          ...(METHOD_DESCRIPTIONS[info.id] ?? { displayName: info.id, help: info.summary, formula: '' }),
+          group: METHOD_GROUPS[info.family],
+          labels: Object.fromEntries(info.schema.map((f) => [f.name, PARAMETER_LABELS[f.name] ?? f.name])),
+        })),
       'methods.estimates': async (request) => {
-        const model = this.modelPath(request.model);
-        // The model step (its fit figure) and the method step ask the same question: one job answers
-        // both, until the model's config.json changes.
+        // The model step (its fit figure) and the method step may ask the same question: one job
+        // answers both, until the model's config.json changes.
+        const job: JobRequest =
+          'config' in request
+            ? { kind: 'estimate-methods', home: this.options.home, config: this.checkConfigPaths(request.config) }
+            : { kind: 'estimate-model-methods', home: this.options.home, ...request, model: this.modelPath(request.model) };
+        const model = 'config' in job ? job.config.model : job.model;
         const configTime = fs.statSync(path.join(model, 'config.json'), { throwIfNoEntry: false })?.mtimeMs ?? 0;
-        const key = JSON.stringify([model, configTime, request.batchSize, request.seqLen, request.targets]);
+        const key = JSON.stringify([job, configTime]);
         let answer = this.estimates.get(key);
         if (!answer) {
           // Loading a model is heavy for a large one: a job process, so the socket stays free.
-          answer = this.startJob<MethodEstimate[]>({ kind: 'estimate-methods', home: this.options.home, ...request, model }).result;
+          answer = this.startJob<MethodEstimate[]>(job).result;
           this.estimates.set(key, answer);
           answer.catch(() => this.estimates.delete(key));
         }
@@ -392,8 +454,9 @@ export class StudioService {
           home: this.options.home,
           config,
         }).result;
-        const { tokens, parameters, ...rest } = r;
-        return { ...rest, availableBytes: os.totalmem(), estimatedSeconds: tokens / this.throughputGuess(config.model, parameters) };
+        const { seconds, basis } = this.estimatedSeconds(config, r);
+        const { tokens: _t, parameters: _p, stepSeconds: _s, evaluations: _e, validationBatches: _v, ...rest } = r;
+        return { ...rest, availableBytes: os.totalmem(), estimatedSeconds: seconds, timeBasis: basis };
       },
       'runs.start': async ({ config: given }) => {
         const config = this.checkConfigPaths(given);
@@ -406,7 +469,7 @@ export class StudioService {
         const run = store.getRun(runId);
         const live = this.live.get(runId) ?? this.launched.get(runId);
         return {
-          run,
+          run: run.errorMessage ? { ...run, errorMessage: this.userFacing(run.errorMessage) } : run,
           metrics: store.metrics(runId),
           samples: store.samples(runId),
           checkpoints: store.checkpoints(runId),
@@ -484,7 +547,18 @@ export class StudioService {
       },
       'runs.delete': async ({ runId }) => {
         if (this.live.has(runId) || this.launched.has(runId)) throw new LowrankError('BAD_RUN_STATE', `run ${runId} is training; cancel it before deleting`);
+        // Its exports in the store's exports folder go with it; ones written to a folder the user chose stay theirs.
+        const exports = store.artifacts(runId).filter((a) => this.insideExports(a.path));
         store.deleteRun(runId);
+        for (const a of exports) fs.rmSync(a.path, { recursive: true, force: true });
+        return { deleted: true as const };
+      },
+      'runs.deleteExport': async ({ runId, artifactId }) => {
+        const artifact = store.artifacts(runId).find((a) => a.id === artifactId);
+        if (!artifact) throw new LowrankError('BAD_ARGUMENT', `run ${runId} has no export ${artifactId}`);
+        this.paths.check(path.dirname(artifact.path), 'directory');
+        fs.rmSync(artifact.path, { recursive: true, force: true });
+        store.deleteArtifact(runId, artifactId);
         return { deleted: true as const };
       },
       'runs.compare': async ({ runIds }) => {

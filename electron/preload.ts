@@ -13,6 +13,7 @@ const CALL_NAMES = [
   'methods.list', 'methods.estimates', 'runs.estimate', 'runs.start', 'runs.list', 'runs.get', 'runs.pause', 'runs.resume',
   'runs.cancel', 'runs.delete', 'runs.compare', 'runs.exportOptions', 'runs.export', 'playground.generate', 'playground.stop',
   'elsewhere.local', 'runs.exportJob', 'runs.launchElsewhere',
+  'datasets.delete', 'runs.deleteExport',
 ] as const satisfies readonly CallName[];
 type Missing = Exclude<CallName, (typeof CALL_NAMES)[number]>;
 const exhaustive: Missing extends never ? true : Missing = true;

@@ -47,9 +47,14 @@ describe.each<[RealShape, string]>([
     expect(result.status).toBe('completed');
     expect(Number.isFinite(result.trainLoss)).toBe(true);
     expect(result.taskMetric).toBeNull();
+    // The base model's continuations at step 0, then the evaluation's at step 2; plain text has no expected answer.
     const samples = store.samples(result.runId);
-    expect(samples.length).toBe(2);
+    const atStep = (step: number) => samples.filter((s) => s.step === step).length;
+    expect(atStep(0)).toBeGreaterThan(0);
+    expect(atStep(2)).toBe(atStep(0));
+    expect(atStep(0) + atStep(2)).toBe(samples.length);
     for (const s of samples) expect(s.prompt.trim().length).toBeGreaterThan(0);
+    for (const s of samples) expect(s.expected).toBeNull();
     expect(store.getRun(result.runId).status).toBe('completed');
     store.close();
   });

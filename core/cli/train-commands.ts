@@ -126,7 +126,10 @@ export async function trainCommand(flags: Flags): Promise<void> {
         bar?.log(e.message);
         break;
       case 'progress':
-        bar?.update(e.step - 1, e.message);
+        // Before the first step (loading, the base model's samples) there is no bar yet.
+        if (bar && e.step > 0) bar.update(e.step - 1, e.message);
+        else if (bar) bar.log(e.message);
+        else console.error(`${e.message}…`);
         break;
       default:
         break;

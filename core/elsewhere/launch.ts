@@ -137,7 +137,7 @@ export function launchJob(store: RunStore, jobDir: string, options: LaunchOption
         if (e.loss !== null) {
           emit({
             type: 'step', runId, step: e.step, totalSteps: e.totalSteps ?? e.step, loss: e.loss, lr: e.lr ?? NaN, gradNorm: NaN, tokens: NaN,
-            trainedTokens: NaN, tokensPerSecond: e.tokensPerSecond ?? NaN, elapsedSeconds: e.elapsedSeconds ?? NaN, peakTensorBytes: NaN,
+            trainedTokens: NaN, tokensPerSecond: e.tokensPerSecond ?? NaN, elapsedSeconds: e.elapsedSeconds ?? NaN, peakTensorBytes: NaN, etaSeconds: e.remainingSeconds ?? NaN,
           });
         }
         if (e.evalLoss !== null) emit({ type: 'eval', runId, step: e.step, valLoss: e.evalLoss });

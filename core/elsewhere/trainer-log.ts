@@ -19,6 +19,8 @@ export interface TrainerLogEntry {
   lr: number | null;
   /** `elapsed_time` ("H:MM:SS", LogCallback's timedelta) in seconds, and `throughput` (input tokens/s) where logged. */
   elapsedSeconds: number | null;
+  /** `remaining_time` in seconds: the engine's own ETA. */
+  remainingSeconds: number | null;
   tokensPerSecond: number | null;
 }
 
@@ -50,7 +52,7 @@ export function parseTrainerLogLine(line: string, where: string): TrainerLogEntr
     loss: numberOrNull(r.loss),
     evalLoss: numberOrNull(r.eval_loss),
     lr: numberOrNull(r.lr),
-    elapsedSeconds: seconds(r.elapsed_time),
+    elapsedSeconds: seconds(r.elapsed_time), remainingSeconds: seconds(r.remaining_time),
     tokensPerSecond: typeof r.throughput === 'number' ? r.throughput : null,
   };
 }
@@ -69,7 +71,7 @@ export function parseTrainerState(text: string, file: string): TrainerLogEntry[]
   return history.flatMap((h: Record<string, unknown>, i) => {
     if (!Number.isInteger(h?.step)) throw new LowrankError('BAD_DATA', `${file}: log_history[${i}].step must be a step number`);
     if (h.loss === undefined && h.eval_loss === undefined) return [];
-    return [{ step: h.step as number, totalSteps: Number.isInteger(maxSteps) ? (maxSteps as number) : null, loss: numberOrNull(h.loss), evalLoss: numberOrNull(h.eval_loss), lr: numberOrNull(h.learning_rate), elapsedSeconds: null, tokensPerSecond: null }];
+    return [{ step: h.step as number, totalSteps: Number.isInteger(maxSteps) ? (maxSteps as number) : null, loss: numberOrNull(h.loss), evalLoss: numberOrNull(h.eval_loss), lr: numberOrNull(h.learning_rate), elapsedSeconds: null, remainingSeconds: null, tokensPerSecond: null }];
   });
 }
 

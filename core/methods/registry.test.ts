@@ -10,6 +10,7 @@ import { getMethod, listMethods, MethodRegistry, resolveParams } from './index.t
 import type { Method } from './method.ts';
 import { peftTargetModules, resolveTargets } from './targets.ts';
 import { tinyModel } from './method-test-helpers.ts';
+import { METHOD_DESCRIPTIONS, PARAMETER_LABELS, methodDisplayName } from './descriptions.ts';
 
 beforeAll(async () => {
   await initBackend({ backend: 'cpu' });
@@ -172,4 +173,24 @@ describe('countTrainable (the wizard counts without attaching where attach is sl
       });
     }
   }
+});
+
+describe('method presentation (descriptions.ts)', () => {
+  it('gives every registered method a display name, help and formula, and every parameter a human label', () => {
+    const names = new Set<string>();
+    for (const m of listMethods()) {
+      const d = METHOD_DESCRIPTIONS[m.id];
+      expect(d, m.id).toBeDefined();
+      expect(d.displayName.length).toBeGreaterThan(0);
+      expect(names.has(d.displayName), d.displayName).toBe(false);
+      names.add(d.displayName);
+      expect(d.help.length).toBeGreaterThan(20);
+      expect(d.formula.length).toBeGreaterThan(5);
+      for (const f of m.schema) expect(PARAMETER_LABELS[f.name], `${m.id}.${f.name}`).toBeDefined();
+    }
+    expect(Object.keys(METHOD_DESCRIPTIONS).sort()).toEqual(listMethods().map((m) => m.id).sort());
+    expect(methodDisplayName('loraplus')).toBe('LoRA+');
+    expect(methodDisplayName('galore-dct')).toBe('GaLore (DCT)');
+    expect(PARAMETER_LABELS.update_proj_gap).toBe('Projection refresh every … steps');
+  });
 });

@@ -108,6 +108,9 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const server = http.createServer((req, res) => {
     if (req.method !== 'GET') return void res.writeHead(405).end();
     if ((req.url ?? '').startsWith('/exports/')) return serveExport(service.exportsDir(), req, res, token);
+    // The page asks whether its token is still this server's, to tell a stale tab from a server that is down.
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    if (url.pathname === '/auth') return void res.writeHead(tokenMatches(url.searchParams.get('token'), token) ? 204 : 401, { 'cache-control': 'no-store' }).end();
     if (!fs.existsSync(path.join(rendererDir, 'index.html'))) {
       return void res.writeHead(503, { 'content-type': 'text/plain' }).end('the renderer is not built; run `npm run build:renderer`');
     }

@@ -14,7 +14,8 @@ export type JobRequest =
   | { kind: 'train'; home: string; config: FinetuneConfigInput; resumeRunId?: string }
   | { kind: 'export'; home: string; request: ExportRequest }
   | { kind: 'generate'; home: string; request: Request<'playground.generate'> }
-  | { kind: 'estimate-methods'; home: string; model: string; batchSize: number; seqLen: number; targets: string[] | 'all-linear' }
+  | { kind: 'estimate-methods'; home: string; config: FinetuneConfigInput }
+  | { kind: 'estimate-model-methods'; home: string; model: string; batchSize: number; seqLen: number; targets: string[] | 'all-linear' }
   | { kind: 'estimate-run'; home: string; config: FinetuneConfigInput }
   /** An adapter trained elsewhere written as a run's checkpoint (core/elsewhere/import-adapter.ts); replies its trainable count. */
   | { kind: 'checkpoint-adapter'; home: string; runId: string; config: FinetuneConfigInput; step: number }

@@ -9,7 +9,7 @@ import { exportRun } from '../export/run-export.ts';
 import { playgroundAnswer } from './playground.ts';
 import { isLowrankError } from '../errors.ts';
 import type { JobRequest, WorkerMessage } from './jobs.ts';
-import { estimateMethods, estimateRun } from './estimates.ts';
+import { estimateMethods, estimateMethodsForRun, estimateRun } from './estimates.ts';
 import { checkpointFromAdapter } from '../elsewhere/import-adapter.ts';
 import { exportJob } from '../elsewhere/export-job.ts';
 
@@ -19,7 +19,8 @@ export interface JobIo {
 }
 
 export async function runJob(job: JobRequest, io: JobIo): Promise<unknown> {
-  if (job.kind === 'estimate-methods') return estimateMethods(job.model, job.batchSize, job.seqLen, job.targets);
+  if (job.kind === 'estimate-methods') return estimateMethodsForRun(job.config);
+  if (job.kind === 'estimate-model-methods') return estimateMethods(job.model, job.batchSize, job.seqLen, job.targets);
   if (job.kind === 'estimate-run') return estimateRun(job.config);
   const store = openStore(job.home);
   try {

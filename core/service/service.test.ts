@@ -64,7 +64,9 @@ describe('service contract', () => {
     expect(climbing.startsWith(`${uploads}/`)).toBe(true);
     const refused = await rejection(preview(climbing));
     expect(refused?.code).toBe('BAD_ARGUMENT');
-    expect(refused?.message).toContain(notAllowed(climbing));
+    // Named as the person knows it: relative to their uploads, not by the server's upload folder.
+    expect(refused?.message).toContain(notAllowed(climbing.slice(uploads.length + 1)));
+    expect(refused?.message).not.toContain(uploads);
     // The same file is accepted once it is inside uploads/: the refusal was the path, not the file.
     fs.copyFileSync(outsideData, path.join(uploads, 'reviews-copy.jsonl'));
     const accepted = (await preview(path.join(uploads, 'reviews-copy.jsonl'))) as { problems: unknown[] };
@@ -76,13 +78,25 @@ describe('service contract', () => {
     fs.symlinkSync(outsideData, link);
     const refused = await rejection(preview(link));
     expect(refused?.code).toBe('BAD_ARGUMENT');
-    expect(refused?.message).toContain(notAllowed(link));
+    expect(refused?.message).toContain(notAllowed('linked-reviews.jsonl'));
     // A link to a file that is itself inside uploads/ is fine: the rule is where it leads.
     const inner = path.join(uploads, 'linked-inside.jsonl');
     fs.copyFileSync(outsideData, path.join(uploads, 'reviews-inside.jsonl'));
     fs.symlinkSync(path.join(uploads, 'reviews-inside.jsonl'), inner);
     const accepted = (await preview(inner)) as { problems: unknown[] };
     expect(accepted.problems).toEqual([]);
+  });
+
+  it('names an uploaded file as it was uploaded in its problems, and deletes uploads only', async () => {
+    const entry = (await service.call('datasets.upload', { name: 'bad-lines.jsonl', content: '{"text":"fine"}\n{"text": broken\n' })) as { path: string };
+    const shown = (await preview(entry.path)) as { problems: Array<{ where: string }>; examples: Array<{ source: string }> };
+    expect(shown.problems.map((p) => p.where)).toEqual(['bad-lines.jsonl:2']);
+    expect(shown.examples[0].source).toBe('bad-lines.jsonl:1');
+    expect(await service.call('datasets.delete', { path: entry.path })).toEqual({ deleted: true });
+    expect(fs.existsSync(entry.path)).toBe(false);
+    const bundled = await rejection(service.call('datasets.delete', { path: path.join(RESOURCES_DIR, 'datasets', 'review-sentiment.jsonl') }));
+    expect(bundled?.message).toBe('review-sentiment.jsonl: only uploaded datasets can be deleted here');
+    expect(fs.existsSync(path.join(RESOURCES_DIR, 'datasets', 'review-sentiment.jsonl'))).toBe(true);
   });
 
   it('keeps uploads inside uploads/ whatever their name', async () => {
@@ -107,6 +121,9 @@ describe('lowrank serve', () => {
       expect(await connect('')).toBe('HTTP 401');
       expect(await connect('?token=nope')).toBe('HTTP 401');
       expect(await connect(`?token=${server.token}`)).toBe('open');
+      // The page's check of its own token (the stale-token banner).
+      expect((await fetch(`http://127.0.0.1:${server.port}/auth?token=${server.token}`)).status).toBe(204);
+      expect((await fetch(`http://127.0.0.1:${server.port}/auth?token=stale`)).status).toBe(401);
       fs.mkdirSync(path.join(root, 'no-renderer'), { recursive: true });
       fs.writeFileSync(path.join(root, 'no-renderer', 'index.html'), '<!doctype html>');
       const res = await fetch(`http://127.0.0.1:${server.port}/`);

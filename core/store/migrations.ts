@@ -121,6 +121,11 @@ CREATE INDEX logs_run ON logs(run_id, at);
 ALTER TABLE runs ADD COLUMN origin TEXT NOT NULL DEFAULT 'local' CHECK (origin IN ('local','imported','launched'));
 `,
   },
+  {
+    // A sample drawn from the validation split keeps the answer it should give (NULL: plain text, older runs).
+    version: 3,
+    sql: `ALTER TABLE samples ADD COLUMN expected TEXT;`,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;

@@ -242,11 +242,11 @@ describe('metrics, samples, checkpoints, artifacts, logs', () => {
     expect(() => store.appendMetrics(id, [{ step: 5, split: 'train', name: 'a', value: 1 }, { step: 5, split: 'test' as 'val', name: 'b', value: 1 }])).toThrow(/CHECK/);
     expect(store.metrics(id)).toHaveLength(6); // the batch rolled back as a whole
 
-    const sample = store.addSample(id, { step: 10, prompt: 'Q: 2+2?', output: 'A: 4', seed: 7 });
+    const sample = store.addSample(id, { step: 10, prompt: 'Q: 2+2?', output: 'A: 4', seed: 7, expected: '4' });
     store.addSample(id, { step: 5, prompt: 'Hi', output: 'there' });
     expect(store.samples(id)).toEqual([
-      { id: sample.id + 1, runId: id, step: 5, prompt: 'Hi', output: 'there', seed: null, at: clock.now },
-      { ...sample },
+      { id: sample.id + 1, runId: id, step: 5, prompt: 'Hi', output: 'there', seed: null, expected: null, at: clock.now },
+      { ...sample, expected: '4' },
     ]);
 
     expect(store.latestCheckpoint(id)).toBeNull();

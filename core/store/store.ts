@@ -37,7 +37,7 @@ interface RunRow {
   pid: number | null; heartbeat_at: number | null; parent_run_id: string | null; origin: RunOrigin;
 }
 interface MetricRow { run_id: string; step: number; split: MetricSplit; name: string; value: number | null; at: number }
-interface SampleRow { id: number; run_id: string; step: number; prompt: string; output: string; seed: number | null; at: number }
+interface SampleRow { id: number; run_id: string; step: number; prompt: string; output: string; seed: number | null; expected: string | null; at: number }
 interface CheckpointRow { id: number; run_id: string; step: number; path: string; bytes: number | null; created_at: number }
 interface ArtifactRow {
   id: number; run_id: string; kind: ArtifactKind; path: string; format_detail: string | null; bytes: number | null;
@@ -312,15 +312,16 @@ export class RunStore {
 
   addSample(id: string, sample: SampleInput): Sample {
     const at = this.now();
-    const rowid = this.forRun(id, () => this.db.prepare('INSERT INTO samples (run_id, step, prompt, output, seed, at) VALUES (?, ?, ?, ?, ?, ?)')
-      .run(id, sample.step, sample.prompt, sample.output, sample.seed ?? null, at).lastInsertRowid);
-    return { id: Number(rowid), runId: id, step: sample.step, prompt: sample.prompt, output: sample.output, seed: sample.seed ?? null, at };
+    const expected = sample.expected ?? null;
+    const rowid = this.forRun(id, () => this.db.prepare('INSERT INTO samples (run_id, step, prompt, output, seed, expected, at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+      .run(id, sample.step, sample.prompt, sample.output, sample.seed ?? null, expected, at).lastInsertRowid);
+    return { id: Number(rowid), runId: id, step: sample.step, prompt: sample.prompt, output: sample.output, seed: sample.seed ?? null, expected, at };
   }
 
   samples(id: string): Sample[] {
     this.getRun(id);
     const rows = this.db.prepare('SELECT * FROM samples WHERE run_id = ? ORDER BY step, id').all(id) as SampleRow[];
-    return rows.map((r) => ({ id: r.id, runId: r.run_id, step: r.step, prompt: r.prompt, output: r.output, seed: r.seed, at: r.at }));
+    return rows.map((r) => ({ id: r.id, runId: r.run_id, step: r.step, prompt: r.prompt, output: r.output, seed: r.seed, expected: r.expected, at: r.at }));
   }
 
   /** Record a checkpoint after its files are durably on disk (core/train/checkpoint.ts). */
@@ -358,6 +359,14 @@ export class RunStore {
     this.getRun(id);
     const rows = this.db.prepare('SELECT * FROM artifacts WHERE run_id = ? ORDER BY created_at, id').all(id) as ArtifactRow[];
     return rows.map((r) => ({ id: r.id, runId: r.run_id, kind: r.kind, path: r.path, formatDetail: r.format_detail, bytes: r.bytes, createdAt: r.created_at }));
+  }
+
+  /** Forgets one exported artifact (its files are the caller's to remove); returns it. */
+  deleteArtifact(id: string, artifactId: number): Artifact {
+    const artifact = this.artifacts(id).find((a) => a.id === artifactId);
+    if (!artifact) throw new LowrankError('BAD_ARGUMENT', `run ${id} has no export ${artifactId}`);
+    this.db.prepare('DELETE FROM artifacts WHERE id = ?').run(artifactId);
+    return artifact;
   }
 
   addLog(id: string, level: LogLevel, message: string): void {

@@ -120,6 +120,8 @@ export interface SampleInput {
   prompt: string;
   output: string;
   seed?: number | null;
+  /** The answer the validation record gives (null where there is none). */
+  expected?: string | null;
 }
 
 export interface Sample extends Required<SampleInput> {

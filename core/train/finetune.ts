@@ -17,6 +17,7 @@ import type { DatasetFormat } from '../data/formats.ts';
 import { epochOrder, makeBatches, padTokenIdOf } from '../data/batches.ts';
 import type { Example } from '../data/tokenize-dataset.ts';
 import { getMethod, type AttachedMethod, type MethodParams } from '../methods/index.ts';
+import { methodDisplayName } from '../methods/descriptions.ts';
 import { accumulateBaseGradients } from './base-gradients.ts';
 import { optimizerFor, optimizerStateBytesFor } from '../optim/registry.ts';
 import type { RunStore } from '../store/store.ts';
@@ -28,7 +29,7 @@ import { PeakMemory, type MemoryEstimate } from './memory.ts';
 import { train, type Batch, type LossFunction, type StepReport } from './trainer.ts';
 import { learningRate, type ScheduleKind } from './schedule.ts';
 import { loadTrainingCheckpoint, saveTrainingCheckpoint } from './checkpoint.ts';
-import { exactMatch, hasCompletionTask, samplePrompt, stopTokenIds, validationLoss } from './evaluate.ts';
+import { exactMatch, hasCompletionTask, samplePrompt, splitPrompt, stopTokenIds, validationLoss } from './evaluate.ts';
 import { lmLoss } from './pretrain.ts';
 import { generate } from '../models/generate.ts';
 
@@ -104,8 +105,9 @@ export const FINETUNE_DEFAULTS: Omit<FinetuneConfig, 'model' | 'data' | 'method'
 export type FinetuneEvent =
   | { type: 'run-started'; runId: string; totalSteps: number; trainableParams: number; estimate: MemoryEstimate }
   | ({ type: 'step'; runId: string } & StepReport)
-  | { type: 'eval'; runId: string; step: number; valLoss: number }
-  | { type: 'sample'; runId: string; step: number; prompt: string; output: string }
+  /** `metric`: exact match on the first EVAL_METRIC_EXAMPLES held-out prompts, where the data has answers. */
+  | { type: 'eval'; runId: string; step: number; valLoss: number; metric?: { name: string; value: number; examples: number } }
+  | { type: 'sample'; runId: string; step: number; prompt: string; output: string; expected: string | null }
   | { type: 'checkpoint'; runId: string; step: number; path: string }
   | { type: 'log'; runId: string; message: string }
   /** Where a slow step is (its pass and layer), at most once a second once it has run 2 s. */
@@ -137,9 +139,8 @@ export interface PreparedRun {
   estimate: MemoryEstimate;
 }
 
-export async function prepareRun(config: FinetuneConfig): Promise<PreparedRun> {
-  await initBackend();
-  const tokenizer = await loadTokenizer(config.model);
+/** A run's dataset, split as the run splits it. */
+export async function loadRunDataset(config: FinetuneConfig, tokenizer: Tokenizer): Promise<LoadedDataset> {
   const dataset = await loadDataset(config.data, tokenizer, {
     format: config.format,
     seqLen: config.seqLen,
@@ -149,6 +150,19 @@ export async function prepareRun(config: FinetuneConfig): Promise<PreparedRun> {
     trainOnPrompt: config.trainOnPrompt,
   });
   if (dataset.train.length === 0) throw new LowrankError('BAD_DATA', `${config.data}: no training examples left after the validation split`);
+  return dataset;
+}
+
+/** Batches are padded to their longest example: the memory and the time follow that, not the cap. */
+export function paddedSeqLen(config: Pick<FinetuneConfig, 'seqLen'>, dataset: LoadedDataset): number {
+  return Math.min(config.seqLen, Math.max(...dataset.train.map((e) => e.ids.length)));
+}
+
+export async function prepareRun(config: FinetuneConfig, onPhase: (message: string) => void = () => {}): Promise<PreparedRun> {
+  await initBackend();
+  onPhase('reading the dataset');
+  const tokenizer = await loadTokenizer(config.model);
+  const dataset = await loadRunDataset(config, tokenizer);
   let initial: Map<string, Float32Array> | undefined;
   if (config.adapter) {
     const { readPeftAdapter } = await import('../export/peft.ts');
@@ -156,14 +170,14 @@ export async function prepareRun(config: FinetuneConfig): Promise<PreparedRun> {
   }
   const batchesPerEpoch = Math.ceil(dataset.train.length / config.batchSize / config.gradientAccumulation);
   const totalSteps = config.steps ?? Math.max(1, Math.round((config.epochs ?? 1) * batchesPerEpoch));
+  onPhase(`loading the model and setting up ${methodDisplayName(config.method)}`);
   const setup = await setUpTraining({
     modelDir: config.model,
     methodId: config.method,
     params: config.params,
     targets: config.targets,
     batchSize: config.batchSize,
-    // Batches are padded to their longest example: the memory follows that, not the cap.
-    seqLen: Math.min(config.seqLen, Math.max(...dataset.train.map((e) => e.ids.length))),
+    seqLen: paddedSeqLen(config, dataset),
     seed: config.seed,
     baseDtype: config.baseDtype ?? 'auto',
     gradientCheckpointing: config.gradientCheckpointing ?? 'auto',
@@ -257,25 +271,70 @@ function withPenalty(attached: AttachedMethod, batch: Batch, out: { loss: tf.Sca
   return attached.trainingPenalty ? { ...out, penalty: attached.trainingPenalty(batch) } : out;
 }
 
-/** Greedy completions of the first validation prompts: the samples shown at each evaluation. */
-export function sampleCompletions(model: CausalLM, tokenizer: Tokenizer, examples: Example[], count = 2): Array<{ prompt: string; output: string }> {
+/**
+ * Times the run's first `steps` training steps on a prepared run that is thrown away afterwards (the
+ * Review step's time estimate): the first carries one-off work (kernel set-up, a projector's SVD),
+ * the others are what every step costs.
+ */
+export async function measureStepSeconds(prepared: PreparedRun, steps = 2): Promise<number[]> {
+  const { config, attached, model } = prepared;
+  const optimizer = optimizerFor(attached, { weightDecay: config.weightDecay, lrScale: (name) => attached.lrScale(name) });
+  const seconds: number[] = [];
+  let started = performance.now();
+  model.training = true;
+  try {
+    await train(
+      attached.trainable,
+      optimizer,
+      batchSchedule(prepared),
+      (batch) => withPenalty(attached, batch, lmLoss(model, batch)),
+      { totalSteps: Math.min(steps, prepared.totalSteps), gradientAccumulation: config.gradientAccumulation, clipNorm: config.clipNorm, schedule: { kind: config.schedule, lr: config.lr, totalSteps: prepared.totalSteps, warmupSteps: config.warmupSteps } },
+      {
+        beforeStep: (step, lr) => {
+          started = performance.now();
+          attached.beforeStep?.({ step, totalSteps: prepared.totalSteps, lr });
+        },
+        afterOptimizerStep: (step, lr) => attached.afterOptimizerStep?.({ step, totalSteps: prepared.totalSteps, lr }),
+        onStep: () => seconds.push((performance.now() - started) / 1000),
+      },
+    );
+  } finally {
+    model.training = false;
+    optimizer.dispose();
+  }
+  return seconds;
+}
+
+export interface SampleCompletion {
+  prompt: string;
+  output: string;
+  /** The validation record's answer (null for plain text, which has none). */
+  expected: string | null;
+}
+
+/** Greedy completions of the first validation prompts, beside their answers: the samples shown at each evaluation. */
+export function sampleCompletions(model: CausalLM, tokenizer: Tokenizer, examples: Example[], count = 3): SampleCompletion[] {
   const stops = stopTokenIds(tokenizer);
+  const text = (ids: number[]) => tokenizer.decode(ids.filter((id) => !stops.includes(id)), { skipSpecialTokens: true });
   return examples
-    .map(samplePrompt)
-    .filter((prompt) => prompt.length > 0)
+    .filter((example) => samplePrompt(example).length > 0)
     .slice(0, count)
-    .map((prompt) => {
-      const out = generate(model, prompt, { maxNewTokens: 32, temperature: 0, stopTokenIds: stops });
+    .map((example) => {
+      const prompt = samplePrompt(example);
+      // An answer to compare with needs a few tokens past its length; plain text gets a longer continuation.
+      const answer = hasCompletionTask(example) ? splitPrompt(example).reference.length : null;
+      const out = generate(model, prompt, { maxNewTokens: answer === null ? 32 : answer + 8, temperature: 0, stopTokenIds: stops });
       return {
         prompt: tokenizer.decode(prompt, { skipSpecialTokens: true }),
-        output: tokenizer.decode(out.filter((id) => !stops.includes(id)), { skipSpecialTokens: true }),
+        output: text(out),
+        expected: hasCompletionTask(example) ? text(splitPrompt(example).reference).trim() : null,
       };
     });
 }
 
 /** Samples are for looking at: one that cannot be made is logged, and never fails the run. */
-function recordSamples(store: RunStore, runId: string, step: number, samples: () => Array<{ prompt: string; output: string }>, emit: (e: FinetuneEvent) => void): void {
-  let made: Array<{ prompt: string; output: string }>;
+function recordSamples(store: RunStore, runId: string, step: number, samples: () => SampleCompletion[], emit: (e: FinetuneEvent) => void): void {
+  let made: SampleCompletion[];
   try {
     made = samples();
   } catch (e) {
@@ -283,10 +342,23 @@ function recordSamples(store: RunStore, runId: string, step: number, samples: ()
     return;
   }
   for (const s of made) {
-    store.addSample(runId, { step, prompt: s.prompt, output: s.output, seed: null });
+    store.addSample(runId, { step, prompt: s.prompt, output: s.output, expected: s.expected, seed: null });
     emit({ type: 'sample', runId, step, ...s });
   }
 }
+
+/**
+ * Forward passes a generation takes once a model answers (prompt, answer, stop token) over those it
+ * takes running to the limit of answer + `extra` tokens, over the examples with an answer; 1 without.
+ */
+function answerPassesRatio(examples: Example[], extra: number): number {
+  const answers = examples.filter(hasCompletionTask).map((e) => splitPrompt(e).reference.length);
+  if (!answers.length) return 1;
+  return answers.reduce((n, r) => n + 2 + r, 0) / answers.reduce((n, r) => n + 1 + r + extra, 0);
+}
+
+/** Held-out examples scored at each evaluation (the whole metric set is scored at the end). */
+export const EVAL_METRIC_EXAMPLES = 20;
 
 export interface RunControl {
   /** Polled between steps: true cancels (a checkpoint is written first). */
@@ -341,7 +413,8 @@ export async function runFinetune(
     owned = true;
     // Liveness from a worker thread: a step that takes minutes must not get the run taken for dead.
     background = startBackgroundHeartbeat(store.layout.databasePath, runId, control.heartbeatIntervalMs);
-    prepared = await prepareRun(config);
+    const phase = (message: string) => emit({ type: 'progress', runId, step: 0, message });
+    prepared = await prepareRun(config, phase);
     const { model, tokenizer, dataset, attached, totalSteps, estimate } = prepared;
     const backend = await initBackend();
     // A new run, or one whose first process died before it got here.
@@ -364,6 +437,45 @@ export async function runFinetune(
     let metricBefore: number | null = null;
     if (control.metricBefore && metricSet.length) metricBefore = exactMatch(model, tokenizer, metricSet).accuracy;
     control.beforeTraining?.(prepared);
+    const evalMetricSet = metricSet.slice(0, EVAL_METRIC_EXAMPLES);
+    // What the base model answers before any training: the samples' and the metric's step 0. It is
+    // the work of every evaluation, so its timing is the ETA's estimate of one until one has run.
+    let evalSecondsEstimate: number | undefined;
+    if (!resumeRunId || store.samples(runId).length === 0) {
+      // The first generation and the first batched forward pay one-off set-up (kernels, buffers) that
+      // later evaluations do not (measured: the step-0 evaluation took 1.8x an in-loop one); pay it
+      // before the clock starts, on one prompt and one batch.
+      model.training = false;
+      const warm = dataset.validation.find((e) => samplePrompt(e).length > 0);
+      if (warm) generate(model, samplePrompt(warm), { maxNewTokens: 2, temperature: 0 });
+      if (dataset.validation.length) validationLoss(model, dataset.validation.slice(0, config.batchSize), config.batchSize);
+      phase('asking the base model the sample prompts (step 0)');
+      let started = performance.now();
+      recordSamples(store, runId, 0, () => sampleCompletions(model, tokenizer, dataset.validation), emit);
+      const sampleSeconds = (performance.now() - started) / 1000;
+      let lossSeconds = 0;
+      let metricSeconds = 0;
+      // Where the data has answers to score: the base model's loss and accuracy, the curves' starting points.
+      if (evalMetricSet.length) {
+        started = performance.now();
+        const valLoss = validationLoss(model, dataset.validation.slice(0, 256), config.batchSize);
+        lossSeconds = (performance.now() - started) / 1000;
+        started = performance.now();
+        const metric = { name: 'exact_match', value: exactMatch(model, tokenizer, evalMetricSet).accuracy, examples: evalMetricSet.length };
+        metricSeconds = (performance.now() - started) / 1000;
+        store.appendMetrics(runId, [
+          { step: 0, split: 'val', name: 'loss', value: valLoss },
+          { step: 0, split: 'val', name: 'exact_match', value: metric.value },
+        ]);
+        emit({ type: 'eval', runId, step: 0, valLoss, metric });
+      }
+      // An untrained base runs every generation to its token limit; a model that has learned the task
+      // answers and stops. Later evaluations run about the forward passes of an answer plus its stop
+      // token (measured: the step-0 evaluation took 1.6-1.8x an in-loop one).
+      const sampled = dataset.validation.filter((e) => samplePrompt(e).length > 0).slice(0, 3);
+      evalSecondsEstimate = lossSeconds + sampleSeconds * answerPassesRatio(sampled, 8) + metricSeconds * answerPassesRatio(evalMetricSet, 2);
+    }
+    phase(`step 1/${totalSteps}: the first step${attached.createOptimizer ? ' (and the optimizer\'s first projections)' : ''}`);
 
     const optimizer = optimizerFor(attached, {
       weightDecay: config.weightDecay,
@@ -414,6 +526,7 @@ export async function runFinetune(
         evalEvery: dataset.validation.length ? config.evalEvery : undefined,
         checkpointEvery: config.checkpointEvery,
         privacy: attached.privateGradients,
+        evalSecondsEstimate,
       },
       {
         beforeStep: (step, lr) => {
@@ -456,7 +569,13 @@ export async function runFinetune(
             emit({ type: 'progress', runId, step, message: `step ${step}/${totalSteps}: evaluating ${done} of ${total} validation examples` });
           });
           store.appendMetrics(runId, [{ step, split: 'val', name: 'loss', value: lastVal }]);
-          emit({ type: 'eval', runId, step, valLoss: lastVal });
+          let metric: { name: string; value: number; examples: number } | undefined;
+          if (evalMetricSet.length) {
+            emit({ type: 'progress', runId, step, message: `step ${step}/${totalSteps}: scoring ${evalMetricSet.length} held-out answers` });
+            metric = { name: 'exact_match', value: exactMatch(model, tokenizer, evalMetricSet).accuracy, examples: evalMetricSet.length };
+            store.appendMetrics(runId, [{ step, split: 'val', name: 'exact_match', value: metric.value }]);
+          }
+          emit({ type: 'eval', runId, step, valLoss: lastVal, metric });
           recordSamples(store, runId, step, () => sampleCompletions(model, tokenizer, dataset.validation), emit);
           model.training = true;
           if (lastVal < bestVal - 1e-4) {

@@ -72,3 +72,23 @@ describe.each([
     nativeSwitch.enabled = true;
   });
 });
+
+describe('memory estimate parts', () => {
+  it('add up to the process figure, with and without a native base and the load\'s extra', () => {
+    const config = parseModelConfig(llama);
+    const common = { config, batchSize: 4, seqLen: 64, trainableParameters: 10_000, optimizerStateBytes: 80_000, trainsBaseWeights: false, fusedOps: {} };
+    const cases = [
+      estimateTrainingMemory(common),
+      estimateTrainingMemory({ ...common, frozenBase: { bytes: 2e6, parameters: 500_000, fusedHead: true, largestSourceBytes: 1e6 } }),
+      // A base whose largest weight, read whole before the copy, peaks above training.
+      estimateTrainingMemory({ ...common, frozenBase: { bytes: 2e8, parameters: 500_000, fusedHead: true, largestSourceBytes: 1e9 } }),
+    ];
+    expect(cases[2].loadPeakExtraBytes).toBeGreaterThan(0);
+    expect(cases[0].loadPeakExtraBytes).toBe(0);
+    for (const e of cases) {
+      const parts = e.weightsBytes + e.trainableBytes + e.gradientBytes + e.optimizerBytes + e.activationBytes + e.frozenBytes + e.nativeScratchBytes + e.runtimeBytes + e.loadPeakExtraBytes;
+      // The same terms summed in another order: equal up to float rounding (well under a byte).
+      expect(Math.abs(parts - e.processBytes)).toBeLessThan(1);
+    }
+  });
+});

@@ -87,7 +87,14 @@ export interface MemoryEstimate {
   frozenBytes: number;
   /** Native scratch of the frozen products and the fused head while a step runs. */
   nativeScratchBytes: number;
-  /** What the process RSS should peak at: runtime, tensors, native base and scratch. */
+  /** Node, V8, the wasm module and the allocators' slack (RUNTIME_BASELINE_BYTES). */
+  runtimeBytes: number;
+  /** Where loading peaks above training (a large weight briefly held twice), what it adds; else 0. */
+  loadPeakExtraBytes: number;
+  /**
+   * What the process RSS should peak at: the sum of the parts above (tensors, native base, scratch,
+   * runtime and the load's extra), so a breakdown of them adds up to it.
+   */
   processBytes: number;
   checkpointing: boolean;
   /** How many decoder layers are recomputed in the backward pass (the first ones). */
@@ -167,6 +174,9 @@ export function estimateTrainingMemory(input: MemoryEstimateInput): MemoryEstima
   const tensorBytes = weightsBytes + trainableBytes + gradientBytes + optimizerBytes + activationBytes;
   const frozenBytes = frozen?.bytes ?? 0;
   const nativeScratchBytes = frozen ? NATIVE_SCRATCH_BYTES : 0;
+  // Loading reads each weight whole before the addon copies it: the largest is briefly held twice.
+  const training = tensorBytes + frozenBytes + nativeScratchBytes;
+  const loadPeakExtraBytes = Math.max(0, frozenBytes + (frozen?.largestSourceBytes ?? 0) - training);
   return {
     weightsBytes,
     trainableBytes,
@@ -176,8 +186,9 @@ export function estimateTrainingMemory(input: MemoryEstimateInput): MemoryEstima
     tensorBytes,
     frozenBytes,
     nativeScratchBytes,
-    // Loading reads each weight whole before the addon copies it: the largest is briefly held twice.
-    processBytes: Math.max(tensorBytes + frozenBytes + nativeScratchBytes, frozenBytes + (frozen?.largestSourceBytes ?? 0)) + RUNTIME_BASELINE_BYTES,
+    runtimeBytes: RUNTIME_BASELINE_BYTES,
+    loadPeakExtraBytes,
+    processBytes: training + loadPeakExtraBytes + RUNTIME_BASELINE_BYTES,
     checkpointing: checkpointedLayers > 0,
     checkpointedLayers,
   };

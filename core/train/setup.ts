@@ -79,10 +79,45 @@ export function frozenBaseDtype(methodId: string, family: Method['family'], dtyp
   return null;
 }
 
-interface Sizing {
+/** What the estimate needs to know of a method on a model. */
+export interface Sizing {
   trainable: number;
   optimizerStateBytes: number;
   adapterFloats: number;
+}
+
+/** The input of memoryPlan: a run's shape and memory choices. */
+export type MemoryPlanInput = Pick<TrainingSetupInput, 'batchSize' | 'seqLen' | 'gradientCheckpointing' | 'baseDtype'>;
+
+/**
+ * THE memory estimate of a run (the wizard's method cards, Review, the refusal before a run and the
+ * figure stored with it all come from here): how many layers to checkpoint and the estimate at that,
+ * or a DOES_NOT_FIT error with what would fit.
+ */
+export function memoryPlan(
+  input: MemoryPlanInput,
+  method: Method,
+  config: CausalLM['config'],
+  frozenPlan: { bytes: number; parameters: number; largestSourceBytes?: number } | null,
+  targets: string[],
+  sizing: Sizing,
+): { estimate: MemoryEstimate; checkpointedLayers: number } {
+  const headAdapted = targets.includes('lm_head');
+  const estimateWith = (checkpointedLayers: number, batchSize = input.batchSize, seqLen = input.seqLen): MemoryEstimate =>
+    estimateTrainingMemory(estimateInput(method, config, sizing, checkpointedLayers, frozenPlan, headAdapted, batchSize, seqLen));
+  const checkpointedLayers = refuseIfNoneFits(input, config.numLayers, memoryBudget(tf.getBackend()), estimateWith, frozenPlan !== null);
+  return { estimate: estimateWith(checkpointedLayers), checkpointedLayers };
+}
+
+/** The exact sizing of an attached method, or of a method's own count without attaching (attached = null; adapters only). */
+export function exactSizing(method: Method, model: CausalLM, params: MethodParams, targets: string[], attached: AttachedMethod | null): Sizing {
+  const trainable = attached ? attached.trainableParameterCount() : method.family === 'full' ? parameterCount(model.config) : method.countTrainable!(model, params, targets);
+  return {
+    trainable,
+    // Adapters and full fine-tuning train with AdamW: two moments per trainable value.
+    optimizerStateBytes: attached ? optimizerStateBytesFor(attached) : 8 * trainable,
+    adapterFloats: method.family === 'adapter' ? adapterActivationFloats(model, targets, Number(params.rank ?? 0), Number(params.dropout ?? 0)) : 0,
+  };
 }
 
 /**
@@ -102,36 +137,24 @@ export async function setUpTraining(input: TrainingSetupInput): Promise<Training
   const frozenPlan = baseDtype === null ? null : frozenBasePlan(checkpoint, baseDtype);
   checkpoint.reader.close();
   const config = checkpoint.config;
-  const budget = memoryBudget(tf.getBackend());
 
   // 1. Before reading any weight: a model without weights answers shapes from config.json.
   const skeleton = buildModel(config, new Map());
   const targets = method.family === 'full' ? [] : resolveTargets(skeleton, input.targets);
-  const headAdapted = targets.includes('lm_head');
-  const estimateWith = (sizing: Sizing, checkpointedLayers: number, batchSize = input.batchSize, seqLen = input.seqLen): MemoryEstimate =>
-    estimateTrainingMemory(estimateInput(input, method, config, sizing, checkpointedLayers, frozenPlan, headAdapted, batchSize, seqLen));
-  const rough: Sizing = roughSizing(method, skeleton, params, targets);
-  refuseIfNoneFits(input, config.numLayers, budget, (k, b, s) => estimateWith(rough, k, b, s), frozenPlan !== null);
+  memoryPlan(input, method, config, frozenPlan, targets, roughSizing(method, skeleton, params, targets));
 
   // 2. The model and the method, then the exact figures.
   const model = loadModel(input.modelDir, { frozenBase: baseDtype === null ? null : { dtype: baseDtype }, maxBindingBytes: webgpuBindingLimit() });
   let attached: AttachedMethod | null = null;
   try {
     attached = method.attach(model, params, { targets, seed: input.seed, initial: input.initial, baseGradients: input.baseGradients?.(model) });
-    const trainable = attached.trainableParameterCount();
-    const exact: Sizing = {
-      trainable,
-      optimizerStateBytes: optimizerStateBytesFor(attached),
-      adapterFloats: method.family === 'adapter' ? adapterActivationFloats(model, targets, Number(params.rank ?? 0), Number(params.dropout ?? 0)) : 0,
-    };
-    const checkpointedLayers = refuseIfNoneFits(input, config.numLayers, budget, (k, b, s) => estimateWith(exact, k, b, s), frozenPlan !== null);
+    const { estimate, checkpointedLayers } = memoryPlan(input, method, config, frozenPlan, targets, exactSizing(method, model, params, targets, attached));
     if (checkpointedLayers > 0) {
       const random = attached.getRandomState && attached.setRandomState
         ? { get: attached.getRandomState.bind(attached), set: attached.setRandomState.bind(attached) }
         : undefined;
       model.checkpointing = checkpointPlan(attached.trainable, random, checkpointedLayers);
     }
-    const estimate = estimateWith(exact, checkpointedLayers);
     return { model, attached, params, targets, estimate, checkpointing: checkpointedLayers > 0, checkpointedLayers, baseDtype };
   } catch (e) {
     attached?.detach();
@@ -141,7 +164,6 @@ export async function setUpTraining(input: TrainingSetupInput): Promise<Training
 }
 
 function estimateInput(
-  input: TrainingSetupInput,
   method: Method,
   config: CausalLM['config'],
   sizing: Sizing,
@@ -183,7 +205,7 @@ function roughSizing(method: Method, skeleton: CausalLM, params: MethodParams, t
  * most checkpointing allowed does not.
  */
 function refuseIfNoneFits(
-  input: TrainingSetupInput,
+  input: MemoryPlanInput,
   layers: number,
   budget: MemoryBudget,
   estimate: (checkpointedLayers: number, batchSize?: number, seqLen?: number) => MemoryEstimate,

@@ -53,3 +53,60 @@ describe('trainer hooks', () => {
     x.dispose();
   });
 });
+
+describe('trainer speed and time left', () => {
+  /** Busy-waits: the step, evaluation and checkpoint durations the test controls. */
+  const spin = (ms: number) => {
+    const until = performance.now() + ms;
+    while (performance.now() < until);
+  };
+
+  it('takes tokens/s and the ETA from recent steps, not from a slow start, and counts the evaluations left', async () => {
+    const x = tf.variable(tf.scalar(1));
+    const optimizer: Optimizer = {
+      stepCount: 0,
+      step: () => {},
+      stateBytes: () => 0,
+      getWeights: () => ({ step: 0, tensors: new Map() }),
+      setWeights: () => {},
+      dispose: () => {},
+    };
+    // 4 tokens a step; the first step is slow (set-up, a projector's SVD), the others 60 ms; an evaluation every 4 steps takes 150 ms.
+    const batch: Batch = { ids: new Int32Array(4), labels: new Int32Array(4), batchSize: 1, seqLen: 4 };
+    const total = 12;
+    const reports: Array<{ step: number; eta: number; tokensPerSecond: number; at: number }> = [];
+    let step = 0;
+    await train(
+      new Map([['x', x]]),
+      optimizer,
+      () => batch,
+      () => {
+        spin(step === 0 ? 600 : 60);
+        return { loss: tf.square(x) as tf.Scalar, tokens: tf.scalar(4) };
+      },
+      { totalSteps: total, clipNorm: 0, evalEvery: 4, schedule: { kind: 'constant', lr: 0.1, totalSteps: total, warmupSteps: 0 } },
+      {
+        beforeStep: (s) => (step = s),
+        onStep: (r) => reports.push({ step: r.step, eta: r.etaSeconds, tokensPerSecond: r.tokensPerSecond, at: performance.now() }),
+        onEval: () => spin(150),
+      },
+    );
+    const end = performance.now();
+    // After 5 steps (one evaluation measured), the ETA is within 30 % of the time that was really left.
+    const fifth = reports[4];
+    const left = (end - fifth.at) / 1000;
+    console.log(`[eta] after step 5: estimated ${fifth.eta.toFixed(3)} s, really ${left.toFixed(3)} s; tokens/s at the end ${reports.at(-1)!.tokensPerSecond.toFixed(1)}`);
+    expect(Math.abs(fifth.eta - left) / left).toBeLessThan(0.3);
+    // Tokens/s: 4 tokens over the wall time between two step reports with no evaluation between them
+    // (steps 9-12), not the average from the start, which the 600 ms first step and the evaluations drag down.
+    const intervals = [9, 10, 11].map((i) => (reports[i].at - reports[i - 1].at) / 1000).sort((a, b) => a - b);
+    const recent = 4 / intervals[1];
+    const fromStart = (4 * total) / ((reports.at(-1)!.at - reports[0].at) / 1000 + 0.6);
+    const last = reports.at(-1)!.tokensPerSecond;
+    console.log(`[tokens/s] reported ${last.toFixed(1)}, between recent reports ${recent.toFixed(1)}, from the start ${fromStart.toFixed(1)}`);
+    expect(Math.abs(last - recent) / recent).toBeLessThan(0.15);
+    expect(last).toBeGreaterThan(1.3 * fromStart);
+    expect(reports.at(-1)!.eta).toBeLessThan(0.2);
+    x.dispose();
+  });
+});

@@ -31,8 +31,15 @@ export interface StepReport {
   /** Input tokens of the step (padding excluded) and, of those, the ones the loss was taken on. */
   tokens: number;
   trainedTokens: number;
+  /** Over the last RECENT_STEPS steps' own compute time: loading, evaluations, checkpoints and pauses left out. */
   tokensPerSecond: number;
   elapsedSeconds: number;
+  /**
+   * Seconds left to the last step: the median of the recent steps' times (a pause or a slow first
+   * step does not move a median) times the steps left, plus the evaluations and checkpoints still to
+   * come at their measured mean durations.
+   */
+  etaSeconds: number;
   /** Peak tfjs tensor bytes inside a step (measured with tf.profile on the first step run). */
   peakTensorBytes: number;
 }
@@ -48,6 +55,8 @@ export interface TrainerOptions {
   checkpointEvery?: number;
   /** DP-SGD: per-example clipping and noise instead of batch gradients and global clipping (method.ts). */
   privacy?: PrivateGradients;
+  /** What an evaluation is expected to take before one has run here (the run's step-0 evaluation), for the ETA. */
+  evalSecondsEstimate?: number;
 }
 
 export interface TrainerHooks {
@@ -68,6 +77,49 @@ export interface TrainerHooks {
  * A batch's loss and the token count it was taken on; `penalty`, when given, is differentiated with
  * the loss but left out of the reported loss (SoRA's sparsity term would otherwise dominate the curve).
  */
+/** How many recent steps the throughput and the ETA are taken over. */
+export const RECENT_STEPS = 10;
+
+/** Step timings for the throughput and ETA of StepReport. */
+class StepClock {
+  constructor(private readonly evalSecondsEstimate = 0) {}
+  private readonly recent: Array<{ seconds: number; tokens: number }> = [];
+  private evalSeconds: number[] = [];
+  private checkpointSeconds: number[] = [];
+
+  addStep(seconds: number, tokens: number): void {
+    this.recent.push({ seconds, tokens });
+    if (this.recent.length > RECENT_STEPS) this.recent.shift();
+  }
+
+  addEval(seconds: number): void {
+    this.evalSeconds.push(seconds);
+  }
+
+  addCheckpoint(seconds: number): void {
+    this.checkpointSeconds.push(seconds);
+  }
+
+  tokensPerSecond(): number {
+    const seconds = this.recent.reduce((s, r) => s + r.seconds, 0);
+    return this.recent.reduce((s, r) => s + r.tokens, 0) / Math.max(seconds, 1e-9);
+  }
+
+  /** `done` steps finished of `total`; the hooks of step `done` itself are still to run. */
+  etaSeconds(done: number, total: number, evalEvery: number | undefined, checkpointEvery: number | undefined): number {
+    const sorted = this.recent.map((r) => r.seconds).sort((a, b) => a - b);
+    const median = sorted.length ? sorted[Math.floor(sorted.length / 2)] : 0;
+    const mean = (xs: number[], otherwise = 0) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : otherwise);
+    // Hooks run after steps that their interval divides, and after the last step.
+    const hooksLeft = (every: number | undefined) => (every ? Math.floor(total / every) - Math.floor((done - 1) / every) + (total % every === 0 ? 0 : 1) : 0);
+    return (
+      (total - done) * median +
+      hooksLeft(evalEvery) * mean(this.evalSeconds, this.evalSecondsEstimate) +
+      hooksLeft(checkpointEvery) * mean(this.checkpointSeconds)
+    );
+  }
+}
+
 export type LossFunction = (batch: Batch) => { loss: tf.Scalar; tokens: tf.Scalar; penalty?: tf.Scalar };
 
 /** Example b of a batch, as a batch of one (DP-SGD differentiates each example on its own). */
@@ -107,11 +159,12 @@ export async function train(
   const names = [...params.keys()];
   const vars = names.map((n) => params.get(n)!);
   const started = performance.now();
-  let tokensSeen = 0;
+  const clock = new StepClock(opts.evalSecondsEstimate);
   let lastLoss = NaN;
   let stepsRun = 0;
   let peakTensorBytes = 0;
   for (let step = opts.startStep ?? 0; step < opts.totalSteps; step++) {
+    const stepStarted = performance.now();
     let grads = new Map<string, tf.Tensor>();
     let lossSum = 0;
     let tokenSum = 0;
@@ -231,9 +284,10 @@ export async function train(
     hooks.afterOptimizerStep?.(step, lr);
 
     stepsRun++;
-    tokensSeen += tokenSum;
     lastLoss = loss;
-    const elapsedSeconds = (performance.now() - started) / 1000;
+    const now = performance.now();
+    const elapsedSeconds = (now - started) / 1000;
+    clock.addStep((now - stepStarted) / 1000, tokenSum);
     hooks.onStep?.({
       step: step + 1,
       totalSteps: opts.totalSteps,
@@ -242,8 +296,9 @@ export async function train(
       gradNorm: clipped.norm,
       tokens: tokenSum,
       trainedTokens: trainedSum,
-      tokensPerSecond: tokensSeen / Math.max(elapsedSeconds, 1e-9),
+      tokensPerSecond: clock.tokensPerSecond(),
       elapsedSeconds,
+      etaSeconds: clock.etaSeconds(step + 1, opts.totalSteps, opts.evalEvery, opts.checkpointEvery),
       peakTensorBytes,
     });
     const done = step + 1;
@@ -255,8 +310,16 @@ export async function train(
     const stopping = hooks.shouldStop?.() ?? false;
     // The checkpoint comes before the evaluation: whatever follows the trained weights (evaluation,
     // samples, and after the last step the final metrics and exports) cannot lose them.
-    if (opts.checkpointEvery && (done % opts.checkpointEvery === 0 || last || stopping)) await hooks.onCheckpoint?.(done);
-    if (opts.evalEvery && (done % opts.evalEvery === 0 || last)) await hooks.onEval?.(done);
+    if (opts.checkpointEvery && (done % opts.checkpointEvery === 0 || last || stopping)) {
+      const t0 = performance.now();
+      await hooks.onCheckpoint?.(done);
+      clock.addCheckpoint((performance.now() - t0) / 1000);
+    }
+    if (opts.evalEvery && (done % opts.evalEvery === 0 || last)) {
+      const t0 = performance.now();
+      await hooks.onEval?.(done);
+      clock.addEval((performance.now() - t0) / 1000);
+    }
     if (stopping) break;
   }
   return { stepsRun, lastLoss };

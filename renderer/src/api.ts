@@ -3,6 +3,7 @@
  * script exposes `window.studio` (IPC); in a browser served by `lowrank serve` it opens the
  * WebSocket with the token from the page's own address. Both speak core/contract.ts.
  */
+import { reactive } from 'vue';
 import type { CallName, Replies, Request, ServerFrame, StudioEvent, WireError } from '../../core/contract.ts';
 
 /** What electron/preload.ts exposes: one method per call, grouped (`studio.runs.start`), plus events and the dialog. */
@@ -46,6 +47,13 @@ function electronTransport(bridge: StudioBridge): Transport {
   };
 }
 
+/**
+ * Serve mode's link to the server, for the banner: 'unreachable' when the server does not answer,
+ * 'stale-token' when it answers but no longer accepts this page's token (it was restarted).
+ */
+export const connection = reactive({ state: 'connecting' as 'connecting' | 'ok' | 'unreachable' | 'stale-token' });
+const RECONNECT_MS = 2000;
+
 function websocketTransport(): Transport {
   const token = new URLSearchParams(location.search).get('token') ?? sessionStorage.getItem('lowrank-token') ?? '';
   sessionStorage.setItem('lowrank-token', token);
@@ -53,15 +61,35 @@ function websocketTransport(): Transport {
   const pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
   let nextId = 1;
   let socket: Promise<WebSocket> | null = null;
+  let retry: ReturnType<typeof setTimeout> | undefined;
+  // A browser's WebSocket does not say why a connection failed: ask the server whether the token is the problem.
+  const diagnose = async () => {
+    try {
+      const r = await fetch(`/auth?token=${encodeURIComponent(token)}`, { cache: 'no-store' });
+      connection.state = r.status === 401 ? 'stale-token' : 'connecting';
+    } catch {
+      connection.state = 'unreachable';
+    }
+    // Keep trying while the server is away; a stale token needs the new address, not retries.
+    clearTimeout(retry);
+    if (connection.state !== 'stale-token') retry = setTimeout(() => void connect().catch(() => {}), RECONNECT_MS);
+  };
   const connect = (): Promise<WebSocket> => {
     socket ??= new Promise((resolve, reject) => {
       const ws = new WebSocket(`ws://${location.host}/ws?token=${encodeURIComponent(token)}`);
-      ws.onopen = () => resolve(ws);
+      let opened = false;
+      ws.onopen = () => {
+        opened = true;
+        connection.state = 'ok';
+        resolve(ws);
+      };
       ws.onerror = () => reject(new ApiError('DISCONNECTED', 'cannot reach the Lowrank server; open the address it printed (with its token)'));
       ws.onclose = () => {
         socket = null;
         for (const p of pending.values()) p.reject(new ApiError('DISCONNECTED', 'the connection to the Lowrank server closed'));
         pending.clear();
+        if (!opened) reject(new ApiError('DISCONNECTED', 'cannot reach the Lowrank server; open the address it printed (with its token)'));
+        void diagnose();
       };
       ws.onmessage = (m) => {
         const frame = JSON.parse(String(m.data)) as ServerFrame;
@@ -97,6 +125,7 @@ function websocketTransport(): Transport {
 }
 
 const transport: Transport = window.studio ? electronTransport(window.studio) : websocketTransport();
+if (window.studio) connection.state = 'ok';
 
 export const api = {
   transport: transport.kind,

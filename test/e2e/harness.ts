@@ -71,21 +71,41 @@ export async function launchBrowser(): Promise<Browser> {
   });
 }
 
-export async function screenshot(page: Page, name: string, fullPage = true): Promise<string> {
+/** Every screen is shot at a desktop and a small laptop window. */
+export const VIEWPORTS = [
+  { width: 1440, height: 900 },
+  { width: 1024, height: 700 },
+] as const;
+
+export async function screenshot(page: Page, name: string, fullPage = true): Promise<string[]> {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
-  const file = path.join(ARTIFACTS, `${name}.png`);
-  await page.screenshot({ path: file, fullPage });
-  return file;
+  const original = page.viewportSize();
+  const files: string[] = [];
+  for (const viewport of VIEWPORTS) {
+    await page.setViewportSize(viewport);
+    // chart.js and the grid re-lay out on the next frames.
+    await page.waitForTimeout(150);
+    const file = path.join(ARTIFACTS, `${name}-${viewport.width}x${viewport.height}.png`);
+    await page.screenshot({ path: file, fullPage });
+    files.push(file);
+  }
+  if (original) await page.setViewportSize(original);
+  return files;
 }
 
 /** A raw WebSocket client of the service, for the contract checks. */
 export class SocketClient {
   private nextId = 1;
   readonly events: StudioEvent[] = [];
+  /** When each event arrived (performance.now()), index for index with `events`. */
+  readonly eventTimes: number[] = [];
   private constructor(private readonly ws: WebSocket) {
     ws.on('message', (data) => {
       const frame = JSON.parse(String(data)) as ServerFrame;
-      if ('event' in frame) this.events.push(frame.event);
+      if ('event' in frame) {
+        this.events.push(frame.event);
+        this.eventTimes.push(performance.now());
+      }
     });
   }
 

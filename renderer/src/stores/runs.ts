@@ -11,9 +11,16 @@ export interface LiveState {
   lr: number | null;
   tokensPerSecond: number | null;
   elapsedSeconds: number | null;
+  /** From the engine's recent steps (trainer.ts), and when it was reported (the view counts down from it). */
+  etaSeconds: number | null;
+  etaAt: number;
+  /** What the run is doing before its first step or between steps (loading, evaluating). */
+  phase: string | null;
   train: Array<[number, number]>;
   val: Array<[number, number]>;
-  samples: Array<{ step: number; prompt: string; output: string }>;
+  /** The task metric (exact match) at each evaluation, step 0 being the base model. */
+  metric: Array<[number, number]>;
+  samples: Array<{ step: number; prompt: string; output: string; expected: string | null }>;
   logs: string[];
   error: { code: string; message: string } | null;
 }
@@ -26,7 +33,10 @@ export const useRunsStore = defineStore('runs', () => {
 
   function liveOf(runId: string): LiveState {
     if (!live.value[runId]) {
-      live.value[runId] = { step: 0, totalSteps: 0, lr: null, tokensPerSecond: null, elapsedSeconds: null, train: [], val: [], samples: [], logs: [], error: null };
+      live.value[runId] = {
+        step: 0, totalSteps: 0, lr: null, tokensPerSecond: null, elapsedSeconds: null, etaSeconds: null, etaAt: 0, phase: null,
+        train: [], val: [], metric: [], samples: [], logs: [], error: null,
+      };
     }
     return live.value[runId];
   }
@@ -38,6 +48,8 @@ export const useRunsStore = defineStore('runs', () => {
       case 'run-started':
         s.totalSteps = e.totalSteps;
         s.logs.push(`started: ${e.totalSteps} steps, ${e.trainableParams.toLocaleString('en-US')} trainable parameters`);
+        // The stored run now has its trainable count and memory estimate.
+        void load(e.runId);
         break;
       case 'step':
         s.step = e.step;
@@ -46,14 +58,19 @@ export const useRunsStore = defineStore('runs', () => {
         s.lr = e.lr;
         s.tokensPerSecond = e.tokensPerSecond;
         s.elapsedSeconds = e.elapsedSeconds;
+        s.etaSeconds = Number.isFinite(e.etaSeconds) ? e.etaSeconds : null;
+        s.etaAt = Date.now();
+        s.phase = null;
         s.train.push([e.step, e.loss]);
         break;
       case 'eval':
         s.val.push([e.step, e.valLoss]);
-        s.logs.push(`step ${e.step}: validation loss ${e.valLoss.toFixed(4)}`);
+        if (e.metric) s.metric.push([e.step, e.metric.value]);
+        s.logs.push(`step ${e.step}: validation loss ${e.valLoss.toFixed(4)}${e.metric ? `, accuracy ${(100 * e.metric.value).toFixed(1)} % on ${e.metric.examples} held-out answers` : ''}`);
+        s.phase = null;
         break;
       case 'sample':
-        s.samples.push({ step: e.step, prompt: e.prompt, output: e.output });
+        s.samples.push({ step: e.step, prompt: e.prompt, output: e.output, expected: e.expected });
         break;
       case 'checkpoint':
         s.logs.push(`step ${e.step}: checkpoint saved`);
@@ -62,16 +79,19 @@ export const useRunsStore = defineStore('runs', () => {
         s.logs.push(e.message);
         break;
       case 'progress':
+        s.phase = e.message;
         // One line that moves, not one per layer.
         if (s.logs.at(-1)?.startsWith(`step ${e.step}/`)) s.logs[s.logs.length - 1] = e.message;
         else s.logs.push(e.message);
         break;
       case 'run-failed':
+        s.phase = null;
         s.error = { code: e.code, message: e.message };
         s.logs.push(`failed: ${e.message}`);
         void load(e.runId);
         break;
       case 'run-finished':
+        s.phase = null;
         s.logs.push(`${e.result.status}: train loss ${e.result.trainLoss.toFixed(4)}`);
         void load(e.runId);
         break;
@@ -102,7 +122,9 @@ export const useRunsStore = defineStore('runs', () => {
     if (train.length >= s.train.length) s.train = train;
     const val = d.metrics.filter((m) => m.split === 'val' && m.name === 'loss').map((m) => [m.step, m.value] as [number, number]);
     if (val.length >= s.val.length) s.val = val;
-    if (d.samples.length >= s.samples.length) s.samples = d.samples.map((x) => ({ step: x.step, prompt: x.prompt, output: x.output }));
+    const metric = d.metrics.filter((m) => m.split === 'val' && m.name === 'exact_match').map((m) => [m.step, m.value] as [number, number]);
+    if (metric.length >= s.metric.length) s.metric = metric;
+    if (d.samples.length >= s.samples.length) s.samples = d.samples.map((x) => ({ step: x.step, prompt: x.prompt, output: x.output, expected: x.expected }));
     const lastLr = d.metrics.filter((m) => m.name === 'lr').at(-1);
     if (lastLr && s.lr === null) s.lr = lastLr.value;
     if (d.live) {
@@ -117,5 +139,13 @@ export const useRunsStore = defineStore('runs', () => {
     return d;
   }
 
-  return { list, details, live, subscribe, refresh, load, liveOf };
+  /** Deletes a stored run (its files and its exports in the store's folder); a training run is refused by the service. */
+  async function remove(runId: string) {
+    await api.call('runs.delete', { runId });
+    delete details.value[runId];
+    delete live.value[runId];
+    await refresh();
+  }
+
+  return { list, details, live, subscribe, refresh, load, liveOf, remove };
 });
