@@ -59,7 +59,8 @@ export function finetuneConfigFromFlags(flags: Flags): FinetuneConfig {
     epochs,
     batchSize: numberFlag(flags, 'batch-size', FINETUNE_DEFAULTS.batchSize, { integer: true, min: 1 }),
     seqLen: numberFlag(flags, 'seq-len', FINETUNE_DEFAULTS.seqLen, { integer: true, min: 2 }),
-    lr: numberFlag(flags, 'lr', FINETUNE_DEFAULTS.lr, { min: 0 }),
+    // Without --lr, the rate the method's paper or code trains with (MethodInfo.paperLearningRate).
+    lr: numberFlag(flags, 'lr', getMethod(method).paperLearningRate?.value ?? FINETUNE_DEFAULTS.lr, { min: 0 }),
     schedule,
     warmupSteps: numberFlag(flags, 'warmup', FINETUNE_DEFAULTS.warmupSteps, { integer: true, min: 0 }),
     weightDecay: numberFlag(flags, 'weight-decay', FINETUNE_DEFAULTS.weightDecay, { min: 0 }),
@@ -233,5 +234,7 @@ export async function methodsCommand(flags: Flags): Promise<void> {
   for (const m of methods) {
     console.log(`${m.id.padEnd(10)} ${m.family.padEnd(8)} ${m.summary}`);
     console.log(`${''.padEnd(19)} ${m.paper.title} (${m.paper.year}); ${m.schema.map((f) => `${f.name}=${String(f.default)}`).join(', ')}`);
+    const rate = m.paperLearningRate;
+    console.log(`${''.padEnd(19)} lr ${rate ? `${rate.value} (${rate.source})` : `not pinned by its paper or code (the run's --lr, default ${FINETUNE_DEFAULTS.lr})`}`);
   }
 }

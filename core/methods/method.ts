@@ -20,6 +20,13 @@ export type SchemaField =
   | { name: string; type: 'enum'; default: string; choices: string[]; description: string }
   | { name: string; type: 'string'; default: string; description: string };
 
+/** A learning rate read from a paper or its official code. */
+export interface PaperLearningRate {
+  value: number;
+  /** Where it is from: the script, table or file, e.g. `NVlabs/DoRA commonsense_reasoning/llama2_7B_DoRA.sh`. */
+  source: string;
+}
+
 export interface MethodInfo {
   /** Registry id, e.g. `lora` (METHODS.md, left column). */
   id: string;
@@ -27,6 +34,13 @@ export interface MethodInfo {
   paper: { title: string; year: number; url?: string };
   /** One line for the method card. */
   summary: string;
+  /**
+   * The learning rate the paper or its official code trains this method with, and where exactly it
+   * comes from (script or table): shown on the method card, the sweep centre of `npm run
+   * methods-report` and each method's rate in the app's method comparison. Absent where no source
+   * pins one (the card says so); those take the run's --lr.
+   */
+  paperLearningRate?: PaperLearningRate;
   /**
    * Prefix of the trainable tensor names this method owns (`lora_`), checked for clashes by the
    * registry. Empty for methods that train the base weights themselves (`full`, optimizers).
@@ -89,8 +103,12 @@ export interface BaseGradientSource {
    * called, so call it before wrapping any module.
    */
   gradients(weightNames: string[], samples: number, batchSize: number): Map<string, Float32Array>;
-  /** The scheduled learning rate of the run's first optimizer step (lr / warmup steps under warm-up, else lr). */
-  firstStepLearningRate: number;
+  /**
+   * The run's figures LoRA-SB's official step size η_eff = lr / (warmup_ratio · T_est) is computed
+   * from (lora-sb train_*.py): T_est = ⌈trainExamples / eg_bs⌉ · epochs, the length of the gradient
+   * estimate's loader times the epochs. `epochs` may be fractional (a run set by steps).
+   */
+  schedule: { lr: number; warmupRatio: number; trainExamples: number; epochs: number };
 }
 
 /** A method attached to one model instance. */
