@@ -11,7 +11,7 @@ import type { CallName, StudioEvent } from '../core/contract.ts';
 const CALL_NAMES = [
   'app.info', 'models.list', 'models.inspect', 'datasets.list', 'datasets.upload', 'datasets.preview', 'files.browse',
   'methods.list', 'methods.estimates', 'runs.estimate', 'runs.start', 'runs.list', 'runs.get', 'runs.pause', 'runs.resume',
-  'runs.cancel', 'runs.delete', 'runs.compare', 'runs.export', 'playground.generate',
+  'runs.cancel', 'runs.delete', 'runs.compare', 'bakeoffs.start', 'bakeoffs.get', 'runs.export', 'playground.generate',
 ] as const satisfies readonly CallName[];
 type Missing = Exclude<CallName, (typeof CALL_NAMES)[number]>;
 const exhaustive: Missing extends never ? true : Missing = true;
