@@ -63,6 +63,16 @@ function svfitSvd(w: Float64Array, m: number, n: number, params: MethodParams, s
  */
 const COUNT_SVD_WORK_LIMIT = 2 ** 30;
 
+/** Whether the weight's values are in this model (a model built from config.json alone only implies it). */
+function weightLoaded(model: CausalLM, name: string): boolean {
+  try {
+    tf.tidy(() => model.weight(name));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** The rank each target gets under the rule, from the weights (an SVD per target for `energy`). */
 function ranksOf(model: CausalLM, targets: LinearTarget[], params: MethodParams): number[] {
   const rule = params.rank_rule as string;
@@ -72,7 +82,7 @@ function ranksOf(model: CausalLM, targets: LinearTarget[], params: MethodParams)
     if (rule === 'full') return most;
     // Without weights (the size check before loading), or where the SVD would keep the wizard
     // waiting, the count is its upper bound: every singular value.
-    if (!model.hasWeight(`${t.path}.weight`) || t.inFeatures * t.outFeatures * most > COUNT_SVD_WORK_LIMIT) return most;
+    if (t.inFeatures * t.outFeatures * most > COUNT_SVD_WORK_LIMIT || !weightLoaded(model, `${t.path}.weight`)) return most;
     return energyRank(jacobiSvd(weightOutIn64(model, t), t.outFeatures, t.inFeatures).S, params.energy as number);
   });
 }
