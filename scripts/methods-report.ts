@@ -387,7 +387,7 @@ ${safely('the recommendation', recommendationText)}
 ` : ''}
 ## Where each paper learning rate comes from
 
-${results.map((r) => `- \`${r.method.id}\`: ${r.method.paperLearningRate ? `${r.method.paperLearningRate.value} — ${r.method.paperLearningRate.source}` : 'not pinned: no official code, and the paper text read states none'}`).join('\n')}
+${results.map((r) => `- \`${r.method.id}\`: ${r.method.paperLearningRate ? `${r.method.paperLearningRate.value} — ${r.method.paperLearningRate.source}` : 'not pinned: no source read states one (SVFit has no official code; the DCT optimizer class takes lr as a required argument)'}`).join('\n')}
 `;
 fs.mkdirSync(path.dirname(out), { recursive: true });
 fs.writeFileSync(out, doc);
