@@ -362,13 +362,13 @@ Regenerate with \`npm run methods-report -- --steps ${steps}${multipliers.length
 ## At each paper's learning rate
 
 | method | paper lr | ${HEAD} |
-|---|---|---|---|---|---|---|---|---|---|---|
+|---|---|---|---|---|---|---|---|---|---|
 ${results.map((r) => row(r, r.paper, [r.paperLr === null ? `not pinned (${fmtLr(r.paper.lr)} used)` : fmtLr(r.paperLr)])).join('\n')}
 ${multipliers.length > 1 ? `
 ## At the best rate of the sweep
 
 | method | best lr | ${HEAD} | the sweep (lr: accuracy) |
-|---|---|---|---|---|---|---|---|---|---|---|---|
+|---|---|---|---|---|---|---|---|---|---|---|
 ${results.map((r) => `${row(r, r.best, [`${fmtLr(r.best.lr)} (${(r.best.lr / r.paper.lr).toPrecision(2)}×)`])} ${sweepText(r)} |`).join('\n')}
 
 ## Methods at 0 %
