@@ -20,6 +20,7 @@ import type { Artifact, Checkpoint, LogEntry, Metric, Run, RunStatus, Sample } f
 import type { LocalEngine } from './elsewhere/local-engine.ts';
 import type { EngineId } from './elsewhere/job-spec.ts';
 import type { Strategy } from './elsewhere/gpu-memory.ts';
+import type { Recommendation } from './bakeoff/recommend.ts';
 
 const path = z.string().min(1).max(4096);
 const runId = z.string().regex(/^[0-9A-Za-z-]{1,64}$/);
@@ -125,6 +126,19 @@ export const CALLS = {
   'runs.deleteExport': z.object({ runId, artifactId: z.number().int().min(1) }).strict(),
   'runs.compare': z.object({ runIds: z.array(runId).min(2).max(8) }).strict(),
   'runs.exportOptions': z.object({ runId }).strict(),
+  /**
+   * "Compare methods on my data": trains each method on the config's model, data, seed and budget,
+   * one after another (queued), each at its paper learning rate (`paper`, where it has one) or at
+   * the config's (`config`). The config's own method keeps its params; the others take their defaults.
+   */
+  'bakeoffs.start': z
+    .object({
+      config: finetuneConfigSchema,
+      methods: z.array(z.string().min(1).max(64)).min(2).max(8).refine((m) => new Set(m).size === m.length, { message: 'each method once' }),
+      learningRate: z.enum(['paper', 'config']),
+    })
+    .strict(),
+  'bakeoffs.get': z.object({ bakeoffId: runId }).strict(),
   'runs.export': z
     .object({
       runId,
@@ -269,6 +283,32 @@ export interface RunComparison {
   samples: Record<string, Sample[]>;
 }
 
+/** One method of a bake-off: queued (`waiting`), then its run. */
+export interface BakeoffEntry {
+  method: string;
+  lr: number;
+  /** Where the rate came from: the method's paper (with the source) or the wizard's setting. */
+  lrSource: string;
+  runId: string | null;
+  status: RunStatus | 'waiting' | 'not-started';
+  /** Why the run could not start or failed. */
+  error: string | null;
+}
+
+/** A bake-off as the app shows it: the queue, and once every run ended, the comparison and the pick. */
+export interface Bakeoff {
+  id: string;
+  createdAt: number;
+  seed: number;
+  steps: number | null;
+  epochs: number | null;
+  entries: BakeoffEntry[];
+  done: boolean;
+  /** The finished runs side by side (at least two), as runs.compare gives them. */
+  comparison: RunComparison | null;
+  recommendation: Recommendation | null;
+}
+
 export interface ExportReply {
   runId: string;
   format: 'peft' | 'merged' | 'gguf';
@@ -368,6 +408,8 @@ export interface Replies {
   'runs.deleteExport': { deleted: true };
   'runs.compare': RunComparison;
   'runs.exportOptions': ExportOptions;
+  'bakeoffs.start': { bakeoffId: string };
+  'bakeoffs.get': Bakeoff;
   'runs.export': ExportReply;
   'elsewhere.local': LocalEngine;
   'runs.exportJob': ExportJobReply;

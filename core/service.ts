@@ -31,6 +31,7 @@ import { launchJob, type LaunchedJob, type LaunchEvent } from './elsewhere/launc
 import { detectLocalEngine } from './elsewhere/local-engine.ts';
 import type { ExportJobResult } from './elsewhere/export-job.ts';
 import { exportOptions } from './export/availability.ts';
+import { Bakeoffs } from './service/bakeoffs.ts';
 
 export interface ServiceOptions {
   /** The run store's folder (LOWRANK_HOME). */
@@ -81,6 +82,7 @@ export class StudioService {
   private readonly hubCacheDir = hubCacheDir();
   private readonly estimates = new Map<string, Promise<MethodEstimate[]>>();
   private readonly pulls = new Map<string, Promise<ModelEntry>>();
+  private readonly bakeoffs: Bakeoffs;
   private closed = false;
 
   constructor(readonly options: ServiceOptions) {
@@ -93,6 +95,12 @@ export class StudioService {
       exports: [this.exportsDir()],
     });
     this.handlers = this.makeHandlers();
+    this.bakeoffs = new Bakeoffs({
+      store: this.store,
+      trainToEnd: (config, onStarted) => this.trainToEnd(config, onStarted),
+      compare: (runIds) => this.compareRuns(runIds),
+      isOpen: () => !this.closed,
+    });
   }
 
   /** Validates `request` against the contract, then runs the call. Errors are LowrankErrors. */
@@ -298,6 +306,38 @@ export class StudioService {
       skipped: r.skipped, commands: r.commands, memory: r.memory, memoryNote: r.memoryNote,
       notCarried: r.mappings.filter((m) => m.fields.length === 0).map((m) => ({ setting: m.setting, note: m.note ?? '' })),
     };
+  }
+
+  /** Starts a run and resolves once its job has ended, whatever the run's status (the bake-off queue). */
+  private async trainToEnd(config: FinetuneConfigInput, onStarted: (runId: string) => void): Promise<void> {
+    this.checkConfigPaths(config);
+    const { runId } = await this.startTraining(config);
+    onStarted(runId);
+    await this.live.get(runId)?.job.result.catch(() => undefined);
+  }
+
+  private compareRuns(runIds: string[]): Replies['runs.compare'] {
+    const store = this.store;
+    const runs = runIds.map((id) => store.getRun(id));
+    const keys = [...new Set(runs.flatMap((r) => Object.keys(r.config)))].sort();
+    const configDiff: Record<string, unknown[]> = {};
+    for (const k of keys) {
+      const values = runs.map((r) => r.config[k] ?? null);
+      if (new Set(values.map((v) => JSON.stringify(v))).size > 1) configDiff[k] = values;
+    }
+    const curves: Replies['runs.compare']['curves'] = {};
+    const samples: Replies['runs.compare']['samples'] = {};
+    for (const r of runs) {
+      const loss = store.metrics(r.id, { name: 'loss' });
+      curves[r.id] = {
+        train: loss.filter((m) => m.split === 'train').map((m) => [m.step, m.value]),
+        val: loss.filter((m) => m.split === 'val').map((m) => [m.step, m.value]),
+      };
+      const all = store.samples(r.id);
+      const lastStep = all.length ? Math.max(...all.map((s) => s.step)) : -1;
+      samples[r.id] = all.filter((s) => s.step === lastStep);
+    }
+    return { runs, configDiff, curves, samples };
   }
 
   private liveRun(runId: string): LiveJob {
@@ -561,28 +601,12 @@ export class StudioService {
         store.deleteArtifact(runId, artifactId);
         return { deleted: true as const };
       },
-      'runs.compare': async ({ runIds }) => {
-        const runs = runIds.map((id) => store.getRun(id));
-        const keys = [...new Set(runs.flatMap((r) => Object.keys(r.config)))].sort();
-        const configDiff: Record<string, unknown[]> = {};
-        for (const k of keys) {
-          const values = runs.map((r) => r.config[k] ?? null);
-          if (new Set(values.map((v) => JSON.stringify(v))).size > 1) configDiff[k] = values;
-        }
-        const curves: Replies['runs.compare']['curves'] = {};
-        const samples: Replies['runs.compare']['samples'] = {};
-        for (const r of runs) {
-          const loss = store.metrics(r.id, { name: 'loss' });
-          curves[r.id] = {
-            train: loss.filter((m) => m.split === 'train').map((m) => [m.step, m.value]),
-            val: loss.filter((m) => m.split === 'val').map((m) => [m.step, m.value]),
-          };
-          const all = store.samples(r.id);
-          const lastStep = all.length ? Math.max(...all.map((s) => s.step)) : -1;
-          samples[r.id] = all.filter((s) => s.step === lastStep);
-        }
-        return { runs, configDiff, curves, samples };
+      'runs.compare': async ({ runIds }) => this.compareRuns(runIds),
+      'bakeoffs.start': async (request) => {
+        this.checkConfigPaths(request.config);
+        return this.bakeoffs.start(request);
       },
+      'bakeoffs.get': async ({ bakeoffId }) => this.bakeoffs.get(bakeoffId),
       'runs.exportOptions': async ({ runId }) => {
         const run = store.getRun(runId);
         // The base as the run's config names it: what exportRun rebuilds the run from.

@@ -14,6 +14,7 @@ const CALL_NAMES = [
   'runs.cancel', 'runs.delete', 'runs.compare', 'runs.exportOptions', 'runs.export', 'playground.generate', 'playground.stop',
   'elsewhere.local', 'runs.exportJob', 'runs.launchElsewhere',
   'datasets.delete', 'runs.deleteExport',
+  'bakeoffs.start', 'bakeoffs.get',
 ] as const satisfies readonly CallName[];
 type Missing = Exclude<CallName, (typeof CALL_NAMES)[number]>;
 const exhaustive: Missing extends never ? true : Missing = true;

@@ -16,7 +16,8 @@ const { root, modelDir } = ws;
 const METHODS: Array<[string, string[]]> = [
   ['vera', ['--rank', '8']],
   ['loraxs', ['--rank', '4']],
-  ['svfit', ['--rank', '4']],
+  // SVFit at its default rank rule (99 % of Σσ² per matrix): ranks differ by module, in rank_pattern.
+  ['svfit', []],
   ['nola', ['--rank', '4', '--alpha', '8', '--param', 'num_basis=16']],
 ];
 
@@ -27,7 +28,13 @@ describe('lowrank train --method', () => {
       expect(config).toMatchObject({ peft_type: 'VERA', r: 8, save_projection: true, target_modules: ['q_proj', 'v_proj'] });
       return;
     }
-    expect(config).toMatchObject({ peft_type: 'LORA', r: 4, lora_alpha: 4, target_modules: ['q_proj', 'v_proj'] });
+    if (id === 'svfit') {
+      expect(config).toMatchObject({ peft_type: 'LORA', target_modules: ['q_proj', 'v_proj'] });
+      expect(config.lora_alpha).toBe(config.r);
+      expect(config.alpha_pattern).toEqual(config.rank_pattern); // s = 1 in every module
+    } else {
+      expect(config).toMatchObject({ peft_type: 'LORA', r: 4, lora_alpha: 4, target_modules: ['q_proj', 'v_proj'] });
+    }
     const adapterLogits = await logitsOf(modelDir, peft);
     expect(maxDiff(adapterLogits, mergedLogits) / Math.max(...mergedLogits.map(Math.abs))).toBeLessThanOrEqual(1e-5);
   });

@@ -244,5 +244,7 @@ export async function methodsCommand(flags: Flags): Promise<void> {
   for (const m of methods) {
     console.log(`${m.id.padEnd(10)} ${m.family.padEnd(8)} ${m.summary}`);
     console.log(`${''.padEnd(19)} ${m.paper.title} (${m.paper.year}); ${m.schema.map((f) => `${f.name}=${String(f.default)}`).join(', ')}`);
+    const rate = m.paperLearningRate;
+    console.log(`${''.padEnd(19)} lr ${rate ? `${rate.value} (${rate.source})` : `not pinned by its paper or code (the run's --lr, default ${FINETUNE_DEFAULTS.lr})`}`);
   }
 }

@@ -91,6 +91,7 @@ export const dora = defineLoraMethod({
   variantOf: 'lora',
   family: 'adapter',
   paper: { title: 'DoRA: Weight-Decomposed Low-Rank Adaptation', year: 2024, url: 'https://arxiv.org/abs/2402.09353' },
+  paperLearningRate: { value: 2e-4, source: 'NVlabs/DoRA commonsense_reasoning/llama2_7B_DoRA.sh (Llama-2-7B, commonsense 170k)' },
   summary: 'Split each weight into a trainable magnitude and a direction that LoRA adapts.',
   schema: loraSchema(),
   variant: doraVariant,

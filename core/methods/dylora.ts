@@ -74,6 +74,7 @@ export const dylora: Method = {
     year: 2023,
     url: 'https://arxiv.org/abs/2210.07558',
   },
+  paperLearningRate: { value: 4e-4, source: 'huawei-noah/Efficient-NLP DyLoRA examples/NLU roberta_base_mrpc.sh (ALGORITHMS.md DyLoRA (d))' },
   summary: 'LoRA trained at a randomly sampled rank each step, so one training gives a working adapter at every rank up to r.',
   parameterPrefix: 'lora_',
   // The official GLUE script: r = 8, α = 16; loralib's lora_dropout default 0.

@@ -145,6 +145,20 @@ export function sharedProjectionPeftAdapter(model: CausalLM, layers: FactoredLay
   return { config, tensors };
 }
 
+/**
+ * Per-module LoRA ranks as peft's config writes them: the most common rank as `r` (the larger on a
+ * tie) and every other module under its full path in `rank_pattern` (dots escaped: peft matches the
+ * keys as regexes at the end of the module name). Empty pattern when all ranks agree.
+ */
+export function rankPattern(ranks: Map<string, number>): { common: number; pattern: Record<string, number> } {
+  const counts = new Map<number, number>();
+  for (const k of ranks.values()) counts.set(k, (counts.get(k) ?? 0) + 1);
+  const common = [...counts].sort((x, y) => y[1] - x[1] || y[0] - x[0])[0][0];
+  const pattern: Record<string, number> = {};
+  for (const [path, k] of ranks) if (k !== common) pattern[path.replace(/\./g, '\\.')] = k;
+  return { common, pattern };
+}
+
 /** Attaches a factored adapter; on any error nothing is left attached or allocated. */
 export function attachFactored(spec: FactoredAttach): AttachedMethod {
   const { method, model, params, ctx, targets, initial, dropout: rate } = spec;
@@ -207,15 +221,18 @@ export function attachFactored(spec: FactoredAttach): AttachedMethod {
     peftAdapter() {
       if (spec.peftAdapter) return spec.peftAdapter(layers);
       const tensors = new Map<string, tf.Tensor>();
-      let r = 0;
+      const ranks = new Map<string, number>();
       for (const layer of layers) {
         const { B, A } = tf.tidy(() => layer.factors());
-        r = A.shape[0];
+        ranks.set(layer.target.path, A.shape[0]);
         tensors.set(`${PEFT_KEY_PREFIX}${layer.target.path}.lora_A.weight`, A);
         tensors.set(`${PEFT_KEY_PREFIX}${layer.target.path}.lora_B.weight`, B);
       }
-      // B already carries any scaling, so lora_alpha = r gives peft's s = 1.
-      const config = peftLoraConfig(model, layers.map((l) => l.target), { r, alpha: r, dropout: rate, useRslora: false });
+      // B already carries any scaling, so lora_alpha = r gives peft's s = 1, module by module.
+      const { common, pattern } = rankPattern(ranks);
+      const config = peftLoraConfig(model, layers.map((l) => l.target), { r: common, alpha: common, dropout: rate, useRslora: false });
+      config.rank_pattern = { ...pattern };
+      config.alpha_pattern = { ...pattern };
       return { config: sortedKeys(config), tensors };
     },
     detach,

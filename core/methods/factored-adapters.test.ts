@@ -34,7 +34,7 @@ interface Case {
 const CASES: Record<string, Case> = {
   vera: { params: { rank: 8 }, count: (out) => 8 + out, names: ['vera_lambda_d', 'vera_lambda_b'] },
   loraxs: { params: { rank: 4 }, count: () => 4 * 4, names: ['loraxs_R'] },
-  svfit: { params: { rank: 4 }, count: () => 4, names: ['svfit_s'] },
+  svfit: { params: { rank_rule: 'fixed', rank: 4 }, count: () => 4, names: ['svfit_s'] },
   nola: { params: { rank: 4, num_basis: 16 }, count: () => 2 * 16, names: ['nola_alpha', 'nola_beta'] },
 };
 

@@ -11,6 +11,7 @@ export const fira = defineLowRankOptimizerMethod(
   {
     id: 'fira',
     paper: { title: 'Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank Constraint?', year: 2024, url: 'https://arxiv.org/abs/2410.01623' },
+    paperLearningRate: { value: 1e-2, source: 'xichen-fy/Fira pre_training_c4/scripts/*.sh (lr 0.01, α = 0.25 up to 350M; ALGORITHMS.md Fira (c))' },
     summary: 'GaLore plus the gradient outside the subspace, scaled by the low-rank Adam/gradient norm ratio and growth-limited: a full-rank update with GaLore\'s optimizer memory (+1 float per matrix).',
     schema: [
       ...lowRankOptimizerSchema.map((field) =>

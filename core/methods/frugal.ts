@@ -17,6 +17,7 @@ export const frugal = defineLowRankOptimizerMethod(
   {
     id: 'frugal',
     paper: { title: 'FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for Scalable Training', year: 2024, url: 'https://arxiv.org/abs/2411.07837' },
+    paperLearningRate: { value: 1e-3, source: "the authors' FRUGAL code, torchrun_main.py and scripts/benchmark_c4 (lr 1e-3; ALGORITHMS.md FRUGAL (c))" },
     summary: 'Train every weight; AdamW runs on each attention/MLP gradient projected to its top-r SVD subspace (r = density × the projected side), and a state-free signSGD step on the rest: a full-rank update with GaLore\'s optimizer memory.',
     schema: [
       {

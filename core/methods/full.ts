@@ -14,6 +14,7 @@ export const full: Method = {
   id: 'full',
   family: 'full',
   paper: { title: 'BERT: Pre-training of Deep Bidirectional Transformers (fine-tuning all parameters)', year: 2019, url: 'https://arxiv.org/abs/1810.04805' },
+  paperLearningRate: { value: 2e-5, source: "the full fine-tuning baseline of GraphPKU/PiSSA scripts/run_full_finetune.sh (Llama-3-8B, MetaMathQA); BERT's own grid is {2,3,5}e-5" },
   summary: 'Train every weight of the model (the baseline; needs the most memory).',
   parameterPrefix: '',
   schema: [],

@@ -10,13 +10,17 @@ import { full } from './full.ts';
 import { resolveParams } from './params.ts';
 import { registerMethod } from './registry.ts';
 import { createOptimizer, type OptimizerOptions } from '../optim/registry.ts';
-import { lowRankStateBytes, type LowRankOptions, type ProjectionType, type SvdMethod } from '../optim/galore.ts';
+import { lowRankStateBytes, type LowRankOptions, type ProjectionType, type SubspaceRank, type SvdMethod } from '../optim/galore.ts';
 
-/** The hyper-parameters GaLore and Fira share, named as the official scripts name them. */
+/** The hyper-parameters GaLore and Fira share, named as the official scripts name them (rank_ratio is this project's: see its description). */
 export const lowRankOptimizerSchema: SchemaField[] = [
   {
-    name: 'rank', type: 'integer', default: 128, min: 1, max: 65536,
-    description: 'rank r of the gradient projection (official C4 scripts: 128 for 60M, 256 for 130M–350M, 1024 for 1B parameters); clamped to the smaller side of each matrix, so a model narrower than r is projected at full rank',
+    name: 'rank_ratio', type: 'number', default: 0.25, min: 0.001, max: 1,
+    description: 'r as a share of the smaller side of each matrix, r = round(ratio·min(m, n)): the official C4 scripts\' 128 of 512 (60M) and 256 of 1024 (350M) wide models are 1/4, so a 256-wide model projects at 64 (its 128-wide k/v at 32) instead of at full rank',
+  },
+  {
+    name: 'rank', type: 'integer', default: 0, min: 0, max: 65536,
+    description: 'a fixed rank r for every matrix instead of rank_ratio (0 = use rank_ratio); clamped to the smaller side of each matrix',
   },
   {
     name: 'update_proj_gap', type: 'integer', default: 200, min: 1,
@@ -49,11 +53,17 @@ export interface LowRankOptimizerSpec {
   stateBytes(shapes: Map<string, number[]>, options: OptimizerOptions): number;
 }
 
+/** The rank setting: a fixed `rank` when given (> 0), else `rank_ratio` of each matrix's smaller side. */
+export function subspaceRankFrom(params: MethodParams): SubspaceRank {
+  const fixed = params.rank as number;
+  return fixed > 0 ? fixed : { density: params.rank_ratio as number };
+}
+
 /** GaLore's low-rank settings from the shared schema (rank, update_proj_gap, scale, proj_type, svd, svd_niter). */
 export function lowRankOptionsFrom(params: MethodParams, projected: string[], seed: number): LowRankOptions {
   return {
     projected,
-    rank: params.rank as number,
+    rank: subspaceRankFrom(params),
     updateProjGap: params.update_proj_gap as number,
     scale: params.scale as number,
     projType: params.proj_type as ProjectionType,
@@ -114,6 +124,7 @@ export const galore = defineLowRankOptimizerMethod(
   {
     id: 'galore',
     paper: { title: 'GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection', year: 2024, url: 'https://arxiv.org/abs/2403.03507' },
+    paperLearningRate: { value: 1e-2, source: 'jiaweizzhao/GaLore scripts/benchmark_c4/*.sh (lr 0.01 with scale α = 0.25; ALGORITHMS.md GaLore (c))' },
     summary: 'Train every weight; Adam runs on each attention/MLP gradient projected to its top-r singular subspace (refreshed every T steps), so its optimizer state is r·min(m,n) + 2r·max(m,n) floats per m×n matrix instead of 2mn.',
     schema: lowRankOptimizerSchema,
   },

@@ -307,6 +307,7 @@ export const lora = defineLoraMethod({
   id: 'lora',
   family: 'adapter',
   paper: LORA_PAPER,
+  paperLearningRate: { value: 2e-4, source: 'LoRA paper Table 11 (GPT-2 M/L on E2E); also microsoft/LoRA examples/NLG' },
   summary: 'Train a low-rank update s·B·A beside each frozen weight (B starts at zero, so training starts from the base model).',
   schema: loraSchema(),
   variant: plainLora,
@@ -317,6 +318,7 @@ export const rslora = defineLoraMethod({
   variantOf: 'lora',
   family: 'adapter',
   paper: { title: 'A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA', year: 2023, url: 'https://arxiv.org/abs/2312.03732' },
+  paperLearningRate: { value: 2e-4, source: "no rate of its own in what we read: rsLoRA changes only the scaling and peft's use_rslora keeps LoRA's rate (LoRA paper Table 11, GPT-2 M on E2E)" },
   summary: 'LoRA scaled by α/√r instead of α/r, so higher ranks keep learning (rank-stabilised).',
   schema: loraSchema({ useRslora: true }),
   variant: plainLora,
@@ -327,6 +329,7 @@ export const loraplus = defineLoraMethod({
   variantOf: 'lora',
   family: 'adapter',
   paper: { title: 'LoRA+: Efficient Low Rank Adaptation of Large Models', year: 2024, url: 'https://arxiv.org/abs/2402.12354' },
+  paperLearningRate: { value: 1e-4, source: 'rate of A (B takes ratio × it): nikhil-ghosh-berkeley/loraplus glue/scripts/run_llama-7b_lora.sh (Llama-7B, MNLI)' },
   summary: 'LoRA whose B matrices learn λ times faster than A (λ = 16 by default).',
   schema: [
     ...loraSchema(),

@@ -212,7 +212,7 @@ describe('loram', () => {
     const important = [3, 17, 20, 31, 40, 41, 50, 55, 60, 63];
     let asked: { names: string[]; samples: number; batchSize: number } | null = null;
     const source: BaseGradientSource = {
-      firstStepLearningRate: 0.01,
+      schedule: { lr: 0.01, warmupRatio: 0.1, trainExamples: 10, epochs: 1 },
       gradients(names, samples, batchSize) {
         asked = { names, samples, batchSize };
         return new Map(

@@ -32,9 +32,9 @@ const PARAMS = { rank: r, grad_samples: SAMPLES, grad_batch_size: GRAD_BATCH, in
 const T = 7;
 
 /** The fine-tuning run's role, on fixed token rows: the first `samples` rows in batches of `batchSize`. */
-function gradientSource(model: CausalLM, rows: Int32Array, lr = 0.05): BaseGradientSource {
+function gradientSource(model: CausalLM, rows: Int32Array, schedule: BaseGradientSource['schedule'] = { lr: 0.05, warmupRatio: 0.1, trainExamples: 10, epochs: 1 }): BaseGradientSource {
   return {
-    firstStepLearningRate: lr,
+    schedule,
     gradients(names, samples, batchSize) {
       const batches: Batch[] = [];
       for (let from = 0; from < samples; from += batchSize) {
@@ -93,8 +93,10 @@ describe.each(['llama-gqa-tied', 'gpt2'] as TinyCheckpointKind[])('lorasb on %s'
     const rows = sampleRows(model);
     const targets = resolveTargets(model, kind === 'gpt2' ? ['c_attn', 'mlp.c_proj'] : ['q_proj', 'down_proj']);
     const G = referenceGradients(model, rows, targets.map((p) => `${p}.weight`));
-    // init_lr 0: η is the run's first-step learning rate, here ETA.
-    const attached = getMethod('lorasb').attach(model, { ...PARAMS, init_lr: 0 }, { targets, seed: 1, baseGradients: gradientSource(model, rows, ETA) });
+    // init_lr 0: η_eff as the official code, lr / (warmup_ratio · ⌈examples / eg_bs⌉ · epochs) =
+    // 2e-3 / (0.1 · ⌈9 / 2⌉ · 4) = 1e-3 = ETA (GRAD_BATCH = 2).
+    const schedule = { lr: 2e-3, warmupRatio: 0.1, trainExamples: 9, epochs: 4 };
+    const attached = getMethod('lorasb').attach(model, { ...PARAMS, init_lr: 0 }, { targets, seed: 1, baseGradients: gradientSource(model, rows, schedule) });
     const { config, tensors } = attached.peftAdapter!();
     expect(config).toMatchObject({ peft_type: 'LORA', r, lora_alpha: r, use_rslora: false }); // s = 1
     const report: string[] = [];

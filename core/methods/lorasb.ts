@@ -6,8 +6,9 @@
  * LoRA-XS's architecture (loraxs.ts: frozen B [out, r], A [r, in], trainable R [r, r],
  * h = W₀x + s·B·R·A·x), initialised from an approximate first full-fine-tuning step instead of W₀:
  *   G   = Σ_b ∇_W (loss_b / n_b) over the run's first N training examples (batches of eg_bs)
- *   ΔŴ  = −η_eff·sign(G)        (Adam's first step is ≈ −lr·sign(g); η_eff = the first step's lr,
- *                                 i.e. lr / warmup steps, as the code's lr / (warmup_ratio·T))
+ *   ΔŴ  = −η_eff·sign(G)        (Adam's first step is ≈ −lr·sign(g); η_eff as train_*.py computes it:
+ *                                 lr / (warmup_ratio · T_est), T_est = ⌈N_train / eg_bs⌉ · epochs, the
+ *                                 length of the eg_bs gradient loader, not the optimizer's step count)
  *   ΔŴ ≈ U_r·diag(σ)·V_rᵀ (top-r SVD):  B = U_r,  A = V_rᵀ,  R = diag(σ),  s = 1 (α forced to r)
  * W₀ is NOT compensated: the model starts at W₀ + B·R·A, the best rank-r approximation of the
  * full-fine-tuning step, and only R trains (r² numbers per module). BᵀB = I_r, and the gradient
@@ -21,7 +22,7 @@
  */
 import { LowrankError } from '../errors.ts';
 import { truncatedSvd, type TruncatedSvdOptions } from '../linalg/svd.ts';
-import type { Method } from './method.ts';
+import type { BaseGradientSource, Method } from './method.ts';
 import { InitialValues } from './initial-values.ts';
 import { attachFactored, checkSvdRank, countWithoutSvd, type LinearTarget, linearTargets, svdSchemaFields } from './factored-adapter.ts';
 import { loraxsLayer } from './loraxs.ts';
@@ -44,6 +45,16 @@ export function lorasbFactors(g: Float64Array, m: number, n: number, r: number, 
   const update = Float64Array.from(g, (v) => -eta * Math.sign(v));
   const svd = truncatedSvd(update, m, n, r, opts);
   return { b: Float32Array.from(svd.U), a: Float32Array.from(svd.Vt), sigma: svd.S, update };
+}
+
+/**
+ * η_eff as lora-sb computes it (train_arithmetic.py, train_cr.py: `total_training_steps =
+ * len(train_loader) * args.epochs; eff_lr = args.lr/(args.warmup_ratio * total_training_steps)`), where
+ * train_loader batches the training set by eg_bs, the gradient estimate's batch size.
+ */
+export function officialEffectiveLearningRate(schedule: BaseGradientSource['schedule'], gradBatchSize: number): number {
+  const loaderLength = Math.ceil(schedule.trainExamples / gradBatchSize);
+  return schedule.lr / (schedule.warmupRatio * loaderLength * schedule.epochs);
 }
 
 /**
@@ -85,6 +96,7 @@ export const lorasb: Method = {
     year: 2024,
     url: 'https://arxiv.org/abs/2411.19557',
   },
+  paperLearningRate: { value: 2e-3, source: 'RaghavSinghal10/lora-sb train_cr.py runs (commonsense, Llama-3.1-8B, r = 96; ALGORITHMS.md LoRA-SB (d)); arithmetic uses 1e-4' },
   summary: 'LoRA-XS started from the best rank-r approximation of a first full fine-tuning step estimated from a few samples; trains r×r per module.',
   parameterPrefix: 'loraxs_',
   schema: [
@@ -103,7 +115,7 @@ export const lorasb: Method = {
       type: 'number',
       default: 0,
       min: 0,
-      description: 'η_eff in ΔŴ = −η_eff·sign(G); 0 = the run\'s first-step learning rate (lr / warm-up steps, as the code\'s lr / (warmup_ratio·T))',
+      description: 'η_eff in ΔŴ = −η_eff·sign(G); 0 = as the official code: lr / (warmup_ratio · ⌈train examples / grad_batch_size⌉ · epochs)',
     },
     dropoutField(),
     ...svdSchemaFields(10, 'the code\'s torch.svd_lowrank niter'),
@@ -130,7 +142,7 @@ export const lorasb: Method = {
           'method lorasb initialises from gradients of the first training samples, which only a fine-tuning run provides (lowrank train); to load a trained LoRA-SB adapter, pass it as initial values',
         );
       }
-      if (eta === 0) eta = source.firstStepLearningRate;
+      if (eta === 0) eta = officialEffectiveLearningRate(source.schedule, params.grad_batch_size as number);
       // Before any module is wrapped: the gradients of the unmodified base model.
       gradients = source.gradients(targets.map((t) => `${t.path}.weight`), params.grad_samples as number, params.grad_batch_size as number);
     }

@@ -76,6 +76,7 @@ export const loraxs: Method = {
   id: 'loraxs',
   family: 'adapter',
   paper: { title: 'LoRA-XS: Low-Rank Adaptation with Extremely Small Number of Parameters', year: 2024, url: 'https://arxiv.org/abs/2405.17604' },
+  paperLearningRate: { value: 4e-3, source: 'MohammadrezaBanaei/LoRA-XS scripts/run_math_tuning.sh (r = 64, MetaMathQA; ALGORITHMS.md LoRA-XS (d))' },
   summary: 'Freeze B and A from the SVD of each weight and train only a tiny r×r matrix between them.',
   parameterPrefix: 'loraxs_',
   schema: [

@@ -115,8 +115,12 @@ export interface BaseGradientSource {
    * called, so call it before wrapping any module.
    */
   gradients(weightNames: string[], samples: number, batchSize: number): Map<string, Float32Array>;
-  /** The scheduled learning rate of the run's first optimizer step (lr / warmup steps under warm-up, else lr). */
-  firstStepLearningRate: number;
+  /**
+   * The run's figures LoRA-SB's official step size η_eff = lr / (warmup_ratio · T_est) is computed
+   * from (lora-sb train_*.py): T_est = ⌈trainExamples / eg_bs⌉ · epochs, the length of the gradient
+   * estimate's loader times the epochs. `epochs` may be fractional (a run set by steps).
+   */
+  schedule: { lr: number; warmupRatio: number; trainExamples: number; epochs: number };
 }
 
 /**

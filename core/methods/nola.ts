@@ -41,6 +41,7 @@ export const nola: Method = {
   id: 'nola',
   family: 'adapter',
   paper: { title: 'NOLA: Compressing LoRA using Linear Combination of Random Basis', year: 2024, url: 'https://arxiv.org/abs/2310.02556' },
+  paperLearningRate: { value: 1e-3, source: 'UCDvision/NOLA llama/scripts (LLaMA-2 7B/13B, k = 512, r = 16; ALGORITHMS.md NOLA (d))' },
   summary: 'LoRA whose A and B are mixtures of k seeded random bases; only the 2k mixing coefficients per layer train.',
   parameterPrefix: 'nola_',
   // The LLaMA-2 runs (llama/scripts/*nola.sh): k = 512, r = 16, α = 4.

@@ -128,6 +128,7 @@ export const pissa = defineLoraMethod({
   variantOf: 'lora',
   family: 'adapter',
   paper: { title: 'PiSSA: Principal Singular Values and Singular Vectors Adaptation of Large Language Models', year: 2024, url: 'https://arxiv.org/abs/2404.02948' },
+  paperLearningRate: { value: 2e-5, source: 'GraphPKU/PiSSA scripts/run_pissa.sh (Llama-3-8B, MetaMathQA, batch 128)' },
   summary: 'LoRA started from the top-r singular vectors of each weight; the residual stays frozen.',
   // The paper's runs (and peft's examples) use α = r (s = 1) and no dropout.
   schema: [

@@ -97,6 +97,7 @@ export const randlora: Method = {
   id: 'randlora',
   family: 'adapter',
   paper: { title: 'RandLoRA: Full-rank parameter-efficient fine-tuning of large models', year: 2025, url: 'https://arxiv.org/abs/2502.00987' },
+  paperLearningRate: { value: 1e-4, source: 'PaulAlbert31/RandLoRA commonsense_reasoning/base_randlora.sh (ALGORITHMS.md RandLoRA (d))' },
   summary: 'A full-rank update built from shared frozen random low-rank bases; each layer trains only diagonal scalings of them.',
   parameterPrefix: 'randlora_',
   // peft RandLoraConfig defaults: r 32, randlora_alpha 640 (= 20r), dropout 0, projection_prng_key 0.

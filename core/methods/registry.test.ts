@@ -153,7 +153,7 @@ describe('countTrainable (the wizard counts without attaching where attach is sl
         const targets = resolveTargets(model, 'all-linear');
         // LoRA-SB takes its start from gradients a run provides: random ones stand in here.
         const baseGradients = {
-          firstStepLearningRate: 1e-3,
+          schedule: { lr: 1e-3, warmupRatio: 0.1, trainExamples: 10, epochs: 1 },
           gradients: (names: string[]) => new Map(names.map((n, i) => [n, Float32Array.from({ length: model.weight(n).size }, (_, j) => Math.sin(i * 31 + j))])),
         };
         for (const rank of [1, 2]) {

@@ -121,6 +121,7 @@ export const sora: Method = {
   variantOf: 'lora',
   family: 'adapter',
   paper: { title: 'Sparse Low-rank Adaptation of Pre-trained Language Models', year: 2023, url: 'https://arxiv.org/abs/2311.11696' },
+  paperLearningRate: { value: 8e-4, source: 'TsinghuaC3I/SoRA scripts/run_glue_sora_*.sh, STS-B without schedule (DeBERTaV3-base; ALGORITHMS.md SoRA (d))' },
   summary: 'LoRA with a gate between B and A whose entries a proximal (soft-threshold) step drives to exactly zero, pruning ranks; exports the reduced rank.',
   parameterPrefix: 'lora_',
   // The official STS-B run without a schedule: r_max = 8, lora_alpha = 16, λ = 10, ξ = 3e-4; the RTE

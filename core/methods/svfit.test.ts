@@ -8,6 +8,7 @@ import * as tf from '../tf.ts';
 import { initBackend } from '../backend/index.ts';
 import { jacobiSvd } from '../linalg/svd.ts';
 import { getMethod } from './index.ts';
+import { energyRank } from './svfit.ts';
 import { resolveTargets } from './targets.ts';
 import { disposeAll, tinyModel } from './method-test-helpers.ts';
 
@@ -20,7 +21,7 @@ describe('svfit', () => {
     const { model, original } = tinyModel('gpt2');
     const r = 3;
     const targets = resolveTargets(model, ['c_attn', 'c_fc']);
-    const attached = getMethod('svfit').attach(model, { rank: r, svd: 'exact' }, { targets, seed: 0 });
+    const attached = getMethod('svfit').attach(model, { rank_rule: 'fixed', rank: r, svd: 'exact' }, { targets, seed: 0 });
     expect(attached.trainableParameterCount()).toBe(targets.length * r); // 4 modules × 3
     expect(attached.trainableParameterCount()).toBe(12);
 
@@ -54,6 +55,49 @@ describe('svfit', () => {
       }
     }
     expect(worst).toBeLessThan(1e-5);
+    disposeAll(tensors.values());
+    attached.detach();
+    model.dispose();
+  });
+
+  it('energy rule on a hand example: the fewest leading σ whose squares hold the share', () => {
+    // σ² = 9, 4, 1 (total 14): 90 % needs 12.6 (9 + 4 = 13), 99 % needs 13.86 (all three).
+    expect(energyRank([3, 2, 1], 0.9)).toBe(2);
+    expect(energyRank([3, 2, 1], 0.99)).toBe(3);
+    expect(energyRank([3, 2, 1], 9 / 14)).toBe(1);
+    expect(energyRank([5, 0, 0], 1)).toBe(1);
+  });
+
+  it('by default trains, per matrix, the top singular values holding 99 % of Σσ² (ranks differ), and exports them in rank_pattern', () => {
+    const { model, original } = tinyModel('llama-gqa-tied');
+    const targets = resolveTargets(model, ['q_proj', 'k_proj', 'v_proj', 'o_proj']);
+    const method = getMethod('svfit');
+    const counted = method.countTrainable!(model, {}, targets);
+    const attached = method.attach(model, {}, { targets, seed: 0 });
+    const ranks = new Map<string, number>();
+    for (const path of targets) {
+      // The rank from the exact spectrum, cumulated here on its own: the smallest k with ≥ 99 %.
+      const [m, n] = original.get(`${path}.weight`)!.shape; // Llama Linear [out, in]
+      const { S } = jacobiSvd(Float64Array.from(original.get(`${path}.weight`)!.data), m, n);
+      const total = S.reduce((a, v) => a + v * v, 0);
+      let k = 0;
+      for (let kept = 0; kept < 0.99 * total; k++) kept += S[k] ** 2;
+      const values = attached.trainable.get(`${path}.svfit_s`)!;
+      expect(values.size).toBe(k);
+      expect(k).toBeLessThan(Math.min(m, n)); // random weights still leave a tail under 1 %
+      ranks.set(path, k);
+    }
+    expect(new Set(ranks.values()).size).toBeGreaterThan(1); // q/o and k/v differ in shape, so in rank
+    expect(attached.trainableParameterCount()).toBe([...ranks.values()].reduce((a, b) => a + b, 0));
+    expect(counted).toBe(attached.trainableParameterCount());
+
+    const { config, tensors } = attached.peftAdapter!();
+    const pattern = config.rank_pattern as Record<string, number>;
+    for (const [path, k] of ranks) {
+      expect(tensors.get(`base_model.model.${path}.lora_A.weight`)!.shape).toEqual([k, original.get(`${path}.weight`)!.shape[1]]);
+      expect(pattern[path.replace(/\./g, '\\.')] ?? config.r).toBe(k);
+    }
+    expect(config.alpha_pattern).toEqual(config.rank_pattern); // lora_alpha = r per module: s = 1
     disposeAll(tensors.values());
     attached.detach();
     model.dispose();

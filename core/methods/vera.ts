@@ -41,6 +41,7 @@ export const vera: Method = {
   id: 'vera',
   family: 'adapter',
   paper: { title: 'VeRA: Vector-based Random Matrix Adaptation', year: 2024, url: 'https://arxiv.org/abs/2310.11454' },
+  paperLearningRate: { value: 4e-3, source: 'VeRA paper appendix, instruction tuning of Llama 2 on cleaned Alpaca (no official code was released; its GLUE/E2E rates are higher still)' },
   summary: 'One pair of frozen random matrices shared by all layers; each layer trains only two scaling vectors.',
   parameterPrefix: 'vera_lambda_',
   // peft VeraConfig defaults (r 256, d_initial 0.1, dropout 0, projection_prng_key 0).

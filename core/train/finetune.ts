@@ -27,7 +27,7 @@ import { startBackgroundHeartbeat, type BackgroundHeartbeat } from '../store/hea
 import { initBackend } from '../backend/index.ts';
 import { PeakMemory, type MemoryEstimate } from './memory.ts';
 import { train, type Batch, type LossFunction, type StepReport } from './trainer.ts';
-import { learningRate, type ScheduleKind } from './schedule.ts';
+import type { ScheduleKind } from './schedule.ts';
 import { loadTrainingCheckpoint, saveTrainingCheckpoint } from './checkpoint.ts';
 import { exactMatch, hasCompletionTask, samplePrompt, splitPrompt, stopTokenIds, validationLoss } from './evaluate.ts';
 import { lmLoss } from './pretrain.ts';
@@ -185,7 +185,13 @@ export async function prepareRun(config: FinetuneConfig, onPhase: (message: stri
     // For methods initialised from an estimated first full-fine-tuning step (LoRA-SB): gradients of
     // the base weights over the first training examples, in the order the run will visit them.
     baseGradients: (model) => ({
-      firstStepLearningRate: learningRate({ kind: config.schedule, lr: config.lr, totalSteps, warmupSteps: config.warmupSteps }, 0),
+      schedule: {
+        lr: config.lr,
+        // Without warm-up the official formula divides by zero: one step's share stands in.
+        warmupRatio: Math.max(config.warmupSteps, 1) / totalSteps,
+        trainExamples: dataset.train.length,
+        epochs: (totalSteps * config.batchSize * config.gradientAccumulation) / dataset.train.length,
+      },
       gradients(weightNames, samples, batchSize) {
         const first = epochOrder(dataset.train.length, config.seed, 0).slice(0, samples).map((i) => dataset.train[i]);
         const batches = makeBatches(first, batchSize, config.seqLen, { padTokenId: padTokenIdOf(tokenizer), padToLongest: true });

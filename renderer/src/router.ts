@@ -5,6 +5,8 @@ import RunsView from './views/RunsView.vue';
 import RunView from './views/RunView.vue';
 import CompareView from './views/CompareView.vue';
 import PlaygroundView from './views/PlaygroundView.vue';
+import BakeoffSetupView from './views/BakeoffSetupView.vue';
+import BakeoffView from './views/BakeoffView.vue';
 
 // Hash history: works from file:// in Electron and keeps the token query of `lowrank serve` intact.
 export const router = createRouter({
@@ -16,5 +18,7 @@ export const router = createRouter({
     { path: '/runs/:id', component: RunView, props: true },
     { path: '/compare', component: CompareView },
     { path: '/playground', component: PlaygroundView },
+    { path: '/bakeoff/new', component: BakeoffSetupView },
+    { path: '/bakeoff/:id', component: BakeoffView, props: true },
   ],
 });
