@@ -15,7 +15,7 @@
  * (prompt_strategies/completion.py, field `text`).
  */
 import {
-  integerAlpha, requireJobMethod, schedulerName, targetList, type EngineJob, type JobInput, type JobRecords, type SettingMapping,
+  galoreRank, integerAlpha, requireJobMethod, schedulerName, targetList, type EngineJob, type JobInput, type JobRecords, type SettingMapping,
 } from './job-spec.ts';
 import { toYaml, type YamlValue } from './yaml.ts';
 
@@ -72,7 +72,9 @@ export function axolotlJob(input: JobInput, dataFile: string): EngineJob {
     const targets = targetList(config);
     map('method', { optimizer: 'galore_adamw' });
     map('targets', { optim_target_modules: targets === 'all-linear' ? 'all_linear' : targets });
-    map('params.rank', { optim_args: { rank: p.rank as number, update_proj_gap: p.update_proj_gap as number, scale: p.scale as number, proj_type: p.proj_type as string } });
+    const galore = galoreRank(input, 'axolotl');
+    mappings.push({ setting: 'params.rank_ratio', fields: galore.note ? ['optim_args'] : [], note: galore.ratioNote });
+    map('params.rank', { optim_args: { rank: galore.rank, update_proj_gap: p.update_proj_gap as number, scale: p.scale as number, proj_type: p.proj_type as string } }, galore.note);
     mappings.push({ setting: 'params.update_proj_gap', fields: ['optim_args'] }, { setting: 'params.scale', fields: ['optim_args'] }, { setting: 'params.proj_type', fields: ['optim_args'] });
     none('params.svd', "transformers' GaLore projector takes the exact SVD of each gradient");
     none('params.svd_niter', "transformers' GaLore projector takes the exact SVD of each gradient");

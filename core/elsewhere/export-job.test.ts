@@ -267,3 +267,19 @@ describe('refusals', () => {
     expect((error as Error).message).toMatch(/alpha = 2.5: LLaMA-Factory's lora_alpha is an integer/);
   });
 });
+
+describe("GaLore's default rank_ratio", () => {
+  it('becomes one rank, ratio × the hidden size, for both engines; without the model here a fixed rank is asked for', async () => {
+    const hidden = (JSON.parse(fs.readFileSync(path.join(BUNDLED_MODEL_DIR, 'config.json'), 'utf8')) as { hidden_size: number }).hidden_size;
+    const config = { ...runConfig('galore'), params: { rank: 0, rank_ratio: 0.25, update_proj_gap: 50, scale: 0.5, proj_type: 'right' } };
+    const lf = await exportJob(null, { engine: 'llamafactory', out: path.join(root, 'galore-ratio-lf'), config });
+    const lfDoc = load(fs.readFileSync(path.join(lf.dir, lf.configFile), 'utf8')) as Record<string, unknown>;
+    expect(lfDoc.galore_rank).toBe(Math.round(0.25 * hidden));
+    expect(lf.mappings.find((m) => m.setting === 'params.rank_ratio')?.fields).toEqual(['galore_rank']);
+    const ax = await exportJob(null, { engine: 'axolotl', out: path.join(root, 'galore-ratio-ax'), config });
+    const axDoc = load(fs.readFileSync(path.join(ax.dir, ax.configFile), 'utf8')) as { optim_args: { rank: number } };
+    expect(axDoc.optim_args.rank).toBe(Math.round(0.25 * hidden));
+    await expect(exportJob(null, { engine: 'llamafactory', out: path.join(root, 'galore-ratio-hub'), config: { ...config, model: 'someone/not-here' } }))
+      .rejects.toThrow(/rank_ratio 0.25 needs the model's hidden size.*--param rank=N/);
+  });
+});

@@ -145,7 +145,7 @@ export async function exportJob(store: RunStore | null, request: ExportJobReques
       adapterDir = 'adapter';
       fs.cpSync(config.adapter, path.join(staging, adapterDir), { recursive: true });
     }
-    const input: JobInput = { config, model, modelIsHubId: hubId, records: read.records, outputDir: JOB_OUTPUT_DIR, adapterDir };
+    const input: JobInput = { config, model, modelIsHubId: hubId, records: read.records, outputDir: JOB_OUTPUT_DIR, adapterDir, hiddenSize: modelConfig?.hiddenSize ?? null };
     const job: EngineJob = request.engine === 'llamafactory' ? llamaFactoryJob(input, datasetFile) : axolotlJob(input, datasetFile);
     fs.writeFileSync(path.join(staging, 'data', datasetFile), engineDatasetLines(request.engine, read.records));
     fs.writeFileSync(path.join(staging, job.configFile), job.yaml);

@@ -43,6 +43,8 @@ export interface JobInput {
   outputDir: string;
   /** The adapter the run continues from, copied into the job folder (relative path), or null. */
   adapterDir: string | null;
+  /** The base's hidden size when its config.json is here (GaLore's rank_ratio needs it), else null. */
+  hiddenSize: number | null;
 }
 
 /** One setting of the run and the engine field that carries it, or why none does. */
@@ -109,6 +111,28 @@ export function schedulerName(config: FinetuneConfig): string {
 }
 
 /** LoRA's α must be an integer in both engines (LLaMA-Factory `lora_alpha: int | None`, axolotl `lora_alpha: int | None`). */
+/**
+ * GaLore's one rank for every matrix, as both engines take it: a fixed `rank` as is; for rank 0
+ * (this project's default, `rank_ratio` of each matrix's smaller side) `rank_ratio` × the hidden
+ * size, the smaller side of q, o and the MLP matrices (k and v, narrower under GQA, are clamped to
+ * their own side by the SVD's slice in galore_torch as here).
+ */
+export function galoreRank(input: JobInput, engine: EngineId): { rank: number; note?: string; ratioNote: string } {
+  const p = input.config.params;
+  const fixed = p.rank as number;
+  if (fixed > 0) return { rank: fixed, ratioNote: 'unused: a fixed rank is set' };
+  const ratio = p.rank_ratio as number;
+  if (input.hiddenSize == null) {
+    throw new LowrankError('BAD_ARGUMENT', `GaLore's rank_ratio ${ratio} needs the model's hidden size, and ${input.config.model} is not on this machine; set a fixed rank (--param rank=N) or download the model first`);
+  }
+  const rank = Math.max(1, Math.round(ratio * input.hiddenSize));
+  return {
+    rank,
+    note: `rank_ratio ${ratio} × hidden size ${input.hiddenSize}: ${engine === 'llamafactory' ? 'LLaMA-Factory' : 'transformers'} takes one rank for every matrix`,
+    ratioNote: `carried as the rank (${rank})`,
+  };
+}
+
 export function integerAlpha(config: FinetuneConfig, engine: EngineId): number {
   const alpha = Number(config.params.alpha);
   if (!Number.isInteger(alpha)) {

@@ -13,7 +13,7 @@
  */
 import type { FinetuneConfig } from '../train/finetune.ts';
 import {
-  integerAlpha, requireJobMethod, schedulerName, targetList, type EngineJob, type JobInput, type JobRecords, type SettingMapping,
+  galoreRank, integerAlpha, requireJobMethod, schedulerName, targetList, type EngineJob, type JobInput, type JobRecords, type SettingMapping,
 } from './job-spec.ts';
 import { toYaml, type YamlValue } from './yaml.ts';
 
@@ -85,7 +85,9 @@ export function llamaFactoryJob(input: JobInput, dataFile: string): EngineJob {
   } else if (method === 'galore') {
     const targets = targetList(config);
     map('targets', { use_galore: true, galore_target: targets === 'all-linear' ? 'all' : targets.join(',') });
-    map('params.rank', { galore_rank: p.rank as number });
+    const galore = galoreRank(input, 'llamafactory');
+    map('params.rank', { galore_rank: galore.rank }, galore.note);
+    mappings.push({ setting: 'params.rank_ratio', fields: galore.note ? ['galore_rank'] : [], note: galore.ratioNote });
     map('params.update_proj_gap', { galore_update_interval: p.update_proj_gap as number });
     map('params.scale', { galore_scale: p.scale as number });
     map('params.proj_type', { galore_proj_type: p.proj_type as string });
