@@ -129,7 +129,8 @@ export async function trainCommand(flags: Flags): Promise<void> {
         // Before the first step (loading, the base model's samples) there is no bar yet.
         if (bar && e.step > 0) bar.update(e.step - 1, e.message);
         else if (bar) bar.log(e.message);
-        else console.error(`${e.message}…`);
+        // Phases on a terminal only: piped stderr stays the run's lines and, for bad input, the one error line.
+        else if (process.stderr.isTTY) console.error(`${e.message}…`);
         break;
       default:
         break;
