@@ -443,17 +443,30 @@ HOT static void masked_softmax(const float *scores, const float *bias, float *ou
         const float *sr = scores + ((b * H + h) * T + t) * S, *br = bias_b + t * S;
         float *o = out + ((b * H + h) * T + t) * S;
         v8f m8 = splat(-INFINITY);
+        v8i nan8 = {0, 0, 0, 0, 0, 0, 0, 0};
         int64_t j = 0;
         for (; j + 8 <= S; j += 8) {
           v8f z = load8(sr + j) * k + load8(br + j);
           store8(o + j, z);
           m8 = vmax(z, m8);
+          nan8 |= z != z;
         }
         float m = -INFINITY;
-        for (int l = 0; l < 8; l++) m = m8[l] > m ? m8[l] : m;
+        int nan = 0;
+        for (int l = 0; l < 8; l++) {
+          m = m8[l] > m ? m8[l] : m;
+          nan |= nan8[l] != 0;
+        }
         for (; j < S; j++) {
           o[j] = sr[j] * scale + br[j];
           m = o[j] > m ? o[j] : m;
+          nan |= o[j] != o[j];
+        }
+        /* A NaN score or an infinite maximum gives a NaN row, as tf.softmax does: exp_nonpositive's
+           clamp would otherwise turn them into finite values and hide a diverging run. */
+        if (nan || isinf(m)) {
+          for (j = 0; j < S; j++) o[j] = NAN;
+          continue;
         }
         /* exp(z − max) in place and its sum in one pass, then the division as a product. */
         v8f shift = splat(m), sum8 = splat(0);

@@ -67,6 +67,21 @@ describe('native masked softmax on wasm', needs('native'), () => {
     }
   });
 
+  it('a NaN or infinite score gives a NaN row, as tf.softmax does (a diverging run must not look finite)', () => {
+    const values = Array.from({ length: 2 * 2 * 4 * 4 }, (_, i) => (i % 7) - 3);
+    values[1 * 16 + 2 * 4 + 1] = NaN; // head 1, query 2: a NaN score among visible keys
+    values[3 * 16 + 3 * 4 + 0] = Infinity; // head 3, query 3: +∞
+    const scores = tf.tensor4d(values, [2, 2, 4, 4]);
+    const bias = mask(2, 4);
+    const rowsWithNaN = (t: tf.Tensor) => {
+      const v = t.dataSync();
+      return Array.from({ length: v.length / 4 }, (_, r) => r).filter((r) => [0, 1, 2, 3].some((j) => Number.isNaN(v[r * 4 + j])));
+    };
+    const fused = rowsWithNaN(maskedSoftmax(scores, bias, 0.5));
+    expect(fused).toEqual([6, 15]);
+    expect(fused).toEqual(rowsWithNaN(maskedSoftmaxComposite(scores, bias, 0.5)));
+  });
+
   it('leaks no tensors across steps', () => {
     const step = () => tf.tidy(() => valueAndGrad(maskedSoftmax, [2, 2, 9, 9], 2)).forEach((t) => t.dispose());
     step();
