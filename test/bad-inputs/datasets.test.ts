@@ -102,7 +102,7 @@ const cases: DatasetCase[] = [
     file: 'unknown.jsonl',
     content: lines(JSON.stringify({ question: 'a', answer: 'b' })),
     code: 'BAD_DATA',
-    mentions: ['cannot tell the dataset format', '"question"', '"answer"', '--format'],
+    mentions: ['cannot tell the dataset format', '"question"', '"answer"', /--format|the Format setting/], // the CLI names its flag, the app its Format field
     inApp: 'same-error',
   },
   {
