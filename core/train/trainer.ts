@@ -172,6 +172,20 @@ export async function train(
     const lr = learningRate(opts.schedule, step);
     hooks.beforeStep?.(step, lr);
     let examples = 0;
+    // The reported loss (without the method's penalty), the gradients of loss + penalty, and the token count.
+    const lossAndGrads = (batch: Parameters<typeof lossFn>[0]) =>
+      tf.tidy(() => {
+        let tokenCount: tf.Scalar | undefined;
+        let reported: tf.Scalar | undefined;
+        const result = tf.variableGrads(() => {
+          const out = lossFn(batch);
+          tokenCount = tf.keep(out.tokens);
+          if (!out.penalty) return out.loss;
+          reported = tf.keep(out.loss);
+          return tf.add(out.loss, out.penalty) as tf.Scalar;
+        }, vars);
+        return { value: reported ?? result.value, grads: result.grads, tokens: tokenCount! };
+      });
     const privacy = opts.privacy;
     // DP-SGD: each example's gradient, scaled to L2 norm ≤ C over all parameters (Opacus' factor
     // min(1, C / (‖g‖ + 1e-6))), is added to the sums; its loss counts as one example's.
@@ -179,18 +193,7 @@ export async function train(
       const batch = batchAt(step, micro);
       for (let b = 0; b < batch.batchSize; b++) {
         const example = exampleOf(batch, b);
-        const { value, grads: g, tokens } = tf.tidy(() => {
-          let tokenCount: tf.Scalar | undefined;
-          let reported: tf.Scalar | undefined;
-          const result = tf.variableGrads(() => {
-            const out = lossFn(example);
-            tokenCount = tf.keep(out.tokens);
-            if (!out.penalty) return out.loss;
-            reported = tf.keep(out.loss);
-            return tf.add(out.loss, out.penalty) as tf.Scalar;
-          }, vars);
-          return { value: reported ?? result.value, grads: result.grads, tokens: tokenCount! };
-        });
+        const { value, grads: g, tokens } = lossAndGrads(example);
         lossSum += value.dataSync()[0] / batch.batchSize;
         trainedSum += tokens.dataSync()[0];
         value.dispose();
@@ -209,18 +212,7 @@ export async function train(
     const microStep = (micro: number) => {
       if (privacy) return privateMicroStep(micro);
       const batch = batchAt(step, micro);
-      const { value, grads: g, tokens } = tf.tidy(() => {
-        let tokenCount: tf.Scalar | undefined;
-        let reported: tf.Scalar | undefined;
-        const result = tf.variableGrads(() => {
-          const out = lossFn(batch);
-          tokenCount = tf.keep(out.tokens);
-          if (!out.penalty) return out.loss;
-          reported = tf.keep(out.loss);
-          return tf.add(out.loss, out.penalty) as tf.Scalar;
-        }, vars);
-        return { value: reported ?? result.value, grads: result.grads, tokens: tokenCount! };
-      });
+      const { value, grads: g, tokens } = lossAndGrads(batch);
       lossSum += value.dataSync()[0];
       trainedSum += tokens.dataSync()[0];
       // Throughput counts every real (non-padding) input token, as it is all computed.
