@@ -21,6 +21,7 @@
 import * as tf from '../tf.ts';
 import { LowrankError } from '../errors.ts';
 import { jacobiSvd, truncatedSvd, type SvdResult } from '../linalg/svd.ts';
+import { symmetricEigen } from '../linalg/symmetric-eigen.ts';
 import type { CausalLM } from '../models/causal-lm.ts';
 import type { Method, MethodParams } from './method.ts';
 import { InitialValues } from './initial-values.ts';
@@ -83,8 +84,40 @@ function ranksOf(model: CausalLM, targets: LinearTarget[], params: MethodParams)
     // Without weights (the size check before loading), or where the SVD would keep the wizard
     // waiting, the count is its upper bound: every singular value.
     if (t.inFeatures * t.outFeatures * most > COUNT_SVD_WORK_LIMIT || !weightLoaded(model, `${t.path}.weight`)) return most;
-    return energyRank(jacobiSvd(weightOutIn64(model, t), t.outFeatures, t.inFeatures).S, params.energy as number);
+    return energyRank(singularValues(weightOutIn64(model, t), t.outFeatures, t.inFeatures), params.energy as number);
   });
+}
+
+/**
+ * The singular values of w [m, n], descending, for the count: square roots of the eigenvalues of the
+ * smaller Gram matrix (w·wᵀ or wᵀ·w). One tridiagonal eigensolve, about 20× faster than the Jacobi SVD
+ * attach runs, and what the energy rule needs: σ² is what it sums, and the Gram's rounding (~ε·σ₁²)
+ * moves a cumulative share by ~1e-13, far below any boundary the rule could fall on.
+ */
+function singularValues(w: Float64Array, m: number, n: number): Float64Array {
+  const k = Math.min(m, n);
+  const gram = new Float64Array(k * k);
+  if (m <= n) {
+    for (let i = 0; i < m; i++) {
+      for (let j = 0; j <= i; j++) {
+        let dot = 0;
+        for (let c = 0; c < n; c++) dot += w[i * n + c] * w[j * n + c];
+        gram[i * k + j] = gram[j * k + i] = dot;
+      }
+    }
+  } else {
+    for (let r = 0; r < m; r++) {
+      const row = r * n;
+      for (let i = 0; i < n; i++) {
+        const wi = w[row + i];
+        if (wi === 0) continue;
+        for (let j = 0; j <= i; j++) gram[i * k + j] += wi * w[row + j];
+      }
+    }
+    for (let i = 0; i < n; i++) for (let j = 0; j < i; j++) gram[j * k + i] = gram[i * k + j];
+  }
+  const { values } = symmetricEigen(gram, k); // ascending
+  return Float64Array.from({ length: k }, (_, i) => Math.sqrt(Math.max(0, values[k - 1 - i])));
 }
 
 /** s from a saved plain-LoRA export: s_k = σ_k + U_kᵀ·lora_B[:, k]; lora_A must be this model's V_rᵀ. */
