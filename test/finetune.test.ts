@@ -88,7 +88,8 @@ describe('fine-tuning', () => {
     const done = lines.find((l) => l.event === 'done');
     expect(done.status).toBe('completed');
 
-    // Same run in a child that is killed right after its checkpoint at step 6 is reported.
+    // Same run in a child that is killed at step 8, two steps after its checkpoint at step 6: steps 7
+    // and 8 are logged, then run again by the resume.
     const child = spawn(process.execPath, [cli, ...trainArgs()], { env: { ...process.env, LOWRANK_HOME: home } });
     let runId = '';
     let out = '';
@@ -98,7 +99,7 @@ describe('fine-tuning', () => {
         for (const line of out.split('\n').slice(0, -1)) {
           const event = JSON.parse(line);
           runId ||= event.run_id;
-          if (event.event === 'checkpoint' && event.step === 6) child.kill('SIGKILL');
+          if (event.event === 'step' && event.step === 8) child.kill('SIGKILL');
         }
       });
       child.on('exit', () => resolve());
@@ -114,6 +115,13 @@ describe('fine-tuning', () => {
     expect(resumedDone.run_id).toBe(runId);
     expectFiniteLosses([done.train_loss, resumedDone.train_loss], 'uninterrupted, resumed train_loss');
     expect(resumedDone.train_loss).toBe(done.train_loss);
+    // Each step's loss once in the stored curve, equal to the uninterrupted run's.
+    const after = openStore(home);
+    const curve = after.metrics(runId, { split: 'train', name: 'loss' });
+    after.close();
+    expect(curve.map((m) => m.step)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+    const uninterrupted = lines.filter((l) => l.event === 'step').map((l) => l.loss);
+    expect(curve.map((m) => m.value)).toEqual(uninterrupted);
   });
 
   it.each([

@@ -310,6 +310,17 @@ export class RunStore {
     return rows.map((r) => ({ runId: r.run_id, step: r.step, split: r.split, name: r.name, value: r.value ?? NaN, at: r.at }));
   }
 
+  /**
+   * A resumed run repeats the steps after its checkpoint: their metric and sample rows, logged by the
+   * process that died, go (in one transaction), so the curves hold each step once.
+   */
+  discardAfter(id: string, step: number): { metrics: number; samples: number } {
+    return this.forRun(id, () => this.db.transaction(() => ({
+      metrics: this.db.prepare('DELETE FROM metrics WHERE run_id = ? AND step > ?').run(id, step).changes,
+      samples: this.db.prepare('DELETE FROM samples WHERE run_id = ? AND step > ?').run(id, step).changes,
+    }))());
+  }
+
   addSample(id: string, sample: SampleInput): Sample {
     const at = this.now();
     const expected = sample.expected ?? null;

@@ -492,6 +492,8 @@ export async function runFinetune(
     if (resumeRunId && store.latestCheckpoint(runId)) {
       const manifest = loadTrainingCheckpoint(ckptDir, attached.trainable, optimizer);
       startStep = manifest.step;
+      // The steps after the checkpoint run again: the rows the dead process logged for them go.
+      store.discardAfter(runId, startStep);
       // A process killed after its last checkpoint leaves no step to run: the run ends on the loss that step logged.
       lastTrain = store.metrics(runId, { split: 'train', name: 'loss' }).filter((m) => m.step === startStep).pop()?.value ?? NaN;
       const randomState = manifest.extra?.methodRandomState;
