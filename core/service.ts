@@ -610,7 +610,8 @@ export class StudioService {
       'runs.exportOptions': async ({ runId }) => {
         const run = store.getRun(runId);
         // The base as the run's config names it: what exportRun rebuilds the run from.
-        return exportOptions(getMethod(run.method), String((run.config as unknown as FinetuneConfigInput).model));
+        const config = run.config as unknown as FinetuneConfigInput;
+        return exportOptions(getMethod(run.method), String(config.model), config.params ?? {});
       },
       'runs.export': async ({ runId, format, quant, dtype, destinationDir, name }) => {
         const dir = destinationDir ?? this.exportsDir();

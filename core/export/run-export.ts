@@ -16,6 +16,7 @@ import { baseModelReference, modelCard } from './model-card.ts';
 import { hubIdOfFolder } from '../hub/cache.ts';
 import type * as tf from '../tf.ts';
 import type { MethodParams } from '../methods/method.ts';
+import { getMethod, resolveParams } from '../methods/index.ts';
 
 export interface ExportRequest {
   runId: string;
@@ -48,6 +49,12 @@ function folderFiles(dir: string): Array<{ name: string; bytes: number }> {
 export async function exportRun(store: RunStore, request: ExportRequest, log: (message: string) => void = () => {}): Promise<ExportResult> {
   // Refuse a bad destination before the (slow) rebuild of the run.
   if (fs.existsSync(request.out)) throw new LowrankError('BAD_ARGUMENT', `${request.out} already exists; choose another --out or delete it`);
+  // A format the run's method parameters rule out (LOST with SiLU has no merged form), before the rebuild too.
+  const run = store.getRun(request.runId);
+  const method = run.kind === 'finetune' ? getMethod(run.method) : null;
+  const runParams = (run.config as { params?: MethodParams }).params ?? {};
+  const refusal = method?.unavailableExports?.(resolveParams(method.id, method.schema, { ...runParams, ...request.params }))[request.format];
+  if (refusal) throw new LowrankError('BAD_ARGUMENT', `run ${request.runId} cannot be exported as ${request.format}: ${refusal}`);
   log(`loading run ${request.runId}`);
   const prepared = await loadTrainedRun(store, request.runId, request.params);
   const { attached, config, model } = prepared;

@@ -64,6 +64,11 @@ export interface MethodInfo {
   defaultTargets?: string[] | 'all-linear';
   mergeable: boolean;
   exportFormats: ExportFormat[];
+  /**
+   * Formats of `exportFormats` (and PEFT) that a run's parameters rule out, each with the reason in
+   * words (LOST with SiLU between its factors has no merged form); absent: exportFormats alone decides.
+   */
+  unavailableExports?(params: MethodParams): Partial<Record<ExportFormat, string>>;
 }
 
 export type MethodParams = Record<string, number | boolean | string>;
