@@ -461,7 +461,7 @@ export class StudioService {
       },
       'files.browse': async ({ dir }) => this.paths.browse(dir),
       'methods.list': async () =>
-        listMethods().map(({ attach: _attach, countTrainable: _count, ...info }) => ({
+        listMethods().map(({ attach: _attach, countTrainable: _count, unavailableExports: _exports, ...info }) => ({
           ...info,
           ...(METHOD_DESCRIPTIONS[info.id] ?? { displayName: info.id, help: info.summary, formula: '' }),
           group: METHOD_GROUPS[info.family],
