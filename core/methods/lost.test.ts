@@ -9,6 +9,9 @@
  * export equals the trained model; AdamW β = (0.9, 0.95).
  */
 import { beforeAll, describe, expect, it } from 'vitest';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import * as tf from '../tf.ts';
 import { initBackend } from '../backend/index.ts';
 import { jacobiSvd } from '../linalg/svd.ts';
@@ -19,6 +22,8 @@ import { lostColumnCount, lostRank, type LostAttached } from './lost.ts';
 import { disposeAll, expectNeutralAttachAndCleanDetach, logits, modelWithWeights, randomize, relativeError, tinyModel, tokenIds, train } from './method-test-helpers.ts';
 import type { CausalLM } from '../models/causal-lm.ts';
 import type { MethodParams } from './method.ts';
+import { estimateMethods } from '../service/estimates.ts';
+import { writeTinyCheckpoint } from '../../test/fixtures/tiny-checkpoints.ts';
 
 beforeAll(async () => {
   await initBackend({ backend: 'cpu' });
@@ -275,6 +280,26 @@ describe('lost', () => {
     disposeAll(merged.values());
     attached.detach();
     model.dispose();
+  });
+
+  it('the wizard\'s estimate counts its trainable values without attaching, with AdamW\'s two moments each', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lowrank-lost-estimate-'));
+    try {
+      writeTinyCheckpoint(dir, 'llama-gqa-tied', 7);
+      const estimate = (await estimateMethods(dir, 2, 16, 'all-linear')).find((e) => e.id === 'lost')!;
+      expect(estimate.error).toBeNull();
+      const { model } = tinyModel('llama-gqa-tied');
+      let count = 0;
+      for (const path of resolveTargets(model, 'all-linear')) {
+        const t = targetOf(model, path);
+        count += lostRank(0, t) * (t.inFeatures + t.outFeatures) + lostColumnCount(0.05, t) * t.outFeatures;
+      }
+      model.dispose();
+      expect(estimate.trainableParams).toBe(count);
+      expect(estimate.estimate.optimizerBytes).toBe(8 * count);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('trains with AdamW β = (0.9, 0.95); refuses a rank a module cannot take, naming it and the fix', () => {
