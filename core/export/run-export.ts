@@ -53,7 +53,9 @@ export async function exportRun(store: RunStore, request: ExportRequest, log: (m
   const run = store.getRun(request.runId);
   const method = run.kind === 'finetune' ? getMethod(run.method) : null;
   const runParams = (run.config as { params?: MethodParams }).params ?? {};
-  const refusal = method?.unavailableExports?.(resolveParams(method.id, method.schema, { ...runParams, ...request.params }))[request.format];
+  // Export-time overrides count where the method allows them; loadTrainedRun refuses the others with its own words.
+  const overrides = Object.fromEntries(Object.entries(request.params ?? {}).filter(([name]) => method?.exportParams?.includes(name)));
+  const refusal = method?.unavailableExports?.(resolveParams(method.id, method.schema, { ...runParams, ...overrides }))[request.format];
   if (refusal) throw new LowrankError('BAD_ARGUMENT', `run ${request.runId} cannot be exported as ${request.format}: ${refusal}`);
   log(`loading run ${request.runId}`);
   const prepared = await loadTrainedRun(store, request.runId, request.params);
