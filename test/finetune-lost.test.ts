@@ -14,6 +14,7 @@ import { getMethod } from '../core/methods/index.ts';
 import { openStore } from '../core/store/index.ts';
 import { FINETUNE_DEFAULTS, loadTrainedRun, runFinetune, type FinetuneConfig, type FinetuneEvent } from '../core/train/finetune.ts';
 import { main } from '../core/cli.ts';
+import { needs } from './helpers/optional-parts.ts';
 import { cliWorkspace, logitsOf, lowrank, maxDiff } from './fixtures/cli-in-process.ts';
 
 const ws = cliWorkspace('lowrank-finetune-lost-');
@@ -68,6 +69,24 @@ describe('lowrank train --method lost', () => {
     const options = Object.fromEntries(exportOptions(getMethod('lost'), modelDir, params as never).formats.map((f) => [f.format, f]));
     expect(options.peft.reason).toMatch(/W_eff − W is not low-rank/);
     expect(options.merged.available && options.gguf.available).toBe(true);
+  });
+
+  it('on an NF4 base the merged export is still exactly the trained layers (W_eff is the whole weight, not an update)', needs('native'), async () => {
+    const { runId } = await trainTwoSteps(['--base-dtype', 'nf4', '--param', 'rank=2']);
+    const store = openStore();
+    let inEngine: number[];
+    try {
+      const prepared = await loadTrainedRun(store, runId);
+      expect(prepared.model.frozen.get('model.layers.0.self_attn.q_proj.weight')?.kind).toBe('nf4'); // the base W the SVD read was quantized
+      inEngine = tf.tidy(() => Array.from(prepared.model.forward(tf.tensor2d([IDS], [1, IDS.length], 'int32')).logits.dataSync()));
+      prepared.attached.detach();
+      prepared.model.dispose();
+    } finally {
+      store.close();
+    }
+    const merged = path.join(root, 'lost-nf4-merged');
+    expect((await lowrank(['export', '--run', runId, '--format', 'merged', '--dtype', 'float32', '--out', merged])).code).toBe(0);
+    expect(maxDiff(await logitsOf(merged), inEngine) / Math.max(...inEngine.map(Math.abs))).toBeLessThanOrEqual(1e-6);
   });
 
   it('activation=silu: merged and GGUF are refused with the reason; the export options say so', async () => {

@@ -78,8 +78,9 @@ export async function exportRun(store: RunStore, request: ExportRequest, log: (m
     } else {
       const merged = attached.mergedWeights();
       try {
-        // A quantized base: the update goes onto the original-precision weights (weights.ts).
-        const weights = mergedOntoOriginal(model, merged, config.model);
+        // A quantized base: the update goes onto the original-precision weights (weights.ts), unless
+        // the method's merged weights replace the base's outright (LOST: exactly W_eff).
+        const weights = attached.replacesWeights ? merged : mergedOntoOriginal(model, merged, config.model);
         if (request.format === 'merged') {
           const r = await exportMerged(request.out, config.model, weights, { dtype: request.dtype ?? 'base', modelCard: modelCard(prepared.run, prepared.step) });
           detail = `${r.dtype}, ${r.replaced} merged tensors`;

@@ -31,7 +31,8 @@
  *   no `lost_adamw` run is logged in that repository.
  * - I is recomputed from W on resume and export (the SVD is deterministic for the run's seed), as
  *   sltrain regenerates its support; it is never stored.
- * Export: merged only, and only with the linear branch. W_eff − W is not low-rank (the column-sparse
+ * Export: merged only, and only with the linear branch, exactly W_eff even on a quantized base
+ * (`replacesWeights`: W_eff is the whole weight, so nothing is moved onto the base's original values). W_eff − W is not low-rank (the column-sparse
  * part has up to |I| independent columns on top of the change of the rank-r part), so no PEFT LoRA
  * reproduces it.
  */
@@ -260,6 +261,7 @@ export const lost: Method = {
       params,
       trainable,
       lrScale: () => 1,
+      replacesWeights: true,
       createOptimizer: (options) => new AdamW(trainable, { ...options, beta1: 0.9, beta2: 0.95 }),
       trainableParameterCount: () => count,
       takeLogLines: () => logLines.splice(0),

@@ -215,6 +215,12 @@ export interface AttachedMethod {
    */
   mergedWeights(): Map<string, tf.Tensor>;
   /**
+   * True when mergedWeights gives whole new weights for the wrapped modules rather than the frozen
+   * base plus an update (LOST reparameterises W and never reads it after attaching): an export then
+   * writes them as they are instead of moving the update onto a lossy base's original weights.
+   */
+  readonly replacesWeights?: boolean;
+  /**
    * PEFT adapter: adapter_config.json fields (peft_type, r, lora_alpha, target_modules, use_rslora,
    * use_dora, ...) and tensors keyed as peft saves them (`base_model.model.<path>.lora_A.weight`).
    * Absent for methods without a PEFT form. The tensors are new; the caller disposes them.
