@@ -461,7 +461,7 @@ export class StudioService {
       },
       'files.browse': async ({ dir }) => this.paths.browse(dir),
       'methods.list': async () =>
-        listMethods().map(({ attach: _attach, countTrainable: _count, ...info }) => ({
+        listMethods().map(({ attach: _attach, countTrainable: _count, unavailableExports: _exports, ...info }) => ({
           ...info,
           ...(METHOD_DESCRIPTIONS[info.id] ?? { displayName: info.id, help: info.summary, formula: '' }),
           group: METHOD_GROUPS[info.family],
@@ -610,7 +610,8 @@ export class StudioService {
       'runs.exportOptions': async ({ runId }) => {
         const run = store.getRun(runId);
         // The base as the run's config names it: what exportRun rebuilds the run from.
-        return exportOptions(getMethod(run.method), String((run.config as unknown as FinetuneConfigInput).model));
+        const config = run.config as unknown as FinetuneConfigInput;
+        return exportOptions(getMethod(run.method), String(config.model), config.params ?? {});
       },
       'runs.export': async ({ runId, format, quant, dtype, destinationDir, name }) => {
         const dir = destinationDir ?? this.exportsDir();

@@ -241,7 +241,7 @@ export async function runsCommand(flags: Flags, positionals: string[]): Promise<
 export async function methodsCommand(flags: Flags): Promise<void> {
   const { listMethods } = await import('../methods/index.ts');
   const methods = listMethods();
-  if (flags.json) return printJson(methods.map(({ attach: _attach, ...info }) => info));
+  if (flags.json) return printJson(methods.map(({ attach: _attach, countTrainable: _count, unavailableExports: _exports, ...info }) => info));
   for (const m of methods) {
     console.log(`${m.id.padEnd(10)} ${m.family.padEnd(8)} ${m.summary}`);
     console.log(`${''.padEnd(19)} ${m.paper.title} (${m.paper.year}); ${m.schema.map((f) => `${f.name}=${String(f.default)}`).join(', ')}`);

@@ -46,6 +46,16 @@ describe('export options', () => {
     expect(full.adapter).toBe(false);
   });
 
+  it('LOST: the run\'s parameters decide (linear branch: merged and GGUF; SiLU branch: nothing, with the reason)', () => {
+    const linear = byFormat(exportOptions(getMethod('lost'), llama, {}));
+    expect([linear.peft!.available, linear.merged!.available, linear.gguf!.available]).toEqual([false, true, true]);
+    expect(linear.peft!.reason).toMatch(/W_eff − W is not low-rank/);
+    const silu = byFormat(exportOptions(getMethod('lost'), llama, { activation: 'silu' }));
+    expect([silu.peft!.available, silu.merged!.available, silu.gguf!.available]).toEqual([false, false, false]);
+    expect(silu.merged!.reason).toMatch(/^lost with activation silu puts SiLU between its two factors/);
+    expect(silu.gguf!.reason).toBe(silu.merged!.reason);
+  });
+
   it('a GPT-2 base: GGUF unavailable with the writer\'s reason, the other formats open', () => {
     const o = byFormat(exportOptions(getMethod('lora'), gpt2));
     expect(o.gguf!.available).toBe(false);

@@ -4,7 +4,7 @@
  * the refusals the writers themselves give (gguf.ts, gguf-vocab.ts), checked up front.
  */
 import type { ExportOption, ExportOptions } from '../contract.ts';
-import type { MethodInfo } from '../methods/method.ts';
+import type { MethodInfo, MethodParams } from '../methods/method.ts';
 import { openCheckpoint } from '../models/load.ts';
 import { GGUF_QUANTS, ggufUnsupportedReason, type GgufQuant } from './gguf.ts';
 import { ggufTokenizerUnsupportedReason } from './gguf-vocab.ts';
@@ -18,15 +18,17 @@ function noAdapterReason(method: MethodInfo): string {
   return `${method.id} has no PEFT adapter format. Export the merged model or GGUF instead.`;
 }
 
-export function exportOptions(method: MethodInfo, baseDir: string): ExportOptions {
+/** `params`: the run's method parameters, for methods whose parameters rule a format out (MethodInfo.unavailableExports). */
+export function exportOptions(method: MethodInfo, baseDir: string, params: MethodParams = {}): ExportOptions {
   const { config, reader, dtypes } = openCheckpoint(baseDir);
   reader.close();
-  const mergeable = method.exportFormats.includes('merged');
-  const notMergeable = `${method.id} cannot fold its update into the base weights, so there is no merged model to write.`;
-  const ggufReason = !mergeable ? notMergeable : (ggufUnsupportedReason(config, baseDir) ?? ggufTokenizerUnsupportedReason(baseDir));
+  const refused = method.unavailableExports?.(params) ?? {};
+  const peftReason = refused.peft ?? (method.exportFormats.includes('peft') ? null : noAdapterReason(method));
+  const mergedReason = refused.merged ?? (method.exportFormats.includes('merged') ? null : `${method.id} cannot fold its update into the base weights, so there is no merged model to write.`);
+  const ggufReason = refused.gguf ?? mergedReason ?? ggufUnsupportedReason(config, baseDir) ?? ggufTokenizerUnsupportedReason(baseDir);
   const formats: ExportOption[] = [
-    { format: 'peft', available: method.exportFormats.includes('peft'), reason: method.exportFormats.includes('peft') ? null : noAdapterReason(method) },
-    { format: 'merged', available: mergeable, reason: mergeable ? null : notMergeable },
+    { format: 'peft', available: peftReason === null, reason: peftReason },
+    { format: 'merged', available: mergedReason === null, reason: mergedReason },
     { format: 'gguf', available: ggufReason === null, reason: ggufReason },
   ];
   return { formats, baseDtype: [...dtypes].join(', '), quants: [...GGUF_QUANTS], adapter: method.family === 'adapter' };

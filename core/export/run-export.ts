@@ -16,6 +16,7 @@ import { baseModelReference, modelCard } from './model-card.ts';
 import { hubIdOfFolder } from '../hub/cache.ts';
 import type * as tf from '../tf.ts';
 import type { MethodParams } from '../methods/method.ts';
+import { getMethod, resolveParams } from '../methods/index.ts';
 
 export interface ExportRequest {
   runId: string;
@@ -48,6 +49,14 @@ function folderFiles(dir: string): Array<{ name: string; bytes: number }> {
 export async function exportRun(store: RunStore, request: ExportRequest, log: (message: string) => void = () => {}): Promise<ExportResult> {
   // Refuse a bad destination before the (slow) rebuild of the run.
   if (fs.existsSync(request.out)) throw new LowrankError('BAD_ARGUMENT', `${request.out} already exists; choose another --out or delete it`);
+  // A format the run's method parameters rule out (LOST with SiLU has no merged form), before the rebuild too.
+  const run = store.getRun(request.runId);
+  const method = run.kind === 'finetune' ? getMethod(run.method) : null;
+  const runParams = (run.config as { params?: MethodParams }).params ?? {};
+  // Export-time overrides count where the method allows them; loadTrainedRun refuses the others with its own words.
+  const overrides = Object.fromEntries(Object.entries(request.params ?? {}).filter(([name]) => method?.exportParams?.includes(name)));
+  const refusal = method?.unavailableExports?.(resolveParams(method.id, method.schema, { ...runParams, ...overrides }))[request.format];
+  if (refusal) throw new LowrankError('BAD_ARGUMENT', `run ${request.runId} cannot be exported as ${request.format}: ${refusal}`);
   log(`loading run ${request.runId}`);
   const prepared = await loadTrainedRun(store, request.runId, request.params);
   const { attached, config, model } = prepared;
@@ -69,8 +78,9 @@ export async function exportRun(store: RunStore, request: ExportRequest, log: (m
     } else {
       const merged = attached.mergedWeights();
       try {
-        // A quantized base: the update goes onto the original-precision weights (weights.ts).
-        const weights = mergedOntoOriginal(model, merged, config.model);
+        // A quantized base: the update goes onto the original-precision weights (weights.ts), unless
+        // the method's merged weights replace the base's outright (LOST: exactly W_eff).
+        const weights = attached.replacesWeights ? merged : mergedOntoOriginal(model, merged, config.model);
         if (request.format === 'merged') {
           const r = await exportMerged(request.out, config.model, weights, { dtype: request.dtype ?? 'base', modelCard: modelCard(prepared.run, prepared.step) });
           detail = `${r.dtype}, ${r.replaced} merged tensors`;

@@ -143,6 +143,11 @@ export const METHOD_DESCRIPTIONS: Record<string, MethodDescription> = {
     help: 'Each weight learns a low-rank part plus a sparse part on a fixed random pattern, which together can express much more than low-rank alone.',
     formula: 'W′ = W₀ + s · B · A + S,  S on a fixed random support of δ · out · in entries',
   },
+  lost: {
+    displayName: 'LOST (SVD split: low-rank + sparse channels)',
+    help: 'Splits each weight by its SVD: the strongest directions become a small low-rank pair, and a few whole input channels of what remains become a sparse part; both train in place of the weight. Starts from (nearly) the original model.',
+    formula: 'W = U Σ Vᵀ;  y = γ · x Aᵀ Bᵀ + (1 − γ) · x[:, I] W_sᵀ,  B·A from the top r, I = top-ρ columns of the rest by L2 norm',
+  },
   fedsvd: {
     displayName: 'FedSVD (federated LoRA)',
     help: 'Simulates several clients that each train on their own share of the data; a server averages their updates and re-factorises them by SVD. Optional differential privacy.',
@@ -237,6 +242,11 @@ export const PARAMETER_LABELS: Record<string, string> = {
   max_kappa: 'Final gate threshold',
   dense_fraction: 'Share of the run trained with every rank',
   kappa_stages: 'Threshold steps',
+  svd_rank_extra: 'Singular directions the sparse channels come from',
+  channel_ratio: 'Share of input channels in the sparse part',
+  blend_gamma: 'Weight γ of the low-rank part (1 − γ: sparse part)',
+  activation: 'Function between the low-rank factors',
+  sparse_init: 'Starting values of the sparse part',
 };
 
 export function methodDisplayName(id: string): string {

@@ -19,6 +19,7 @@ import './fira.ts';
 import './frugal.ts';
 import './galore-dct.ts';
 import './sltrain.ts';
+import './lost.ts';
 import './fedsvd.ts';
 import './diffora.ts';
 import './loram.ts';

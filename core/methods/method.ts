@@ -64,6 +64,11 @@ export interface MethodInfo {
   defaultTargets?: string[] | 'all-linear';
   mergeable: boolean;
   exportFormats: ExportFormat[];
+  /**
+   * Formats of `exportFormats` (and PEFT) that a run's parameters rule out, each with the reason in
+   * words (LOST with SiLU between its factors has no merged form); absent: exportFormats alone decides.
+   */
+  unavailableExports?(params: MethodParams): Partial<Record<ExportFormat, string>>;
 }
 
 export type MethodParams = Record<string, number | boolean | string>;
@@ -209,6 +214,12 @@ export interface AttachedMethod {
    * weight the method changes. Model weights are left untouched; the caller disposes the result.
    */
   mergedWeights(): Map<string, tf.Tensor>;
+  /**
+   * True when mergedWeights gives whole new weights for the wrapped modules rather than the frozen
+   * base plus an update (LOST reparameterises W and never reads it after attaching): an export then
+   * writes them as they are instead of moving the update onto a lossy base's original weights.
+   */
+  readonly replacesWeights?: boolean;
   /**
    * PEFT adapter: adapter_config.json fields (peft_type, r, lora_alpha, target_modules, use_rslora,
    * use_dora, ...) and tensors keyed as peft saves them (`base_model.model.<path>.lora_A.weight`).
