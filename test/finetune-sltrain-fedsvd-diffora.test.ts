@@ -10,14 +10,16 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { readPeftAdapter } from '../core/export/peft.ts';
 import { openStore } from '../core/store/index.ts';
-import { FINETUNE_DEFAULTS, runFinetune, type FinetuneConfig, type FinetuneEvent } from '../core/train/finetune.ts';
+import * as tf from '../core/tf.ts';
+import { FINETUNE_DEFAULTS, loadTrainedRun, runFinetune, type FinetuneConfig, type FinetuneEvent } from '../core/train/finetune.ts';
+import { needs } from './helpers/optional-parts.ts';
 import { cliWorkspace, logitsOf, lowrank, maxDiff } from './fixtures/cli-in-process.ts';
 
 const ws = cliWorkspace('lowrank-finetune-sltrain-fedsvd-diffora-');
 const { root, modelDir, data } = ws;
 
-async function trainTwoSteps(id: string): Promise<{ runId: string; lr: number; log: string[] }> {
-  const trained = await lowrank(['train', '--model', modelDir, '--data', data, '--method', id, '--steps', '2', '--json']);
+async function trainTwoSteps(id: string, extra: string[] = []): Promise<{ runId: string; lr: number; log: string[] }> {
+  const trained = await lowrank(['train', '--model', modelDir, '--data', data, '--method', id, ...extra, '--steps', '2', '--json']);
   expect(trained.code).toBe(0);
   const done = trained.lines.at(-1)!;
   expect(Number.isFinite(done.train_loss)).toBe(true);
@@ -40,6 +42,26 @@ describe('lowrank train --method sltrain|fedsvd|diffora', () => {
     expect(maxDiff(await logitsOf(merged), await logitsOf(modelDir))).toBeGreaterThan(1e-5);
     const refused = await lowrank(['export', '--run', runId, '--format', 'peft', '--out', path.join(root, 'sltrain-peft')]);
     expect(refused.code).toBe(2);
+  });
+
+  it('sltrain base=replace on an NF4 base: the merged export is exactly the trained W = s·B·A + S, not moved onto the original weights', needs('native'), async () => {
+    const { runId } = await trainTwoSteps('sltrain', ['--base-dtype', 'nf4', '--param', 'base=replace']);
+    const ids = [5, 60, 7, 99, 120, 3]; // the ids logitsOf feeds `lowrank logits`
+    const store = openStore();
+    let inEngine: number[];
+    try {
+      const prepared = await loadTrainedRun(store, runId);
+      expect(prepared.model.frozen.get('model.layers.0.self_attn.q_proj.weight')?.kind).toBe('nf4');
+      inEngine = tf.tidy(() => Array.from(prepared.model.forward(tf.tensor2d([ids], [1, ids.length], 'int32')).logits.dataSync()));
+      prepared.attached.detach();
+      prepared.model.dispose();
+    } finally {
+      store.close();
+    }
+    const merged = path.join(root, 'sltrain-replace-nf4-merged');
+    expect((await lowrank(['export', '--run', runId, '--format', 'merged', '--dtype', 'float32', '--out', merged])).code).toBe(0);
+    // Every linear is replaced (the default targets), so the export and the run compute the same model.
+    expect(maxDiff(await logitsOf(merged), inEngine) / Math.max(...inEngine.map(Math.abs))).toBeLessThanOrEqual(1e-6);
   });
 
   it.each([

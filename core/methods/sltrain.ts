@@ -196,6 +196,9 @@ export const sltrain: Method = {
         if (!support) throw new LowrankError('BAD_ARGUMENT', `method sltrain is not attached to ${path}`);
         return support;
       },
+      // Under `replace` the merged weight is the whole W = s·B·A + S: an export writes it as it is, not
+      // moved onto a quantised base's original values (what `keep`'s update is added to).
+      replacesWeights: replace,
       mergedWeights() {
         const merged = new Map<string, tf.Tensor>();
         for (const layer of layers) {
