@@ -244,7 +244,11 @@ export function randomizedSvd(a: Float64Array, m: number, n: number, k: number, 
 }
 
 export interface TruncatedSvdOptions extends RandomizedSvdOptions {
-  /** 'auto' runs Jacobi when m·n·min(m, n) ≤ exactWorkLimit, else the randomized method. */
+  /**
+   * 'auto' runs Jacobi when m·n·min(m, n) ≤ exactWorkLimit or when k + oversampling is a third of
+   * min(m, n) or more (the randomized method's 2·niter + 1 passes over k + p columns then cost more
+   * than the preconditioned Jacobi SVD of the whole matrix), else the randomized method.
+   */
   method?: 'auto' | 'exact' | 'randomized';
   exactWorkLimit?: number;
 }
@@ -253,7 +257,7 @@ export interface TruncatedSvdOptions extends RandomizedSvdOptions {
 export function truncatedSvd(a: Float64Array, m: number, n: number, k: number, opts: TruncatedSvdOptions = {}): SvdResult {
   const method = opts.method ?? 'auto';
   const full = Math.min(m, n);
-  const exact = method === 'exact' || (method === 'auto' && m * n * full <= (opts.exactWorkLimit ?? 2 ** 27));
+  const exact = method === 'exact' || (method === 'auto' && (m * n * full <= (opts.exactWorkLimit ?? 2 ** 27) || 3 * (k + (opts.oversample ?? 10)) >= full));
   if (!exact) return randomizedSvd(a, m, n, k, opts);
   if (!Number.isInteger(k) || k < 1 || k > full) {
     throw new RangeError(`truncatedSvd: k = ${k} must be an integer in [1, ${full}] for a ${m}×${n} matrix`);

@@ -91,7 +91,7 @@ export function svdSchemaFields(niter: number, niterSource: string): SchemaField
       type: 'enum',
       default: 'auto',
       choices: ['auto', 'exact', 'randomized'],
-      description: 'exact: one-sided Jacobi; randomized: Halko et al. subspace iteration; auto picks by matrix size',
+      description: 'exact: one-sided Jacobi; randomized: Halko et al. subspace iteration; auto picks by matrix size and rank',
     },
     { name: 'svd_niter', type: 'integer', default: niter, min: 0, max: 64, description: `subspace iterations of the randomized SVD (${niterSource})` },
   ];

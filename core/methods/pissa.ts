@@ -138,7 +138,7 @@ export const pissa = defineLoraMethod({
       type: 'enum',
       default: 'auto',
       choices: ['auto', 'exact', 'randomized'],
-      description: "exact: one-sided Jacobi (peft init 'pissa'); randomized: Halko et al. ('pissa_niter_N'); auto picks by matrix size",
+      description: "exact: one-sided Jacobi (peft init 'pissa'); randomized: Halko et al. ('pissa_niter_N'); auto picks by matrix size and rank",
     },
     { name: 'svd_niter', type: 'integer', default: 4, min: 0, max: 64, description: 'subspace iterations of the randomized SVD' },
   ],
