@@ -44,6 +44,8 @@ function flag(name: string): string | undefined {
   return i > 0 ? process.argv[i + 1] : undefined;
 }
 const realShape = flag('real');
+/** --depth N with --real: the published layer shapes and vocabulary at N layers (all of them without it). */
+const depth = flag('depth') === undefined ? null : Number(flag('depth'));
 const steps = Number(flag('steps') ?? (realShape ? 10 : DEFAULT_RUN_BUDGET.steps));
 // The paper's own rate (×1) is always one point of the sweep.
 const multipliers = realShape ? [1] : [...new Set([1, ...(flag('sweep') ?? '1,5,25').split(',').map(Number)])].sort((a, b) => a - b);
@@ -56,8 +58,8 @@ const shard = shardFlag ? /^(\d+)\/(\d+)$/.exec(shardFlag) : null;
 const fromFiles = flag('from')?.split(',');
 const out = path.resolve(flag('out') ?? path.join(ROOT, 'docs', realShape ? 'methods-real.md' : 'methods.md'));
 const jsonOut = path.resolve(flag('json') ?? path.join(os.tmpdir(), `methods-report-${realShape ?? 'bundled'}${shard ? `-${shard[1]}of${shard[2]}` : ''}.json`));
-if (!(steps >= 1) || !(BATCH >= 1) || multipliers.some((m) => !(m > 0)) || !(metricExamples >= 0) || (shardFlag && (!shard || Number(shard[1]) < 1 || Number(shard[1]) > Number(shard[2])))) {
-  console.error('methods-report: --steps and --batch-size must be ≥ 1, --sweep a list of positive multipliers (e.g. 1,3,10), --metric-examples ≥ 0, --shard i/n with 1 ≤ i ≤ n');
+if ((depth !== null && (!realShape || !Number.isInteger(depth) || depth < 1)) || !(steps >= 1) || !(BATCH >= 1) || multipliers.some((m) => !(m > 0)) || !(metricExamples >= 0) || (shardFlag && (!shard || Number(shard[1]) < 1 || Number(shard[1]) > Number(shard[2])))) {
+  console.error('methods-report: --depth N (N ≥ 1 layers) goes with --real; --steps and --batch-size must be ≥ 1, --sweep a list of positive multipliers (e.g. 1,3,10), --metric-examples ≥ 0, --shard i/n with 1 ≤ i ≤ n');
   process.exit(2);
 }
 
@@ -104,7 +106,7 @@ async function realShapeFolder(shape: string): Promise<string> {
     process.exit(2);
   }
   process.stderr.write(`writing (or reusing) the random-weight ${shape} checkpoint ...\n`);
-  return writeRealShape(path.join(os.tmpdir(), 'lowrank-methods-report-shapes', shape), shape as Parameters<typeof writeRealShape>[1]);
+  return writeRealShape(path.join(os.tmpdir(), 'lowrank-methods-report-shapes', `${shape}${depth ? `-${depth}-layers` : ''}`), shape as Parameters<typeof writeRealShape>[1], depth ? { layers: depth } : {});
 }
 
 function configFor(method: Method, lr: number, params: FinetuneConfig['params'] = {}): FinetuneConfig {
@@ -213,6 +215,8 @@ interface Collected {
   batch: number;
   seqLen: number;
   realShape: string | null;
+  /** Layers of the real shape when fewer than published (--depth). */
+  depth: number | null;
   /** Wall minutes of the longest process, and how many processes ran side by side. */
   minutes: number;
   processes: number;
@@ -278,7 +282,7 @@ async function collect(): Promise<Collected> {
   store.close();
   fs.rmSync(home, { recursive: true, force: true });
   return {
-    steps, multipliers, metricExamples, batch: BATCH, seqLen: SEQ_LEN, realShape: realShape ?? null,
+    steps, multipliers, metricExamples, batch: BATCH, seqLen: SEQ_LEN, realShape: realShape ?? null, depth,
     minutes: (performance.now() - started) / 60000, processes: 1, results, lorasbSmall, dyloraRanks,
   };
 }
@@ -295,7 +299,7 @@ function readCollected(files: string[]): Collected {
     }
     return raw;
   });
-  const budget = (c: (typeof parts)[number]) => JSON.stringify([c.steps, c.multipliers, c.metricExamples, c.batch, c.seqLen, c.realShape]);
+  const budget = (c: (typeof parts)[number]) => JSON.stringify([c.steps, c.multipliers, c.metricExamples, c.batch, c.seqLen, c.realShape, c.depth ?? null]);
   const differing = parts.findIndex((c) => budget(c) !== budget(parts[0]));
   if (differing > 0) {
     console.error(`methods-report: --from ${files[differing]} was run with another budget than ${files[0]} (steps, sweep, metric examples, batch, sequence length, shape): ${budget(parts[differing])} vs ${budget(parts[0])}`);
@@ -341,14 +345,14 @@ function fmtLr(v: number): string {
   return v.toExponential(1).replace('.0e', 'e').replace('e+0', '');
 }
 function row(r: MethodResult, t: Trial, extra: string[] = []): string {
-  if (t.failure) return `| \`${r.method.id}\` | ${[...extra, `failed: ${t.failure.replace(/\|/g, '/').slice(0, 120)}`].join(' | ')} | | | | | | | |`;
+  if (t.failure) return `| \`${r.method.id}\` | ${[...extra, `failed: ${t.failure.replace(/\|/g, '/').slice(0, 120)}`].join(' | ')} | | | | | | | | |`;
   return (
     `| \`${r.method.id}\` | ${[...extra, t.trainableParams.toLocaleString('en-US'), formatBytes(t.stateBytes), formatBytes(t.estimatedRssBytes), formatBytes(t.peakTensorBytes),
-      String(Math.round(t.tokensPerSecond)), fmtLoss(t.trainLoss), fmtLoss(t.valLoss), fmtAcc(t.accuracy)].join(' | ')} |`
+      String(Math.round(t.tokensPerSecond)), `${Math.round(t.wallSeconds)} s`, fmtLoss(t.trainLoss), fmtLoss(t.valLoss), fmtAcc(t.accuracy)].join(' | ')} |`
   );
 }
 const sweepText = (r: MethodResult) => r.sweep.map((t) => `${fmtLr(t.lr)}: ${t.failure ? 'diverged' : fmtAcc(t.accuracy)}`).join(' · ');
-const HEAD = 'trainable params | state (params + optimizer) | peak RSS (estimated) | peak tensor memory (measured) | tokens/s | train loss | val loss | accuracy';
+const HEAD = 'trainable params | state (params + optimizer) | peak RSS (estimated) | peak tensor memory (measured) | tokens/s | run wall time (load, set-up, steps, evaluations) | train loss | val loss | accuracy';
 
 /** Why a method ends at 0 % in every run of its sweep, from its own figures. */
 function whyZero(r: MethodResult): string {
@@ -430,9 +434,10 @@ function baseText(): string {
   return `the base model scores ${base.map((v) => fmtAcc(v)).join(' / ')} at step 0 (the first ${Math.min(data.metricExamples, EVAL_METRIC_EXAMPLES)} of them)`;
 }
 
+const REAL_LAYERS = data.realShape ? (await import('../test/fixtures/real-shapes.ts')).REAL_SHAPES[data.realShape as 'smollm2-135m'].layers : 0;
 const zero = results.filter((r) => !r.best.failure && (r.best.accuracy ?? 0) === 0);
 const setup = data.realShape
-  ? `a random-weight checkpoint in the published shape of \`${data.realShape}\` (test/fixtures/real-shapes.ts, BF16), batch ${data.batch}, sequence length ${data.seqLen}, ${data.steps} steps at each method's paper learning rate. Random weights answer nothing: this table is for trainable parameters, state, memory and speed at real size; accuracy is not measured.`
+  ? `a random-weight checkpoint in the published shape of \`${data.realShape}\` (test/fixtures/real-shapes.ts, BF16)${data.depth ? `, its layer shapes and vocabulary at ${data.depth} of its ${REAL_LAYERS} layers (the SVD-initialised methods' set-up, part of their wall time below, grows with every layer; each layer's shapes, and the embedding and head, are the published ones)` : ''}, batch ${data.batch}, sequence length ${data.seqLen}, ${data.steps} steps at each method's paper learning rate. Random weights answer nothing: this table is for trainable parameters, state, memory and speed at real size; accuracy is not measured.`
   : `the bundled model (\`resources/models/brown-llama\`, 4 layers, 256 wide) and the bundled review-sentiment dataset (\`resources/datasets/review-sentiment.jsonl\`, 15 % held out), seed 0, ${data.steps} steps of batch ${data.batch} × sequence length ${data.seqLen}, cosine schedule with ${Math.max(1, Math.round(data.steps / 10))} warm-up steps, every method at its schema defaults on its default targets (adapters: q, k, v, o; optimizer methods: every attention and MLP linear). Accuracy is exact match of the greedy answer on ${data.metricExamples} held-out reviews; ${baseText()}.`;
 
 const doc = `# Methods ${data.realShape ? `at real size (${data.realShape})` : 'on the bundled task'}
@@ -448,18 +453,18 @@ estimator's figure for the run (all runs share one process here, whose heap neve
 measured RSS would carry over from run to run); peak tensor memory is measured. Tokens/s is as measured
 on this machine beside other work; \`npm run bench\` has the careful speed figures.
 
-Regenerate with \`npm run methods-report -- --steps ${data.steps} --batch-size ${data.batch}${data.multipliers.length > 1 ? ` --sweep ${data.multipliers.join(',')}` : ''}${data.realShape ? ` --real ${data.realShape}` : ''}\`${data.processes > 1 ? ` (here in ${data.processes} processes side by side, each given its methods with \`--shard i/n\` or \`--methods\` and \`--json FILE\`, their figures joined with \`--from\`)` : ''} (${os.cpus().length} CPU cores, wasm backend, ${new Date().toISOString().slice(0, 10)}; this run took ${minutes.toFixed(1)} min).
+Regenerate with \`npm run methods-report -- --steps ${data.steps} --batch-size ${data.batch}${data.multipliers.length > 1 ? ` --sweep ${data.multipliers.join(',')}` : ''}${data.realShape ? ` --real ${data.realShape}` : ''}${data.depth ? ` --depth ${data.depth}` : ''}\`${data.processes > 1 ? ` (here in ${data.processes} processes side by side, each given its methods with \`--shard i/n\` or \`--methods\` and \`--json FILE\`, their figures joined with \`--from\`)` : ''} (${os.cpus().length} CPU cores, wasm backend, ${new Date().toISOString().slice(0, 10)}; this run took ${minutes.toFixed(1)} min).
 
 ## At each paper's learning rate
 
 | method | paper lr | ${HEAD} |
-|---|---|---|---|---|---|---|---|---|---|
+|---|---|---|---|---|---|---|---|---|---|---|
 ${results.map((r) => row(r, r.paper, [r.paperLr === null ? `not pinned (${fmtLr(r.paper.lr)} used)` : fmtLr(r.paperLr)])).join('\n')}
 ${data.multipliers.length > 1 ? `
 ## At the best rate of the sweep
 
 | method | best lr | ${HEAD} | the sweep (lr: accuracy) |
-|---|---|---|---|---|---|---|---|---|---|---|
+|---|---|---|---|---|---|---|---|---|---|---|---|
 ${results.map((r) => `${row(r, r.best, [`${fmtLr(r.best.lr)} (${(r.best.lr / r.paper.lr).toPrecision(2)}×)`])} ${sweepText(r)} |`).join('\n')}
 
 ## Methods at 0 %
