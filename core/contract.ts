@@ -274,6 +274,8 @@ export interface RunDetail {
   live: LiveRun | null;
   /** For a failed run: what to do about it. */
   fix: string | null;
+  /** How the base model is named to a person: its Hub id (and commit) for a Hugging Face cache snapshot, else its folder's name. */
+  baseModel: { name: string; hubId: string | null };
 }
 
 export interface RunComparison {

@@ -65,7 +65,16 @@ const FIXES: Record<string, string> = {
   MISSING_WEIGHT: 'The model folder is incomplete; download it again or pick another base model.',
   SHAPE_MISMATCH: 'The weights do not match config.json; download the model again.',
   BAD_ARGUMENT: 'Change the setting named in the message and start a new run.',
+  NUMERIC: 'Training diverged: start a new run with a lower learning rate (a third of this one is a good first try) or with gradient clipping on (Training step, "clip gradients"). The steps before the divergence are kept in this run\'s curve.',
+  DOES_NOT_FIT: 'Lower the batch size or the sequence length, turn gradient checkpointing on, pick a lower base precision (int8, nf4) or a method with less state, and start a new run.',
 };
+
+/** A run's base model as a person names it: `org/name@commit` for a cache snapshot, else the folder's name. */
+function baseModelLabel(dir: string | null): { name: string; hubId: string | null } {
+  if (!dir) return { name: '–', hubId: null };
+  const hub = hubIdOfFolder(dir);
+  return hub ? { name: `${hub.repo}@${hub.commit.slice(0, 7)}`, hubId: hub.repo } : { name: path.basename(dir), hubId: null };
+}
 
 const STEP_EVENT_INTERVAL_MS = 100;
 
@@ -517,6 +526,7 @@ export class StudioService {
           logs: store.logs(runId),
           live: live ? { runId, totalSteps: live.totalSteps, step: live.step, paused: live.paused, startedAt: live.startedAt } : null,
           fix: run.status === 'failed' ? (FIXES[run.errorCode ?? ''] ?? 'Check the settings named in the message and start a new run.') : null,
+          baseModel: baseModelLabel(run.baseModelPath),
         };
       },
       'runs.pause': async ({ runId }) => {

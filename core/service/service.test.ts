@@ -102,6 +102,17 @@ describe('service contract', () => {
     expect(fs.existsSync(path.join(RESOURCES_DIR, 'datasets', 'review-sentiment.jsonl'))).toBe(true);
   });
 
+  it('names a run\'s base model by its Hub id when it is a cache snapshot, by its folder otherwise, and says what to do about a diverged run', async () => {
+    const snapshot = path.join(root, 'hub', 'models--Qwen--Qwen2.5-0.5B', 'snapshots', '0123456789abcdef0123456789abcdef01234567');
+    const hubRun = service.store.createRun({ method: 'lora', kind: 'finetune', name: 'hub', config: {}, baseModelPath: snapshot, datasetPath: '/data/x.jsonl' });
+    const folderRun = service.store.createRun({ method: 'lora', kind: 'finetune', name: 'folder', config: {}, baseModelPath: BUNDLED_MODEL_DIR, datasetPath: '/data/x.jsonl' });
+    expect((await service.call('runs.get', { runId: hubRun.id })).baseModel).toEqual({ name: 'Qwen/Qwen2.5-0.5B@0123456', hubId: 'Qwen/Qwen2.5-0.5B' });
+    expect((await service.call('runs.get', { runId: folderRun.id })).baseModel).toEqual({ name: path.basename(BUNDLED_MODEL_DIR), hubId: null });
+    service.store.startRun(folderRun.id);
+    service.store.failRun(folderRun.id, { code: 'NUMERIC', message: 'step 3: the loss is NaN' });
+    expect((await service.call('runs.get', { runId: folderRun.id })).fix).toMatch(/lower learning rate/);
+  });
+
   it('keeps uploads inside uploads/ whatever their name', async () => {
     const entry = (await service.call('datasets.upload', { name: '../../evil.jsonl', content: '{"text":"hi"}\n' })) as { path: string };
     expect(path.dirname(entry.path)).toBe(path.join(root, 'home', 'uploads'));
