@@ -10,6 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import WebSocket from 'ws';
 import { StudioService } from '../service.ts';
+import type { RunDetail } from '../contract.ts';
 import { startServer } from '../serve/server.ts';
 import { BUNDLED_MODEL_DIR, RESOURCES_DIR } from '../resources.ts';
 
@@ -106,11 +107,11 @@ describe('service contract', () => {
     const snapshot = path.join(root, 'hub', 'models--Qwen--Qwen2.5-0.5B', 'snapshots', '0123456789abcdef0123456789abcdef01234567');
     const hubRun = service.store.createRun({ method: 'lora', kind: 'finetune', name: 'hub', config: {}, baseModelPath: snapshot, datasetPath: '/data/x.jsonl' });
     const folderRun = service.store.createRun({ method: 'lora', kind: 'finetune', name: 'folder', config: {}, baseModelPath: BUNDLED_MODEL_DIR, datasetPath: '/data/x.jsonl' });
-    expect((await service.call('runs.get', { runId: hubRun.id })).baseModel).toEqual({ name: 'Qwen/Qwen2.5-0.5B@0123456', hubId: 'Qwen/Qwen2.5-0.5B' });
-    expect((await service.call('runs.get', { runId: folderRun.id })).baseModel).toEqual({ name: path.basename(BUNDLED_MODEL_DIR), hubId: null });
+    expect(((await service.call('runs.get', { runId: hubRun.id })) as RunDetail).baseModel).toEqual({ name: 'Qwen/Qwen2.5-0.5B@0123456', hubId: 'Qwen/Qwen2.5-0.5B' });
+    expect(((await service.call('runs.get', { runId: folderRun.id })) as RunDetail).baseModel).toEqual({ name: path.basename(BUNDLED_MODEL_DIR), hubId: null });
     service.store.startRun(folderRun.id);
     service.store.failRun(folderRun.id, { code: 'NUMERIC', message: 'step 3: the loss is NaN' });
-    expect((await service.call('runs.get', { runId: folderRun.id })).fix).toMatch(/lower learning rate/);
+    expect(((await service.call('runs.get', { runId: folderRun.id })) as RunDetail).fix).toMatch(/lower learning rate/);
   });
 
   it('keeps uploads inside uploads/ whatever their name', async () => {
