@@ -23,6 +23,7 @@ static void set_threads(int n);
 
 /* frozen.c: frozen weights in native memory and the products that read them. */
 napi_status register_frozen(napi_env env, napi_value exports);
+napi_status register_quants(napi_env env, napi_value exports);
 
 /*
  * sgemmBatch(heap: Float32Array, dims: Int32Array [transA, transB, m, n, k, lda, ldb, ldc],
@@ -612,6 +613,7 @@ static napi_value Init(napi_env env, napi_value exports) {
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   if (register_frozen(env, exports) != napi_ok) return NULL;
+  if (register_quants(env, exports) != napi_ok) return NULL;
   return exports;
 }
 

@@ -16,7 +16,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 const root = path.resolve(import.meta.dirname, '..');
-const sources = ['kernels.c', 'frozen.c'].map((f) => path.join(root, 'native', f));
+const sources = ['kernels.c', 'frozen.c', 'quants.c'].map((f) => path.join(root, 'native', f));
 const outDir = path.join(root, 'build', 'native');
 const target = path.join(outDir, 'lowrank_native.node');
 
@@ -44,7 +44,7 @@ if (headers.length === 0) skip(`node_api.h not found next to ${process.execPath}
 const compiler = process.env.CC || 'cc';
 const libs = process.platform === 'darwin'
   ? ['-framework', 'Accelerate', '-undefined', 'dynamic_lookup']
-  : ['-lopenblas', '-lm'];
+  : ['-lopenblas', '-lm', '-lpthread'];
 const args = ['-O3', '-fno-math-errno', '-ffp-contract=off', '-Wno-psabi', '-shared', '-fPIC', `-I${headers[0]}`, ...sources, '-o', `${target}.tmp`, ...libs];
 
 fs.mkdirSync(outDir, { recursive: true });

@@ -57,6 +57,11 @@ export interface NativeAddon {
   frozenRows(handle: FrozenHandle, first: number, count: number, out: Float32Array): void;
   /** mode 0: out [n, rows] = x [n, cols]·Wᵀ; mode 1: out [n, cols] = x [n, rows]·W; offsets are element indices into `heap`. */
   frozenMatmul(handle: FrozenHandle, heap: Float32Array, xOffset: number, n: number, outOffset: number, mode: 0 | 1): void;
+  /**
+   * GGUF K-quant blocks of `values` (whole 256-value blocks) into `out`: type 4 = Q4_K (144 B a
+   * block), 6 = Q6_K (210 B), byte for byte what core/export/gguf-quants.ts writes (native/quants.c).
+   */
+  quantizeKQuant(values: Float32Array, out: Uint8Array, type: 4 | 6): void;
   /** out [ids, cols] = W[ids] */
   frozenGather(handle: FrozenHandle, ids: Int32Array, heap: Float32Array, outOffset: number): void;
   /**
@@ -121,6 +126,7 @@ function load(): NativeState {
       rmsNormGradW: raw.rmsNormGradW.bind(raw),
       maskedSoftmax: raw.maskedSoftmax.bind(raw),
       maskedSoftmaxGrad: raw.maskedSoftmaxGrad.bind(raw),
+      quantizeKQuant: raw.quantizeKQuant.bind(raw),
       frozenCreate: raw.frozenCreate.bind(raw),
       frozenFree: raw.frozenFree.bind(raw),
       frozenInfo: raw.frozenInfo.bind(raw),
