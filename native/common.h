@@ -127,13 +127,26 @@ static inline v8f load_tail(const float *p, int32_t count, float fill) {
   return v;
 }
 
+/*
+ * The row's maximum, or NaN when any value is NaN: a comparison skips a NaN, and exp_nonpositive's
+ * clamp would then turn it into ~0, so a NaN logit outside the target column would leave a finite
+ * loss and hide a diverging run (tf's logSumExp gives NaN; so does this).
+ */
 HOT static float row_max(const float *z, int32_t v) {
   v8f m = splat(-INFINITY);
+  v8i nan = {0, 0, 0, 0, 0, 0, 0, 0};
   int32_t j = 0;
-  for (; j + 8 <= v; j += 8) m = vmax(load8(z + j), m);
-  m = vmax(load_tail(z + j, v - j, -INFINITY), m);
+  for (; j + 8 <= v; j += 8) {
+    v8f x = load8(z + j);
+    m = vmax(x, m);
+    nan |= x != x;
+  }
+  v8f tail = load_tail(z + j, v - j, -INFINITY);
+  m = vmax(tail, m);
+  nan |= tail != tail;
   float best = m[0];
   for (int l = 1; l < 8; l++) best = m[l] > best ? m[l] : best;
+  for (int l = 0; l < 8; l++) if (nan[l]) return NAN;
   return best;
 }
 

@@ -578,7 +578,8 @@ static napi_value FrozenLinearCrossEntropy(napi_env env, napi_callback_info info
       int32_t t = a.targets[a.rows[j]];
       if (t >= v0 && t < v0 + count) picked[j] = z[t - v0];
       double tile_max = row_max(z, (int32_t)count);
-      double new_max = tile_max > run_max[j] ? tile_max : run_max[j];
+      /* A NaN tile maximum (a NaN logit, row_max) carries into the row's log-sum-exp: the loss is NaN. */
+      double new_max = tile_max != tile_max || tile_max > run_max[j] ? tile_max : run_max[j];
       double rescale = exp(run_max[j] - new_max);
       double tile_sum;
       if (with_grad) {

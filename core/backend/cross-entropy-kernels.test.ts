@@ -134,6 +134,20 @@ describe('bad input to the addon', needs('native'), () => {
     expect(() => native.addon.crossEntropy(logits, targets, weights, new Float32Array(2))).toThrow(/outside the vocabulary/);
     expect(() => native.addon.crossEntropyGrad(logits, targets, weights, new Float32Array(2), new Float32Array(6), 1)).toThrow(/outside the vocabulary/);
   });
+  it('a NaN logit outside the target column makes the loss NaN (not skipped by the max, not clamped to 0 by exp)', () => {
+    if (!native.ok) return;
+    const targets = new Int32Array([0, 1]);
+    for (const at of [2, 5]) {
+      const z = Float32Array.from(logits);
+      z[at] = NaN; // row 0 column 2 (in the vector body's tail), row 1 column 2
+      const lse = new Float32Array(2);
+      expect(native.addon.crossEntropy(z, targets, weights, lse)).toBeNaN();
+      // 11 columns: the NaN in the 8-wide body of the row, not its tail.
+      const wide = Float32Array.from({ length: 22 }, (_, i) => i % 5);
+      wide[at] = NaN;
+      expect(native.addon.crossEntropy(wide, targets, weights, new Float32Array(2))).toBeNaN();
+    }
+  });
   it('mismatched sizes and wrong array types are errors', () => {
     if (!native.ok) return;
     const targets = new Int32Array([0, 1]);

@@ -157,6 +157,22 @@ describe('frozen weights in native memory', needs('native'), () => {
     w.dispose();
   });
 
+  it('fused head + cross-entropy: a NaN in one head row (a logit outside every target) gives a NaN loss, in the first tile or a later one', () => {
+    // 1,100 rows: 32 MB logits tiles of ~7,600 vocabulary rows, so row V − 2 lies in the third tile.
+    const V = 20000;
+    const C = 8;
+    const N = 1100;
+    for (const badRow of [3, V - 2]) {
+      const values = weights(V * C, 9);
+      values[badRow * C + 1] = NaN;
+      const w = FrozenWeight.create(values, 'f32', [V, C], 'f32');
+      const targets = Int32Array.from({ length: N }, (_, i) => (i * 31) % 1000 + 10); // never a bad row
+      const loss = tf.tidy(() => frozenLinearCrossEntropy(tf.tensor2d(seededValues(N * C, 3), [N, C]), w, tf.tensor1d(targets, 'int32'), tf.tensor1d(new Float32Array(N).fill(1 / N))).dataSync()[0]);
+      expect(loss, `NaN in row ${badRow}`).toBeNaN();
+      w.dispose();
+    }
+  });
+
   it('a model with its base frozen natively gives the same logits, loss and LoRA gradients as with tensors (stored precision)', async () => {
     expect(frozenWeightsAvailable()).toBe(true);
     const dir = writeRealShape(path.join(root, 'qwen'), 'qwen2.5-0.5b', { layers: 2, hidden: 64, heads: 4, kvHeads: 2, intermediate: 96, vocab: 3000 });
