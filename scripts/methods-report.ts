@@ -362,6 +362,8 @@ function whyZero(r: MethodResult): string {
   const parts = [`every rate of the sweep (${sweepText(r)}) leaves the greedy answer wrong after ${data.steps} steps`];
   if (lowest) parts.push(`its lowest validation loss is ${fmtLoss(lowest.valLoss)} at lr ${fmtLr(lowest.lr)}${reference ? `, against LoRA's ${fmtLoss(reference.valLoss)}` : ''}: the loss falls, the answer token has not yet become the most likely one`);
   if (diverged.length) parts.push(`diverged at ${diverged.join(', ')}`);
+  // LoRAM's train loss is the pruned model's, its validation and accuracy the full model's after recovery.
+  if (r.method.id === 'loram' && lowest) parts.push(`LoRAM trains on the structurally pruned model (train loss ${fmtLoss(lowest.trainLoss)}) and is scored recovered onto the full one (validation ${fmtLoss(lowest.valLoss)}); the paper first aligns the pruned model by continual pre-training, which this budget does not include`);
   parts.push(`with ${lowest?.trainableParams.toLocaleString('en-US') ?? '?'} trainable values it needs more steps or a larger rate than this budget gives; a budget, not a defect (its property tests pass)`);
   return parts.join('; ');
 }
