@@ -69,6 +69,14 @@ const FIXES: Record<string, string> = {
   DOES_NOT_FIT: 'Lower the batch size or the sequence length, turn gradient checkpointing on, pick a lower base precision (int8, nf4) or a method with less state, and start a new run.',
 };
 
+/** A configuration's identity for its step times: every setting but the run's name, keys in order. */
+function timingKey(config: FinetuneConfigInput): string {
+  const sorted = (v: unknown): unknown =>
+    Array.isArray(v) ? v.map(sorted) : v && typeof v === 'object' ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, sorted((v as Record<string, unknown>)[k])])) : v;
+  const { name: _name, ...settings } = config as FinetuneConfigInput & { name?: unknown };
+  return JSON.stringify(sorted(settings));
+}
+
 /** A run's base model as a person names it: `org/name@commit` for a cache snapshot, else the folder's name. */
 function baseModelLabel(dir: string | null): { name: string; hubId: string | null } {
   if (!dir) return { name: '–', hubId: null };
@@ -86,6 +94,8 @@ export class StudioService {
   private readonly launched = new Map<string, LaunchedRun>();
   /** Playground answers being generated, by request id (playground.stop stops them). */
   private readonly answers = new Map<string, Job<Replies['playground.generate']>>();
+  /** Review's timed steps (runs.estimate) by configuration, for the ETA of a run started with it. */
+  private readonly timedSteps = new Map<string, { seconds: number[]; at: number }>();
   private readonly handlers: Calls;
   private readonly startJob: JobRunner;
   private readonly hubCacheDir = hubCacheDir();
@@ -222,11 +232,17 @@ export class StudioService {
   }
 
   /** Forks a training job; resolves with the run id at the job's first event. */
+  /** Review's timed steps of exactly this configuration, when they were measured in the last 10 minutes. */
+  private recentTimedSteps(config: FinetuneConfigInput): number[] | undefined {
+    const timed = this.timedSteps.get(timingKey(config));
+    return timed && Date.now() - timed.at < 10 * 60_000 ? timed.seconds : undefined;
+  }
+
   private startTraining(config: FinetuneConfigInput, resumeRunId?: string): Promise<{ runId: string }> {
     return new Promise((resolve, reject) => {
       let live: LiveJob | undefined;
       const job = this.startJob<FinetuneResult>(
-        { kind: 'train', home: this.options.home, config, resumeRunId },
+        { kind: 'train', home: this.options.home, config, resumeRunId, priorStepSeconds: resumeRunId ? undefined : this.recentTimedSteps(config) },
         {
           onEvent: (e) => {
             if (this.closed) return;
@@ -504,6 +520,8 @@ export class StudioService {
           config,
         }).result;
         const { seconds, basis } = this.estimatedSeconds(config, r);
+        // The first timed step pays one-off set-up; the others are what this configuration's steps take.
+        if (r.stepSeconds && r.stepSeconds.length > 1) this.timedSteps.set(timingKey(config), { seconds: r.stepSeconds.slice(1), at: Date.now() });
         const { tokens: _t, parameters: _p, stepSeconds: _s, evaluations: _e, validationBatches: _v, ...rest } = r;
         return { ...rest, availableBytes: os.totalmem(), estimatedSeconds: seconds, timeBasis: basis };
       },

@@ -11,7 +11,7 @@ import type { FinetuneConfigInput, Request, WireError } from '../contract.ts';
 import { LowrankError, type ErrorCode } from '../errors.ts';
 
 export type JobRequest =
-  | { kind: 'train'; home: string; config: FinetuneConfigInput; resumeRunId?: string }
+  | { kind: 'train'; home: string; config: FinetuneConfigInput; resumeRunId?: string; priorStepSeconds?: number[] }
   | { kind: 'export'; home: string; request: ExportRequest }
   | { kind: 'generate'; home: string; request: Request<'playground.generate'> }
   | { kind: 'estimate-methods'; home: string; config: FinetuneConfigInput }

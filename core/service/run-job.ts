@@ -26,7 +26,7 @@ export async function runJob(job: JobRequest, io: JobIo): Promise<unknown> {
   try {
     switch (job.kind) {
       case 'train':
-        return await runFinetune(store, job.config as FinetuneConfig, (event) => io.send({ type: 'event', event }), { shouldStop: io.shouldStop }, job.resumeRunId);
+        return await runFinetune(store, job.config as FinetuneConfig, (event) => io.send({ type: 'event', event }), { shouldStop: io.shouldStop, priorStepSeconds: job.priorStepSeconds }, job.resumeRunId);
       case 'export':
         return await exportRun(store, job.request, (message) => io.send({ type: 'progress', message }));
       case 'checkpoint-adapter':

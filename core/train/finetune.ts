@@ -382,6 +382,8 @@ export interface RunControl {
   heartbeatIntervalMs?: number;
   /** After how long a step or an evaluation starts reporting where it is (default 2 s; at most once a second after that). */
   progressAfterMs?: number;
+  /** Step times of this configuration measured moments before (Review's timed steps): the ETA's first samples. */
+  priorStepSeconds?: number[];
 }
 
 function checkpointDir(store: RunStore, runId: string): string {
@@ -539,6 +541,7 @@ export async function runFinetune(
         checkpointEvery: config.checkpointEvery,
         privacy: attached.privateGradients,
         evalSecondsEstimate,
+        priorStepSeconds: control.priorStepSeconds,
       },
       {
         beforeStep: (step, lr) => {

@@ -109,4 +109,44 @@ describe('trainer speed and time left', () => {
     expect(reports.at(-1)!.eta).toBeLessThan(0.2);
     x.dispose();
   });
+
+  it('starts the ETA from the steps Review timed for this configuration, so slow first steps do not set it alone', async () => {
+    const x = tf.variable(tf.scalar(1));
+    const optimizer: Optimizer = {
+      stepCount: 0,
+      step: () => {},
+      stateBytes: () => 0,
+      getWeights: () => ({ step: 0, tensors: new Map() }),
+      setWeights: () => {},
+      dispose: () => {},
+    };
+    const batch: Batch = { ids: new Int32Array(4), labels: new Int32Array(4), batchSize: 1, seqLen: 4 };
+    // Steps 1-3 run at 3x their speed's time (something else had the cores: a page loading beside the
+    // run), then 40 ms; Review timed two steps of 40 ms before the run.
+    const total = 30;
+    const run = async (priorStepSeconds?: number[]) => {
+      const reports: Array<{ eta: number; at: number }> = [];
+      let step = 0;
+      await train(
+        new Map([['x', x]]),
+        optimizer,
+        () => batch,
+        () => {
+          spin(step < 3 ? 120 : 40);
+          return { loss: tf.square(x) as tf.Scalar, tokens: tf.scalar(4) };
+        },
+        { totalSteps: total, clipNorm: 0, schedule: { kind: 'constant', lr: 0.1, totalSteps: total, warmupSteps: 0 }, priorStepSeconds },
+        { beforeStep: (s) => (step = s), onStep: (r) => reports.push({ eta: r.etaSeconds, at: performance.now() }) },
+      );
+      const end = performance.now();
+      const fifth = reports[4];
+      return Math.abs(fifth.eta - (end - fifth.at) / 1000) / ((end - fifth.at) / 1000);
+    };
+    const withPrior = await run([0.04, 0.04]);
+    const without = await run();
+    console.log(`[eta] after step 5 of 30 with 3 slow first steps: ${(100 * withPrior).toFixed(0)} % off with Review's timed steps, ${(100 * without).toFixed(0)} % without`);
+    expect(withPrior).toBeLessThan(0.15);
+    expect(without).toBeGreaterThan(0.5); // the 5-step median is a slow step: the case the prior is for
+    x.dispose();
+  });
 });

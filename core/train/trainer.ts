@@ -57,6 +57,12 @@ export interface TrainerOptions {
   privacy?: PrivateGradients;
   /** What an evaluation is expected to take before one has run here (the run's step-0 evaluation), for the ETA. */
   evalSecondsEstimate?: number;
+  /**
+   * Step times of this very configuration measured before the run (Review's timed steps): they fill
+   * the ETA's window until the run has RECENT_STEPS of its own, so a few slow first steps (the app's
+   * page loading beside them on a small machine) do not set the estimate alone.
+   */
+  priorStepSeconds?: number[];
 }
 
 export interface TrainerHooks {
@@ -82,7 +88,10 @@ export const RECENT_STEPS = 10;
 
 /** Step timings for the throughput and ETA of StepReport. */
 class StepClock {
-  constructor(private readonly evalSecondsEstimate = 0) {}
+  constructor(
+    private readonly evalSecondsEstimate = 0,
+    private readonly prior: number[] = [],
+  ) {}
   private readonly recent: Array<{ seconds: number; tokens: number }> = [];
   private evalSeconds: number[] = [];
   private checkpointSeconds: number[] = [];
@@ -107,7 +116,8 @@ class StepClock {
 
   /** `done` steps finished of `total`; the hooks of step `done` itself are still to run. */
   etaSeconds(done: number, total: number, evalEvery: number | undefined, checkpointEvery: number | undefined): number {
-    const sorted = this.recent.map((r) => r.seconds).sort((a, b) => a - b);
+    const own = this.recent.map((r) => r.seconds);
+    const sorted = [...this.prior.slice(0, Math.max(0, RECENT_STEPS - own.length)), ...own].sort((a, b) => a - b);
     const median = sorted.length ? sorted[Math.floor(sorted.length / 2)] : 0;
     const mean = (xs: number[], otherwise = 0) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : otherwise);
     // Hooks run after steps that their interval divides, and after the last step.
@@ -159,7 +169,7 @@ export async function train(
   const names = [...params.keys()];
   const vars = names.map((n) => params.get(n)!);
   const started = performance.now();
-  const clock = new StepClock(opts.evalSecondsEstimate);
+  const clock = new StepClock(opts.evalSecondsEstimate, (opts.priorStepSeconds ?? []).filter((x) => Number.isFinite(x) && x > 0));
   let lastLoss = NaN;
   let stepsRun = 0;
   let peakTensorBytes = 0;
