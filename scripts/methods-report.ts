@@ -352,7 +352,7 @@ function row(r: MethodResult, t: Trial, extra: string[] = []): string {
   );
 }
 const sweepText = (r: MethodResult) => r.sweep.map((t) => `${fmtLr(t.lr)}: ${t.failure ? 'diverged' : fmtAcc(t.accuracy)}`).join(' · ');
-const HEAD = 'trainable params | state (params + optimizer) | peak RSS (estimated) | peak tensor memory (measured) | tokens/s | run wall time (load, set-up, steps, evaluations) | train loss | val loss | accuracy';
+const HEAD = 'trainable params | state (params + optimizer) | peak RSS (estimated) | peak tensor memory (measured) | tokens/s | training time (steps and evaluations as the run records them; loading and set-up not counted) | train loss | val loss | accuracy';
 
 /** Why a method ends at 0 % in every run of its sweep, from its own figures. */
 function whyZero(r: MethodResult): string {
@@ -439,7 +439,7 @@ function baseText(): string {
 const REAL_LAYERS = data.realShape ? (await import('../test/fixtures/real-shapes.ts')).REAL_SHAPES[data.realShape as 'smollm2-135m'].layers : 0;
 const zero = results.filter((r) => !r.best.failure && (r.best.accuracy ?? 0) === 0);
 const setup = data.realShape
-  ? `a random-weight checkpoint in the published shape of \`${data.realShape}\` (test/fixtures/real-shapes.ts, BF16)${data.depth ? `, its layer shapes and vocabulary at ${data.depth} of its ${REAL_LAYERS} layers (the SVD-initialised methods' set-up, part of their wall time below, grows with every layer; each layer's shapes, and the embedding and head, are the published ones)` : ''}, batch ${data.batch}, sequence length ${data.seqLen}, ${data.steps} steps at each method's paper learning rate. Random weights answer nothing: this table is for trainable parameters, state, memory and speed at real size; accuracy is not measured.`
+  ? `a random-weight checkpoint in the published shape of \`${data.realShape}\` (test/fixtures/real-shapes.ts, BF16)${data.depth ? `, its layer shapes and vocabulary at ${data.depth} of its ${REAL_LAYERS} layers (the SVD-initialised methods' set-up grows with every layer; each layer's shapes, and the embedding and head, are the published ones)` : ''}, batch ${data.batch}, sequence length ${data.seqLen}, ${data.steps} steps at each method's paper learning rate. Random weights answer nothing: this table is for trainable parameters, state, memory and speed at real size; accuracy is not measured.`
   : `the bundled model (\`resources/models/brown-llama\`, 4 layers, 256 wide) and the bundled review-sentiment dataset (\`resources/datasets/review-sentiment.jsonl\`, 15 % held out), seed 0, ${data.steps} steps of batch ${data.batch} × sequence length ${data.seqLen}, cosine schedule with ${Math.max(1, Math.round(data.steps / 10))} warm-up steps, every method at its schema defaults on its default targets (adapters: q, k, v, o; optimizer methods: every attention and MLP linear). Accuracy is exact match of the greedy answer on ${data.metricExamples} held-out reviews; ${baseText()}.`;
 
 const doc = `# Methods ${data.realShape ? `at real size (${data.realShape})` : 'on the bundled task'}
