@@ -65,6 +65,12 @@ function orthogonalizeColumns(
   const v = new Float64Array(cols * cols); // column-major, column j at j·cols
   if (cols >= PRECONDITION_FROM && opts.precondition !== false) precondition(g, rows, cols, v);
   else for (let j = 0; j < cols; j++) v[j * cols + j] = 1;
+  // A column whose norm is below ε²·‖A‖ is numerically zero (a rank-deficient matrix has them):
+  // rotating it against others only stirs rounding noise, and its relative test never passes, so the
+  // sweeps would run to maxSweeps (as LAPACK's dgesvj skips them).
+  let frobenius2 = 0;
+  for (let i = 0; i < rows * cols; i++) frobenius2 += g[i] * g[i];
+  const negligible = frobenius2 * 1e-30;
   for (let sweep = 0; sweep < maxSweeps; sweep++) {
     let rotated = false;
     for (let p = 0; p < cols - 1; p++) {
@@ -81,7 +87,7 @@ function orthogonalizeColumns(
           beta += y * y;
           gamma += x * y;
         }
-        if (gamma === 0 || Math.abs(gamma) <= tol * Math.sqrt(alpha * beta)) continue;
+        if (gamma === 0 || alpha <= negligible || beta <= negligible || Math.abs(gamma) <= tol * Math.sqrt(alpha * beta)) continue;
         rotated = true;
         // The rotation that zeroes the (p, q) entry of GᵀG (Golub & Van Loan §8.5.2, sym.schur2).
         const zeta = (beta - alpha) / (2 * gamma);
