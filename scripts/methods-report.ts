@@ -56,7 +56,7 @@ const SEQ_LEN = 64;
 const shardFlag = flag('shard');
 const shard = shardFlag ? /^(\d+)\/(\d+)$/.exec(shardFlag) : null;
 const fromFiles = flag('from')?.split(',');
-const out = path.resolve(flag('out') ?? path.join(ROOT, 'docs', realShape ? 'methods-real.md' : 'methods.md'));
+
 const jsonOut = path.resolve(flag('json') ?? path.join(os.tmpdir(), `methods-report-${realShape ?? 'bundled'}${shard ? `-${shard[1]}of${shard[2]}` : ''}.json`));
 if ((depth !== null && (!realShape || !Number.isInteger(depth) || depth < 1)) || !(steps >= 1) || !(BATCH >= 1) || multipliers.some((m) => !(m > 0)) || !(metricExamples >= 0) || (shardFlag && (!shard || Number(shard[1]) < 1 || Number(shard[1]) > Number(shard[2])))) {
   console.error('methods-report: --depth N (N ≥ 1 layers) goes with --real; --steps and --batch-size must be ≥ 1, --sweep a list of positive multipliers (e.g. 1,3,10), --metric-examples ≥ 0, --shard i/n with 1 ≤ i ≤ n');
@@ -487,6 +487,8 @@ ${safely('the recommendation', recommendationText)}
 
 ${results.map((r) => `- \`${r.method.id}\`: ${r.method.paperLearningRate ? `${r.method.paperLearningRate.value} — ${r.method.paperLearningRate.source}` : 'not pinned: no source read states one (SVFit has no official code; the DCT optimizer class takes lr as a required argument)'}`).join('\n')}
 `;
+// --from writes where its figures belong: docs/methods-real.md for a real shape's, docs/methods.md otherwise.
+const out = path.resolve(flag('out') ?? path.join(ROOT, 'docs', data.realShape ? 'methods-real.md' : 'methods.md'));
 fs.mkdirSync(path.dirname(out), { recursive: true });
 fs.writeFileSync(out, doc);
 console.log(`wrote ${out} in ${minutes.toFixed(1)} min`);
