@@ -25,13 +25,11 @@ import { Random } from '../random.ts';
 import { AdamW } from '../optim/adamw.ts';
 import type { AttachedMethod, Method, TrainingStep } from './method.ts';
 import { InitialValues } from './initial-values.ts';
-import { linearTargets, type LinearTarget } from './factored-adapter.ts';
-import { assignValues, fromOutIn, toOutIn, variableFrom } from './lora.ts';
+import { linearTargets } from './factored-adapter.ts';
+import { fromOutIn, toOutIn } from './lora.ts';
 import { resolveParams } from './params.ts';
 import { registerMethod } from './registry.ts';
-import { gatedPeftAdapter, thresholdGate } from './sora.ts';
-
-const GATE = 'lora_gate';
+import { createGatedLayer, detachGatedLayers, gatedPeftAdapter, thresholdGate, type GatedLayer } from './sora.ts';
 
 /**
  * κ in force during 0-based iteration `step` of `totalSteps` (train_model's threshold_id walk):
@@ -49,12 +47,7 @@ export function kappaAt(step: number, totalSteps: number, denseFraction: number,
   return stages === 1 ? 0 : (maxKappa * clamped) / (stages - 1);
 }
 
-interface DrsLayer {
-  readonly target: LinearTarget;
-  readonly A: tf.Variable<tf.Rank.R2>; // [r, in]
-  readonly B: tf.Variable<tf.Rank.R2>; // [out, r]
-  readonly gate: tf.Variable<tf.Rank.R1>; // [r]
-}
+type DrsLayer = GatedLayer;
 
 /** An attached CoDyRA; `ranks` is the number of nonzero gates of each module (its exported rank). */
 export interface DrsloraAttached extends AttachedMethod {
@@ -95,39 +88,13 @@ export const drslora: Method = {
     const layers: DrsLayer[] = [];
     const trainable = new Map<string, tf.Variable>();
 
-    const detach = () => {
-      for (const layer of layers) {
-        model.adapters.delete(layer.target.path);
-        layer.A.dispose();
-        layer.B.dispose();
-        layer.gate.dispose();
-      }
-      layers.length = 0;
-      trainable.clear();
-    };
+    const detach = () => detachGatedLayers(model, layers, trainable);
 
     try {
       for (const target of targets) {
-        const { path, inFeatures: n, outFeatures: m } = target;
-        const bound = 1 / Math.sqrt(n); // kaiming_uniform_(a=√5) on [r, in]
-        const a = Float32Array.from({ length: r * n }, () => (2 * initRandom.next() - 1) * bound);
-        const g = Float32Array.from({ length: r }, () => initRandom.normal()); // torch.randn(1, r)
-        const layer: DrsLayer = {
-          target,
-          A: variableFrom(tf.tensor2d(a, [r, n])),
-          B: variableFrom(tf.zeros([m, r])),
-          gate: variableFrom(tf.tensor1d(g)),
-        };
+        const { path } = target;
+        const layer: DrsLayer = createGatedLayer(target, r, initRandom, initial ?? null, trainable);
         layers.push(layer);
-        if (initial) {
-          // Continuing needs the unpruned factors and gates (a training checkpoint), not the reduced export.
-          assignValues(layer.A, initial.take(`${path}.lora_A.weight`, [r, n]));
-          assignValues(layer.B, initial.take(`${path}.lora_B.weight`, [m, r]));
-          assignValues(layer.gate, initial.take(`${path}.${GATE}`, [r]));
-        }
-        trainable.set(`${path}.lora_A.weight`, layer.A);
-        trainable.set(`${path}.lora_B.weight`, layer.B);
-        trainable.set(`${path}.${GATE}`, layer.gate);
         model.adapters.set(path, {
           apply(x, base) {
             const gated = tf.mul(tf.matMul(x, layer.A, false, true), layer.gate); // (A·x) ⊙ g   [N, r]

@@ -104,11 +104,52 @@ export function gatedPeftAdapter(methodId: string, model: CausalLM, modules: Gat
   return { config: sortedKeys(config), tensors };
 }
 
-interface SoraLayer {
+/** A LoRA pair with a gate between B and A (SoRA, CoDyRA). */
+export interface GatedLayer {
   readonly target: LinearTarget;
   readonly A: tf.Variable<tf.Rank.R2>; // [r, in]
   readonly B: tf.Variable<tf.Rank.R2>; // [out, r]
   readonly gate: tf.Variable<tf.Rank.R1>; // [r]
+}
+type SoraLayer = GatedLayer;
+
+/**
+ * One gated layer as the official code starts it: A by kaiming_uniform_(a=√5), B zero, the gate
+ * torch.randn(1, r), drawn from `initRandom` in that order; or, when continuing, the unpruned factors
+ * and gate of a training checkpoint (not the reduced export). Registered in `trainable` under PEFT names.
+ */
+export function createGatedLayer(target: LinearTarget, r: number, initRandom: Random, initial: InitialValues | null, trainable: Map<string, tf.Variable>): GatedLayer {
+  const { path, inFeatures: n, outFeatures: m } = target;
+  const bound = 1 / Math.sqrt(n); // kaiming_uniform_(a=√5) on [r, in]
+  const a = Float32Array.from({ length: r * n }, () => (2 * initRandom.next() - 1) * bound);
+  const g = Float32Array.from({ length: r }, () => initRandom.normal()); // torch.randn(1, r)
+  const layer: GatedLayer = {
+    target,
+    A: variableFrom(tf.tensor2d(a, [r, n])),
+    B: variableFrom(tf.zeros([m, r])),
+    gate: variableFrom(tf.tensor1d(g)),
+  };
+  if (initial) {
+    assignValues(layer.A, initial.take(`${path}.lora_A.weight`, [r, n]));
+    assignValues(layer.B, initial.take(`${path}.lora_B.weight`, [m, r]));
+    assignValues(layer.gate, initial.take(`${path}.${GATE}`, [r]));
+  }
+  trainable.set(`${path}.lora_A.weight`, layer.A);
+  trainable.set(`${path}.lora_B.weight`, layer.B);
+  trainable.set(`${path}.${GATE}`, layer.gate);
+  return layer;
+}
+
+/** Removes the gated layers from the model and frees their variables. */
+export function detachGatedLayers(model: CausalLM, layers: GatedLayer[], trainable: Map<string, tf.Variable>): void {
+  for (const layer of layers) {
+    model.adapters.delete(layer.target.path);
+    layer.A.dispose();
+    layer.B.dispose();
+    layer.gate.dispose();
+  }
+  layers.length = 0;
+  trainable.clear();
 }
 
 /** An attached SoRA; `nonzeroGates` is the rank each module would export with. */
@@ -177,39 +218,13 @@ export const sora: Method = {
     const trainable = new Map<string, tf.Variable>();
     const isGate = (name: string) => name.endsWith(`.${GATE}`);
 
-    const detach = () => {
-      for (const layer of layers) {
-        model.adapters.delete(layer.target.path);
-        layer.A.dispose();
-        layer.B.dispose();
-        layer.gate.dispose();
-      }
-      layers.length = 0;
-      trainable.clear();
-    };
+    const detach = () => detachGatedLayers(model, layers, trainable);
 
     try {
       for (const target of targets) {
-        const { path, inFeatures: n, outFeatures: m } = target;
-        const bound = 1 / Math.sqrt(n); // kaiming_uniform_(a=√5) on [r, in]
-        const a = Float32Array.from({ length: r * n }, () => (2 * initRandom.next() - 1) * bound);
-        const g = Float32Array.from({ length: r }, () => initRandom.normal()); // torch.randn(1, r)
-        const layer: SoraLayer = {
-          target,
-          A: variableFrom(tf.tensor2d(a, [r, n])),
-          B: variableFrom(tf.zeros([m, r])),
-          gate: variableFrom(tf.tensor1d(g)),
-        };
+        const { path } = target;
+        const layer: SoraLayer = createGatedLayer(target, r, initRandom, initial ?? null, trainable);
         layers.push(layer);
-        if (initial) {
-          // Continuing needs the unpruned factors (a training checkpoint), not the reduced export.
-          assignValues(layer.A, initial.take(`${path}.lora_A.weight`, [r, n]));
-          assignValues(layer.B, initial.take(`${path}.lora_B.weight`, [m, r]));
-          assignValues(layer.gate, initial.take(`${path}.${GATE}`, [r]));
-        }
-        trainable.set(`${path}.lora_A.weight`, layer.A);
-        trainable.set(`${path}.lora_B.weight`, layer.B);
-        trainable.set(`${path}.${GATE}`, layer.gate);
         const dropout = (x: tf.Tensor2D) => tf.dropout(x, rate, undefined, dropoutRandom.int(2 ** 31)) as tf.Tensor2D;
         model.adapters.set(path, {
           apply(x, base, _weight, training) {

@@ -60,17 +60,19 @@ describe('trainer speed and time left', () => {
     const until = performance.now() + ms;
     while (performance.now() < until);
   };
+  /** An optimizer that changes nothing: these tests time the loop, not the update. */
+  const noOptimizer = (): Optimizer => ({
+    stepCount: 0,
+    step: () => {},
+    stateBytes: () => 0,
+    getWeights: () => ({ step: 0, tensors: new Map() }),
+    setWeights: () => {},
+    dispose: () => {},
+  });
 
   it('takes tokens/s and the ETA from recent steps, not from a slow start, and counts the evaluations left', async () => {
     const x = tf.variable(tf.scalar(1));
-    const optimizer: Optimizer = {
-      stepCount: 0,
-      step: () => {},
-      stateBytes: () => 0,
-      getWeights: () => ({ step: 0, tensors: new Map() }),
-      setWeights: () => {},
-      dispose: () => {},
-    };
+    const optimizer = noOptimizer();
     // 4 tokens a step; the first step is slow (set-up, a projector's SVD), the others 60 ms; an evaluation every 4 steps takes 150 ms.
     const batch: Batch = { ids: new Int32Array(4), labels: new Int32Array(4), batchSize: 1, seqLen: 4 };
     const total = 12;
@@ -112,14 +114,7 @@ describe('trainer speed and time left', () => {
 
   it('starts the ETA from the steps Review timed for this configuration, so slow first steps do not set it alone', async () => {
     const x = tf.variable(tf.scalar(1));
-    const optimizer: Optimizer = {
-      stepCount: 0,
-      step: () => {},
-      stateBytes: () => 0,
-      getWeights: () => ({ step: 0, tensors: new Map() }),
-      setWeights: () => {},
-      dispose: () => {},
-    };
+    const optimizer = noOptimizer();
     const batch: Batch = { ids: new Int32Array(4), labels: new Int32Array(4), batchSize: 1, seqLen: 4 };
     // Steps 1-4 run at 3x their speed's time (something else had the cores: a page loading beside the
     // run), then 40 ms; Review timed two steps of 40 ms before the run.
